@@ -1,0 +1,39 @@
+# edgefleet: `make demo` runs a simulated fleet end to end, `make test` runs the tests.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint schemas bench clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## build .venv with the pinned dependencies (a no-op when up to date)
+
+# The lock pins every package, transitive ones included; torch==2.13.0 is the CPU wheel.
+$(STAMP): requirements/lock.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/lock.txt 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip check
+	touch $(STAMP)
+
+demo: install  ## run the main job: a simulated fleet, end to end
+	$(VENV)/bin/fleet-sim run fleet_configs/demo.yaml
+
+lint: install  ## ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check fleet_protocol edge_agent simulators model_compiler tests bench
+
+test: install lint  ## lint, then the whole test suite
+	$(VENV)/bin/pytest
+
+schemas: install  ## regenerate docs/protocol/*.schema.json from the models
+	$(PY) -m fleet_protocol.schemas docs/protocol
+
+bench: install  ## benchmarks, each printing one JSON object
+	$(PY) bench/agent.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,154 @@
+"""Pydantic models of every MQTT payload, each carrying its schema version.
+
+Models forbid unknown fields and non-finite floats: a field added to the contract
+is a new schema version, and NaN never reaches a database.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from fleet_protocol.topics import validate_id
+
+SiteId = Annotated[str, AfterValidator(lambda v: validate_id(v, "site"))]
+DeviceId = Annotated[str, AfterValidator(lambda v: validate_id(v, "device"))]
+
+MAX_RECORDS_PER_BATCH = 1000
+
+
+class Encoding(StrEnum):
+    """Wire encodings. JSON is the default; msgpack is the compact option."""
+
+    JSON = "json"
+    MSGPACK = "msgpack"
+
+
+class ProtocolModel(BaseModel):
+    """Base of every payload: strict, versioned."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
+
+    #: Versions of this payload this build can read. The codec refuses others
+    #: before validation, with `UnknownSchemaVersion`.
+    SUPPORTED_VERSIONS: ClassVar[frozenset[int]] = frozenset({1})
+    CURRENT_VERSION: ClassVar[int] = 1
+
+    schema_version: int = Field(default=1, description="Version of this payload's schema")
+
+
+class FeatureSummary(BaseModel):
+    """Per-channel statistics of an input that is too large to send whole."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    mean: list[float]
+    min: list[float]
+    max: list[float]
+
+
+class TelemetryRecord(ProtocolModel):
+    """One inference on one device. ``(device_id, seq)`` identifies it everywhere."""
+
+    device_id: DeviceId
+    seq: int = Field(ge=1, description="Per-device sequence number; persisted, only grows")
+    ts: float = Field(description="When the input was read, Unix seconds")
+    model_id: str = Field(max_length=128)
+    model_version: str = Field(max_length=64)
+    outputs: list[float] = Field(max_length=4096, description="Raw model outputs")
+    predicted: int | None = Field(default=None, description="Arg-max class, for classifiers")
+    confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    anomaly: bool = Field(default=False, description="Flagged by the device: always sent up whole")
+    low_confidence: bool = False
+    features: list[float] | None = Field(default=None, max_length=4096)
+    feature_summary: FeatureSummary | None = None
+    label: int | None = Field(default=None, description="Ground truth, when the source knows it")
+
+
+class TelemetryBatch(ProtocolModel):
+    """What one telemetry publish carries: records of one device, in ``seq`` order."""
+
+    device_id: DeviceId
+    site: SiteId
+    sent_at: float = Field(default_factory=time.time)
+    records: list[TelemetryRecord] = Field(min_length=1, max_length=MAX_RECORDS_PER_BATCH)
+
+    @model_validator(mode="after")
+    def _records_belong_to_device(self) -> TelemetryBatch:
+        for index, record in enumerate(self.records):
+            if record.device_id != self.device_id:
+                raise ValueError(
+                    f"records[{index}] has device_id {record.device_id!r},"
+                    f" batch is from {self.device_id!r}"
+                )
+        return self
+
+
+class Health(StrEnum):
+    OK = "ok"
+    DEGRADED = "degraded"  # running, but something needs attention (outbox evicting, ...)
+    FAILED = "failed"  # cannot infer: no valid model
+    UNKNOWN = "unknown"  # set by the Last Will: the device went away
+
+
+class ReportedState(ProtocolModel):
+    """Retained on ``fleet/{site}/{device}/state``; the Last Will publishes ``online=False``."""
+
+    device_id: DeviceId
+    site: SiteId
+    online: bool
+    ts: float = Field(default_factory=time.time)
+    health: Health = Health.UNKNOWN
+    reason: str | None = Field(default=None, max_length=1024)
+    agent_version: str | None = None
+    model_id: str | None = None
+    model_version: str | None = None
+    runtime: str | None = None
+    last_seq: int = Field(default=0, ge=0)
+    outbox_depth: int = Field(default=0, ge=0)
+    outbox_bytes: int = Field(default=0, ge=0)
+    evicted: int = Field(default=0, ge=0, description="Records dropped by the outbox bound")
+    desired_revision: int | None = Field(default=None, description="Last desired state applied")
+    encodings: list[Encoding] = Field(default_factory=lambda: list(Encoding))
+
+
+class ModelAssignment(BaseModel):
+    """Which model a device should run, and where its bundle is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: str = Field(max_length=128)
+    version: str = Field(max_length=64)
+    manifest_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bundle_url: str | None = None
+
+
+class DesiredState(ProtocolModel):
+    """Retained on ``fleet/{site}/{device}/desired``. Higher ``revision`` wins."""
+
+    device_id: DeviceId
+    revision: int = Field(ge=0)
+    issued_at: float = Field(default_factory=time.time)
+    model: ModelAssignment | None = None
+    telemetry_encoding: Encoding = Encoding.JSON
+    config: dict[str, Any] = Field(default_factory=dict, description="Agent setting overrides")
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class DeviceEvent(ProtocolModel):
+    """Published on ``fleet/{site}/{device}/events``: OTA progress, errors, rejections."""
+
+    device_id: DeviceId
+    ts: float = Field(default_factory=time.time)
+    kind: str = Field(pattern=r"^[a-z][a-z0-9_.]{0,63}$", examples=["ota.verified", "input.rejected"])
+    severity: Severity = Severity.INFO
+    message: str = Field(max_length=4096)
+    data: dict[str, Any] = Field(default_factory=dict)
