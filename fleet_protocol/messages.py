@@ -81,8 +81,7 @@ class TelemetryBatch(ProtocolModel):
         for index, record in enumerate(self.records):
             if record.device_id != self.device_id:
                 raise ValueError(
-                    f"records[{index}] has device_id {record.device_id!r},"
-                    f" batch is from {self.device_id!r}"
+                    f"records[{index}] has device_id {record.device_id!r}, batch is from {self.device_id!r}"
                 )
         return self
 
