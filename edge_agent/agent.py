@@ -1,0 +1,364 @@
+"""The device agent: source -> preprocess -> infer -> outbox -> sync.
+
+Inference never waits for the network: the pipeline only ever waits for the outbox's
+writer (a local disk), and the syncer drains the outbox whenever a broker is reachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from edge_agent import __version__
+from edge_agent.bandwidth import ByteBudget
+from edge_agent.config import AgentSettings
+from edge_agent.exceptions import InvalidReading, ModelLoadError
+from edge_agent.metrics import AgentMetrics, serve_metrics
+from edge_agent.model import LoadedModel, load_model, load_trusted_keys
+from edge_agent.outbox import Outbox, PendingRecord
+from edge_agent.sources import Reading, SensorSource, build_source
+from edge_agent.state_store import JsonStore
+from edge_agent.sync import Syncer
+from fleet_protocol import DesiredState, DeviceEvent, Health, ReportedState, Severity
+
+log = logging.getLogger(__name__)
+
+_HOUSEKEEPING_S = 1.0
+
+
+class Agent:
+    """One device. Many can share a process and a loop (the simulators do)."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        source: SensorSource | None = None,
+        outbox_executor: Executor | None = None,
+        inference_executor: Executor | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = AgentMetrics()
+        self.source = source or build_source(settings.source)
+        self.outbox = Outbox(
+            settings.data_dir / "outbox.sqlite",
+            max_bytes=settings.outbox.max_bytes,
+            max_pending=settings.outbox.max_pending,
+            synchronous=settings.outbox.synchronous,
+            executor=outbox_executor,
+        )
+        budget = None
+        if settings.mqtt.bandwidth_bytes_per_hour is not None:
+            budget = ByteBudget(settings.mqtt.bandwidth_bytes_per_hour)
+        self.syncer = Syncer(
+            device_id=settings.device_id,
+            site=settings.site,
+            config=settings.mqtt,
+            outbox=self.outbox,
+            metrics=self.metrics,
+            report_state=self.reported_state,
+            on_desired=self.apply_desired,
+            budget=budget,
+        )
+        self._inline = settings.inference.executor == "inline"
+        self._own_inference_executor = inference_executor is None and not self._inline
+        self._inference_executor = inference_executor
+        if self._own_inference_executor:
+            self._inference_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
+        self._desired_store = JsonStore(settings.data_dir / "desired.json", "desired_state")
+        self.model: LoadedModel | None = None
+        self.health = Health.OK
+        self.reason: str | None = None
+        self.desired: DesiredState | None = None
+        self.rejected: Counter[str] = Counter()
+        self._rejected_reported: Counter[str] = Counter()
+        self._dropped_reported: dict[str, int] = {}
+        self._stop = asyncio.Event()
+        self.started = asyncio.Event()
+        self.source_done = asyncio.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the agent to finish: drain the pipeline, flush the outbox, go offline cleanly."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        await self.outbox.open()
+        self._load_model()
+        stored = await self._desired_store.load()
+        if stored is not None:
+            with contextlib.suppress(ValueError):
+                self.desired = DesiredState.model_validate(stored)
+                self.syncer.encoding = self.desired.telemetry_encoding
+        metrics_runner = None
+        if self.settings.metrics.port is not None:
+            metrics_runner = await serve_metrics(
+                self.metrics, self.settings.metrics.host, self.settings.metrics.port
+            )
+        queue: asyncio.Queue[Reading | None] = asyncio.Queue(maxsize=self.settings.inference.queue_size)
+        background = [
+            asyncio.create_task(self.outbox.run_writer(), name="outbox-writer"),
+            asyncio.create_task(self._housekeeping(), name="housekeeping"),
+        ]
+        sync_task = asyncio.create_task(self.syncer.run(), name="sync")
+        reader = infer = None
+        if self.model is not None:
+            reader = asyncio.create_task(self._read_source(queue), name="source")
+            infer = asyncio.create_task(self._infer_loop(queue), name="infer")
+        self.started.set()
+        try:
+            await self._wait_for_stop([t for t in (reader, infer, sync_task, *background) if t])
+        finally:
+            await self._shutdown(queue, reader, infer, sync_task, background)
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
+
+    async def _wait_for_stop(self, tasks: list[asyncio.Task[Any]]) -> None:
+        """Return on `stop`; re-raise the first task that failed."""
+        stop = asyncio.create_task(self._stop.wait())
+        pending = set(tasks)
+        try:
+            while not self._stop.is_set():
+                done, pending = await asyncio.wait(pending | {stop}, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task is not stop and not task.cancelled() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+                pending.discard(stop)
+        finally:
+            stop.cancel()
+
+    async def _shutdown(
+        self,
+        queue: asyncio.Queue[Reading | None],
+        reader: asyncio.Task[None] | None,
+        infer: asyncio.Task[None] | None,
+        sync_task: asyncio.Task[None],
+        background: list[asyncio.Task[Any]],
+    ) -> None:
+        if reader is not None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+        if infer is not None:
+            # What was read gets inferred and stored: a clean stop loses no reading.
+            if queue.full() and not infer.done():
+                await queue.put(None)
+            await asyncio.gather(infer, return_exceptions=True)
+        await self.outbox.flush()
+        await self.syncer.stop()
+        try:
+            async with asyncio.timeout(5.0):
+                await asyncio.gather(sync_task, return_exceptions=True)
+        except TimeoutError:
+            sync_task.cancel()
+            await asyncio.gather(sync_task, return_exceptions=True)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await self.outbox.close()
+        await self.source.aclose()
+        if self.model is not None:
+            self.model.close()
+        if self._own_inference_executor and self._inference_executor is not None:
+            self._inference_executor.shutdown(wait=False)
+
+    def _load_model(self) -> None:
+        try:
+            keys = load_trusted_keys(self.settings.trusted_keys)
+            self.model = load_model(self.settings.model_dir, keys, threads=self.settings.inference.threads)
+        except ModelLoadError as exc:
+            # Keep running: report the failure and wait for a good model via desired state.
+            self.health, self.reason = Health.FAILED, str(exc)
+            log.error("no model to run: %s", exc)
+            self._event("model.load_failed", Severity.ERROR, str(exc))
+
+    # -- the data path -----------------------------------------------------------------
+
+    async def _read_source(self, queue: asyncio.Queue[Reading | None]) -> None:
+        try:
+            async for reading in self.source.readings(self.outbox.saved_cursor):
+                await queue.put(reading)
+        finally:
+            self.source_done.set()
+        await queue.put(None)
+
+    async def _infer_loop(self, queue: asyncio.Queue[Reading | None]) -> None:
+        max_batch = self.settings.inference.micro_batch_max
+        while True:
+            first = await queue.get()
+            if first is None:
+                return
+            # Micro-batch whatever else is already waiting: one model call for many readings.
+            batch = [first]
+            ended = False
+            while len(batch) < max_batch and not queue.empty():
+                item = queue.get_nowait()
+                if item is None:
+                    ended = True
+                    break
+                batch.append(item)
+            records = await self._infer(batch)
+            if records:
+                await self.outbox.put(records)
+            if ended:
+                return
+
+    async def _infer(self, readings: list[Reading]) -> list[PendingRecord]:
+        assert self.model is not None
+        model = self.model
+        rows, kept = [], []
+        for reading in readings:
+            try:
+                rows.append(model.preprocessor.vector(reading.values))
+                kept.append(reading)
+            except InvalidReading as exc:
+                self.rejected[exc.reason] += 1
+                self.metrics.rejected.labels(exc.reason).inc()
+                log.debug("rejected reading: %s", exc)
+        if not rows:
+            return []
+        raw = np.asarray(rows, dtype=np.float32)
+        scaled = model.preprocessor.scale(raw)
+        started = time.perf_counter()
+        if self._inline:
+            predictions = model.predict(scaled)
+        else:
+            loop = asyncio.get_running_loop()
+            predictions = await loop.run_in_executor(self._inference_executor, model.predict, scaled)
+        self.metrics.inference_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(rows))
+        self.metrics.inferences.inc(len(rows))
+        return self._records(kept, raw, predictions)
+
+    def _records(self, readings: list[Reading], raw: np.ndarray, p: Any) -> list[PendingRecord]:
+        assert self.model is not None
+        manifest = self.model.manifest
+        outputs = np.round(p.outputs.astype(np.float64), 6).tolist()
+        mode = self.settings.inference.features
+        features = np.round(raw.astype(np.float64), 6).tolist() if mode == "raw" else None
+        records = []
+        for i, reading in enumerate(readings):
+            anomaly, low = bool(p.anomaly[i]), bool(p.low_confidence[i])
+            body: dict[str, Any] = {
+                "schema_version": 1,
+                "device_id": self.settings.device_id,
+                "ts": reading.ts,
+                "model_id": manifest.model_id,
+                "model_version": manifest.version,
+                "outputs": outputs[i],
+                "anomaly": anomaly,
+                "low_confidence": low,
+            }
+            if p.predicted is not None:
+                body["predicted"] = int(p.predicted[i])
+                body["confidence"] = round(float(p.confidence[i]), 6)
+            if features is not None:
+                body["features"] = features[i]
+            elif mode == "summary":
+                row = raw[i]
+                body["feature_summary"] = {
+                    "mean": [float(row.mean())],
+                    "min": [float(row.min())],
+                    "max": [float(row.max())],
+                }
+            if reading.label is not None:
+                body["label"] = reading.label
+            records.append(PendingRecord(body=body, flagged=anomaly or low, cursor=reading.cursor))
+        return records
+
+    # -- state, desired state, events -------------------------------------------------
+
+    def reported_state(self) -> ReportedState:
+        stats = self.outbox.stats
+        manifest = self.model.manifest if self.model else None
+        health, reason = self.health, self.reason
+        if health is Health.OK and (
+            stats.evicted_routine or stats.evicted_flagged or stats.dropped_disk_full
+        ):
+            health = Health.DEGRADED
+            reason = (
+                f"outbox bound dropped records: {stats.evicted_routine} routine, {stats.evicted_flagged}"
+                f" flagged evicted, {stats.dropped_disk_full} lost to a full disk"
+            )
+        if self.desired is not None and self.desired.model is not None and manifest is not None:
+            want = self.desired.model
+            if (want.model_id, want.version) != (manifest.model_id, manifest.version):
+                reason = (
+                    f"desired model {want.model_id}@{want.version} is not installed: this agent"
+                    " version cannot download models yet"
+                )
+        return ReportedState(
+            device_id=self.settings.device_id,
+            site=self.settings.site,
+            online=True,
+            health=health,
+            reason=reason,
+            agent_version=__version__,
+            model_id=manifest.model_id if manifest else None,
+            model_version=manifest.version if manifest else None,
+            runtime=manifest.runtime.value if manifest else None,
+            last_seq=stats.last_seq,
+            outbox_depth=stats.depth + stats.pending,
+            outbox_bytes=stats.bytes,
+            evicted=stats.evicted_routine + stats.evicted_flagged,
+            desired_revision=self.desired.revision if self.desired else None,
+        )
+
+    async def apply_desired(self, desired: DesiredState) -> None:
+        if self.desired is not None and desired.revision <= self.desired.revision:
+            return  # a retained copy of what we already applied, or an older one
+        await self._desired_store.save(desired.model_dump(mode="json"))
+        self.desired = desired
+        self.syncer.encoding = desired.telemetry_encoding
+        log.info("applied desired state revision %d", desired.revision)
+        self.syncer.state_changed()
+
+    def _event(self, kind: str, severity: Severity, message: str, **data: Any) -> None:
+        self.syncer.emit(
+            DeviceEvent(
+                device_id=self.settings.device_id, kind=kind, severity=severity, message=message, data=data
+            )
+        )
+
+    async def _housekeeping(self) -> None:
+        while True:
+            stats = self.outbox.stats
+            self.metrics.outbox_depth.set(stats.depth + stats.pending)
+            self.metrics.outbox_bytes.set(stats.bytes)
+            dropped = {
+                "routine": stats.evicted_routine,
+                "flagged": stats.evicted_flagged,
+                "disk_full": stats.dropped_disk_full,
+            }
+            delta = {k: v - self._dropped_reported.get(k, 0) for k, v in dropped.items()}
+            if any(delta.values()):
+                for kind, count in delta.items():
+                    if count:
+                        self.metrics.evicted.labels(kind).inc(count)
+                self._event(
+                    "outbox.evicted",
+                    Severity.WARNING,
+                    f"outbox bound reached: {sum(delta.values())} more records dropped",
+                    **dropped,
+                )
+                self._dropped_reported = dropped
+                self.syncer.state_changed()
+            new = self.rejected - self._rejected_reported
+            if new:
+                self._event(
+                    "input.rejected",
+                    Severity.WARNING,
+                    f"{sum(new.values())} readings refused",
+                    **{k: int(v) for k, v in new.items()},
+                )
+                self._rejected_reported = self.rejected.copy()
+            await asyncio.sleep(_HOUSEKEEPING_S)

@@ -1,0 +1,186 @@
+"""Agent settings: a YAML file, overridden by ``EDGEFLEET_AGENT__...`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from edge_agent.exceptions import ConfigError
+from fleet_protocol import Encoding, validate_id
+from fleet_protocol.codec import describe_validation_error
+
+ENV_PREFIX = "EDGEFLEET_AGENT__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReplaySourceConfig(_Section):
+    """Replays a CSV or JSON-lines file, one reading a row."""
+
+    kind: Literal["replay"] = "replay"
+    path: Path
+    rate_hz: float | None = Field(default=None, gt=0, description="None: as fast as possible")
+    loop: bool = False
+    ts_field: str = "ts"
+    label_field: str = "label"
+
+
+class SyntheticSourceConfig(_Section):
+    """Generates readings like a real sensor: regimes, noise, rare anomalies, drift."""
+
+    kind: Literal["synthetic"] = "synthetic"
+    rate_hz: float | None = Field(default=10.0, gt=0, description="None: as fast as possible")
+    seed: int = 0
+    anomaly_rate: float = Field(default=0.01, ge=0, le=1)
+    noise: float = Field(default=0.35, gt=0)
+    drift_per_hour: float = Field(default=0.0, ge=0)
+    limit: int | None = Field(default=None, ge=1, description="Stop after this many readings")
+
+
+class MqttTopicSourceConfig(_Section):
+    """Reads JSON readings that a local sensor process publishes on an MQTT topic."""
+
+    kind: Literal["mqtt"] = "mqtt"
+    topic: str
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+
+
+SourceConfig = Annotated[
+    ReplaySourceConfig | SyntheticSourceConfig | MqttTopicSourceConfig, Field(discriminator="kind")
+]
+
+
+class MqttConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = None
+    keepalive_s: int = Field(default=30, ge=5)
+    #: Records per telemetry publish, and the longest a record waits to fill a batch.
+    batch_max_records: int = Field(default=100, ge=1, le=1000)
+    batch_max_bytes: int = Field(default=128 * 1024, ge=1024)
+    #: Publishes awaiting PUBACK at once: pipelines the link without unbounded memory.
+    max_inflight: int = Field(default=8, ge=1, le=64)
+    publish_timeout_s: float = Field(default=15.0, gt=0)
+    bandwidth_bytes_per_hour: int | None = Field(default=None, ge=1024)
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    state_interval_s: float = Field(default=30.0, gt=0)
+    encoding: Encoding = Encoding.JSON
+
+
+class OutboxConfig(_Section):
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024)
+    #: Records that wait in memory for the writer; when full, inference waits (never drops).
+    max_pending: int = Field(default=10_000, ge=10)
+    #: FULL survives power loss; NORMAL survives a killed process and is faster.
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+
+
+class InferenceConfig(_Section):
+    micro_batch_max: int = Field(default=64, ge=1, le=4096)
+    threads: int = Field(default=1, ge=1, le=64)
+    #: "thread" keeps the loop free while a model runs; "inline" avoids the hop for tiny models.
+    executor: Literal["thread", "inline"] = "thread"
+    features: Literal["raw", "summary", "none"] = "raw"
+    queue_size: int = Field(default=1000, ge=1)
+
+
+class MetricsConfig(_Section):
+    port: int | None = Field(default=None, ge=0, le=65535, description="None: no HTTP endpoint")
+    host: str = "127.0.0.1"
+
+
+class AgentSettings(BaseSettings):
+    """Everything one device agent needs. Required values have no default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    device_id: str
+    site: str
+    data_dir: Path = Field(description="Outbox and agent state live here")
+    model_dir: Path = Field(description="The active model bundle")
+    trusted_keys: list[Path] = Field(min_length=1, description="PEM ed25519 keys bundles must be signed by")
+    source: SourceConfig
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, value: str) -> str:
+        return validate_id(value, "device")
+
+    @field_validator("site")
+    @classmethod
+    def _site(cls, value: str) -> str:
+        return validate_id(value, "site")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file: an operator overrides one value of a
+        # shipped config without editing it.
+        return env_settings, init_settings
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> AgentSettings:
+    """Read a YAML config, apply environment overrides, validate.
+
+    Relative paths in the file are resolved against the file's folder.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file and each invalid field.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of settings, not {type(loaded).__name__}")
+        data = _resolve_paths(loaded, path.parent)
+    data.update(overrides)
+    try:
+        return AgentSettings(**data)
+    except ValidationError as exc:
+        where = str(path) if path is not None else "agent settings"
+        raise ConfigError(f"{where} is invalid: {describe_validation_error(exc)}") from None
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    out = dict(data)
+    for key in ("data_dir", "model_dir"):
+        if isinstance(out.get(key), str):
+            out[key] = str(base / out[key])
+    if isinstance(out.get("trusted_keys"), list):
+        out["trusted_keys"] = [str(base / k) if isinstance(k, str) else k for k in out["trusted_keys"]]
+    source = out.get("source")
+    if isinstance(source, dict) and isinstance(source.get("path"), str):
+        out["source"] = {**source, "path": str(base / source["path"])}
+    return out

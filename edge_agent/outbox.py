@@ -1,0 +1,343 @@
+"""The durable outbox: every record waits here, in SQLite, until the broker acknowledged it.
+
+- One writer task batches records into transactions, off the event loop (an executor
+  thread), in WAL mode: a killed process loses nothing that was committed.
+- ``seq`` is assigned inside the insert transaction and persisted with it, so it only grows,
+  across restarts too. The source's cursor is saved in the same transaction, so a restarted
+  agent neither skips nor repeats a reading.
+- Bounded in bytes. When full, the oldest routine records go first, flagged records
+  (anomalies, low confidence) only when nothing routine is left; every eviction is counted.
+- A full disk (``SQLITE_FULL``) evicts harder; a batch that still does not fit is dropped
+  and counted, and the agent goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+from collections.abc import Iterable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    flagged INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_by_priority ON outbox (flagged, seq);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
+"""
+_COUNTERS = ("last_seq", "evicted_routine", "evicted_flagged", "dropped_disk_full")
+
+
+@dataclass(slots=True)
+class PendingRecord:
+    """A record waiting for the writer; ``body`` gets its ``seq`` when it is stored."""
+
+    body: dict[str, Any]
+    flagged: bool
+    cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    seq: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    depth: int
+    bytes: int
+    last_seq: int
+    evicted_routine: int
+    evicted_flagged: int
+    dropped_disk_full: int
+    pending: int
+
+
+class Outbox:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = 256 * 1024 * 1024,
+        max_pending: int = 10_000,
+        synchronous: str = "NORMAL",
+        executor: Executor | None = None,
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.max_pending = max_pending
+        self._synchronous = synchronous
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        self._conn: sqlite3.Connection | None = None
+        # Serialises use of the one connection, whichever executor thread runs it.
+        self._db_lock = asyncio.Lock()
+        self._pending: list[PendingRecord] = []
+        self._writing = 0
+        self._changed = asyncio.Condition()
+        self._new_records = asyncio.Event()
+        self._depth = 0
+        self._bytes = 0
+        self._counters = dict.fromkeys(_COUNTERS, 0)
+        self.saved_cursor: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._run(self._open)
+        if self._depth:
+            self._new_records.set()
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.executescript(_SCHEMA)
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        version = int(meta.get("schema_version", SCHEMA_VERSION))
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise RuntimeError(f"outbox {self.path} has schema {version}, newer than this agent's")
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        depth, size, max_seq = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(MAX(seq), 0) FROM outbox"
+        ).fetchone()
+        for key in _COUNTERS:
+            self._counters[key] = int(meta.get(key, 0))
+        # Never trust one source alone: seq must not repeat even if meta were behind.
+        self._counters["last_seq"] = max(self._counters["last_seq"], int(max_seq))
+        self.saved_cursor = meta.get("source_cursor")
+        self._depth, self._bytes = int(depth), int(size)
+        self._conn = conn
+
+    async def close(self) -> None:
+        """Write what is pending, then close the database."""
+        if self._conn is None:
+            return
+        await self.flush()
+        await self._run(self._conn.close)
+        self._conn = None
+        if self._own_executor:
+            self._executor.shutdown(wait=False)
+
+    # -- writing ---------------------------------------------------------------------
+
+    async def put(self, records: Iterable[PendingRecord]) -> None:
+        """Queue records for the writer. Waits while ``max_pending`` are queued: never drops."""
+        items = list(records)
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self._pending) < self.max_pending)
+            self._pending.extend(items)
+            self._changed.notify_all()
+
+    async def run_writer(self) -> None:
+        """The writer task: drain the pending list into transactions until cancelled."""
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(lambda: bool(self._pending))
+                batch, self._pending = self._pending, []
+                self._writing += 1
+                self._changed.notify_all()
+            try:
+                await self._run(self._write, batch)
+            except Exception:
+                log.exception("outbox write of %d records failed; they are lost", len(batch))
+            finally:
+                async with self._changed:
+                    self._writing -= 1
+                    self._changed.notify_all()
+            self._new_records.set()
+
+    async def flush(self) -> None:
+        """Return once every record put so far is committed (or counted as dropped)."""
+        async with self._changed:
+            batch, self._pending = self._pending, []
+            self._writing += 1
+        try:
+            if batch:
+                await self._run(self._write, batch)
+                self._new_records.set()
+        finally:
+            async with self._changed:
+                self._writing -= 1
+                self._changed.notify_all()
+                await self._changed.wait_for(lambda: not self._pending and self._writing == 0)
+
+    def _write(self, batch: list[PendingRecord]) -> None:
+        seq = self._counters["last_seq"]
+        rows = []
+        cursor = None
+        for item in batch:
+            seq += 1
+            item.body["seq"] = seq
+            body = json.dumps(item.body, separators=(",", ":")).encode()
+            rows.append((seq, int(item.flagged), len(body), body))
+            if item.cursor is not None:
+                cursor = item.cursor
+        incoming = sum(r[2] for r in rows)
+        try:
+            self._insert(rows, incoming, seq, cursor)
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                raise
+            # The disk (or the database's page limit) is full: make room and try once more.
+            log.warning("outbox disk is full; evicting routine records to make room")
+            with contextlib.suppress(sqlite3.OperationalError):
+                self._shrink(max(incoming * 4, self._bytes // 4))
+            try:
+                self._insert(rows, incoming, seq, cursor)
+            except sqlite3.OperationalError as again:
+                if getattr(again, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                    raise
+                self._counters["dropped_disk_full"] += len(rows)
+                log.error("outbox disk is full: dropped %d records (counted)", len(rows))
+
+    def _insert(
+        self, rows: list[tuple[int, int, int, bytes]], incoming: int, seq: int, cursor: str | None
+    ) -> None:
+        conn = self._require_conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            evicted = self._evict(conn, self._bytes + incoming - self.max_bytes)
+            conn.executemany("INSERT INTO outbox VALUES (?, ?, ?, ?)", rows)
+            counters = dict(self._counters)
+            counters["last_seq"] = seq
+            counters["evicted_routine"] += evicted[0][0]
+            counters["evicted_flagged"] += evicted[1][0]
+            meta = list(counters.items())
+            if cursor is not None:
+                meta.append(("source_cursor", cursor))
+            conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._counters = counters
+        if cursor is not None:
+            self.saved_cursor = cursor
+        self._depth += len(rows) - evicted[0][0] - evicted[1][0]
+        self._bytes += incoming - evicted[0][1] - evicted[1][1]
+
+    def _evict(self, conn: sqlite3.Connection, excess: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Delete the oldest routine, then flagged, rows until ``excess`` bytes are freed."""
+        done = []
+        for flagged in (0, 1):
+            count = freed = 0
+            if excess > 0:
+                cut = None
+                for seq, size in conn.execute(
+                    "SELECT seq, size FROM outbox WHERE flagged = ? ORDER BY seq", (flagged,)
+                ):
+                    count, freed, cut = count + 1, freed + size, seq
+                    if freed >= excess:
+                        break
+                if cut is not None:
+                    conn.execute("DELETE FROM outbox WHERE flagged = ? AND seq <= ?", (flagged, cut))
+                excess -= freed
+            done.append((count, freed))
+        if done[0][0] or done[1][0]:
+            log.warning("outbox full: evicted %d routine and %d flagged records", done[0][0], done[1][0])
+        return done[0], done[1]
+
+    def _shrink(self, target_free: int) -> None:
+        conn = self._require_conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            routine, flagged = self._evict(conn, target_free)
+            counters = dict(self._counters)
+            counters["evicted_routine"] += routine[0]
+            counters["evicted_flagged"] += flagged[0]
+            conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(counters.items()))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._counters = counters
+        self._depth -= routine[0] + flagged[0]
+        self._bytes -= routine[1] + flagged[1]
+
+    # -- reading and acknowledging ------------------------------------------------------
+
+    async def read_after(self, seq: int, *, limit: int, max_bytes: int) -> list[OutboxRow]:
+        """The oldest stored records with a ``seq`` above ``seq``, at most ``limit`` / ``max_bytes``."""
+        return await self._run(self._read_after, seq, limit, max_bytes)
+
+    def _read_after(self, seq: int, limit: int, max_bytes: int) -> list[OutboxRow]:
+        out: list[OutboxRow] = []
+        total = 0
+        cursor = self._require_conn().execute(
+            "SELECT seq, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+        )
+        for row_seq, body in cursor:
+            if out and total + len(body) > max_bytes:
+                break
+            out.append(OutboxRow(row_seq, body))
+            total += len(body)
+        return out
+
+    async def ack(self, seqs: list[int]) -> None:
+        """The broker has these records: delete them."""
+        await self._run(self._ack, seqs)
+
+    def _ack(self, seqs: list[int]) -> None:
+        conn = self._require_conn()
+        freed = removed = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for start in range(0, len(seqs), 500):
+                chunk = seqs[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                sql = f"DELETE FROM outbox WHERE seq IN ({marks}) RETURNING size"
+                for (size,) in conn.execute(sql, chunk):
+                    removed += 1
+                    freed += size
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._depth -= removed
+        self._bytes -= freed
+
+    async def wait_for_records(self) -> None:
+        """Return when records may have been added since the last call."""
+        await self._new_records.wait()
+        self._new_records.clear()
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> OutboxStats:
+        c = self._counters
+        return OutboxStats(
+            depth=self._depth,
+            bytes=self._bytes,
+            last_seq=c["last_seq"],
+            evicted_routine=c["evicted_routine"],
+            evicted_flagged=c["evicted_flagged"],
+            dropped_disk_full=c["dropped_disk_full"],
+            pending=len(self._pending),
+        )
+
+    def _require_conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("outbox is not open")
+        return self._conn
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        async with self._db_lock:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

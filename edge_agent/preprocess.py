@@ -1,0 +1,57 @@
+"""Sensor readings -> model input, as the bundle's manifest declares: order, then scale."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from edge_agent.exceptions import InvalidReading
+from fleet_protocol import Preprocessing
+
+
+class Preprocessor:
+    def __init__(self, spec: Preprocessing) -> None:
+        self.feature_names = spec.feature_names
+        n = len(spec.feature_names)
+        self._mean = np.asarray(spec.mean if spec.mean is not None else [0.0] * n, dtype=np.float32)
+        self._scale = np.asarray(spec.scale if spec.scale is not None else [1.0] * n, dtype=np.float32)
+
+    def vector(self, values: Mapping[str, Any] | Sequence[Any]) -> list[float]:
+        """One reading as raw floats in feature order.
+
+        Raises
+        ------
+        InvalidReading
+            For a missing feature, a value that is not a number, or NaN/inf.
+        """
+        names = self.feature_names
+        if isinstance(values, Mapping):
+            try:
+                raw = [values[name] for name in names]
+            except KeyError as exc:
+                raise InvalidReading("missing_feature", f"reading lacks feature {exc.args[0]!r}") from None
+        elif isinstance(values, Sequence) and not isinstance(values, str | bytes):
+            if len(values) != len(names):
+                raise InvalidReading(
+                    "wrong_length", f"reading has {len(values)} values, model needs {len(names)}"
+                )
+            raw = list(values)
+        else:
+            raise InvalidReading("not_a_reading", f"reading must be a mapping or list, not {type(values)}")
+        out = []
+        for name, value in zip(names, raw, strict=True):
+            # bool is an int subclass, but True is no sensor value.
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidReading("not_a_number", f"feature {name!r} is {value!r}, not a number")
+            number = float(value)
+            if not math.isfinite(number):
+                raise InvalidReading("not_finite", f"feature {name!r} is {number}")
+            out.append(number)
+        return out
+
+    def scale(self, rows: np.ndarray) -> np.ndarray:
+        """Standardise a ``(n, features)`` float32 batch."""
+        return (rows - self._mean) / self._scale

@@ -1,0 +1,244 @@
+"""Outbox -> MQTT: batches, QoS 1, ack-then-delete, reconnects, retained state, Last Will.
+
+One connection at a time. Per connection a task group runs the sender, the receiver of
+desired state, the state reporter and the event publisher; any `LinkError` tears the
+group down and the loop reconnects after a jittered backoff. Records are sent again from
+the oldest unacknowledged one after every reconnect: at-least-once delivery, made
+exactly-once downstream by ``(device_id, seq)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import msgpack
+
+from edge_agent.bandwidth import ByteBudget
+from edge_agent.config import MqttConfig
+from edge_agent.exceptions import LinkError
+from edge_agent.metrics import AgentMetrics
+from edge_agent.mqtt_link import Backoff, LastWill, LinkSettings, MqttLink
+from edge_agent.outbox import Outbox, OutboxRow
+from fleet_protocol import (
+    DesiredState,
+    DeviceEvent,
+    Encoding,
+    Health,
+    ProtocolError,
+    ReportedState,
+    decode,
+    desired_topic,
+    encode,
+    events_topic,
+    state_topic,
+    telemetry_topic,
+)
+
+log = logging.getLogger(__name__)
+
+_EVENT_QUEUE = 256
+
+
+class _SessionOver(Exception):
+    """Raised inside a session's task group to end it on purpose (shutdown)."""
+
+
+class Syncer:
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        site: str,
+        config: MqttConfig,
+        outbox: Outbox,
+        metrics: AgentMetrics,
+        report_state: Callable[[], ReportedState],
+        on_desired: Callable[[DesiredState], Awaitable[None]],
+        budget: ByteBudget | None = None,
+    ) -> None:
+        self.device_id, self.site, self.config = device_id, site, config
+        self.outbox, self.metrics = outbox, metrics
+        self._report_state = report_state
+        self._on_desired = on_desired
+        self.budget = budget
+        self.encoding = config.encoding
+        self._topics = {
+            "telemetry": telemetry_topic(site, device_id),
+            "state": state_topic(site, device_id),
+            "desired": desired_topic(site, device_id),
+            "events": events_topic(site, device_id),
+        }
+        offline = ReportedState(device_id=device_id, site=site, online=False, health=Health.UNKNOWN)
+        self.link = MqttLink(
+            LinkSettings(
+                host=config.host,
+                port=config.port,
+                client_id=f"agent-{device_id}",
+                username=config.username,
+                password=config.password,
+                keepalive_s=config.keepalive_s,
+                will=LastWill(self._topics["state"], encode(offline), qos=1, retain=True),
+                timeout_s=config.publish_timeout_s,
+                max_inflight=max(20, config.max_inflight),
+            )
+        )
+        self._events: asyncio.Queue[DeviceEvent] = asyncio.Queue(maxsize=_EVENT_QUEUE)
+        self._state_changed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self.connected = asyncio.Event()
+
+    # -- public API --------------------------------------------------------------------
+
+    def emit(self, event: DeviceEvent) -> None:
+        """Queue an event for the broker; when the queue is full the oldest is dropped."""
+        if self._events.full():
+            self._events.get_nowait()
+            log.warning("event queue full: dropped the oldest event")
+        self._events.put_nowait(event)
+
+    def state_changed(self) -> None:
+        """Ask for the reported state to be published now."""
+        self._state_changed.set()
+
+    async def stop(self) -> None:
+        """Publish the offline state and disconnect cleanly (the Last Will is not sent)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Connect, sync, reconnect on failure, until `stop`."""
+        backoff = Backoff(self.config.reconnect_min_s, self.config.reconnect_max_s)
+        while not self._stopping.is_set():
+            try:
+                async with self.link:
+                    self.metrics.connects.inc()
+                    self.metrics.connected.set(1)
+                    self.connected.set()
+                    backoff.reset()
+                    log.info("connected to %s:%d", self.config.host, self.config.port)
+                    await self._session()
+            except* LinkError as group:
+                self.metrics.link_errors.inc()
+                log.warning("MQTT link: %s", "; ".join(str(e) for e in group.exceptions))
+            except* _SessionOver:
+                pass
+            finally:
+                self.metrics.connected.set(0)
+                self.connected.clear()
+            if self._stopping.is_set():
+                break
+            delay = backoff.next_delay()
+            log.info("reconnecting in %.1fs", delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    # -- one connection ----------------------------------------------------------------
+
+    async def _session(self) -> None:
+        await self.link.subscribe(self._topics["desired"], qos=1)
+        await self._publish_state()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._send_records())
+            group.create_task(self._receive())
+            group.create_task(self._report())
+            group.create_task(self._send_events())
+            group.create_task(self._until_stopped())
+
+    async def _until_stopped(self) -> None:
+        await self._stopping.wait()
+        offline = self._report_state().model_copy(update={"online": False, "ts": time.time()})
+        with contextlib.suppress(LinkError, TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self.link.publish(self._topics["state"], encode(offline), qos=1, retain=True)
+        raise _SessionOver
+
+    async def _send_records(self) -> None:
+        cfg = self.config
+        inflight = asyncio.Semaphore(cfg.max_inflight)
+        sent_upto = 0  # after a reconnect, everything unacknowledged goes again
+        async with asyncio.TaskGroup() as group:
+            while True:
+                rows = await self.outbox.read_after(
+                    sent_upto, limit=cfg.batch_max_records, max_bytes=cfg.batch_max_bytes
+                )
+                if not rows:
+                    await self.outbox.wait_for_records()
+                    continue
+                payload = self._batch_payload(rows)
+                if self.budget is not None:
+                    await self.budget.take(len(payload))
+                await inflight.acquire()
+                sent_upto = rows[-1].seq
+                group.create_task(self._publish_batch(payload, [r.seq for r in rows], inflight))
+
+    async def _publish_batch(self, payload: bytes, seqs: list[int], inflight: asyncio.Semaphore) -> None:
+        try:
+            await self.link.publish(self._topics["telemetry"], payload, qos=1)
+            # Only now may the records leave the outbox: the broker has them.
+            await self.outbox.ack(seqs)
+        finally:
+            inflight.release()
+        self.metrics.records_sent.inc(len(seqs))
+        self.metrics.bytes_sent.inc(len(payload))
+        self.metrics.publishes.inc()
+
+    def _batch_payload(self, rows: list[OutboxRow]) -> bytes:
+        if self.encoding is Encoding.JSON:
+            # Records are stored as JSON already: splice them instead of re-serialising.
+            head = json.dumps(
+                {"schema_version": 1, "device_id": self.device_id, "site": self.site, "sent_at": time.time()},
+                separators=(",", ":"),
+            )
+            return b"".join([head[:-1].encode(), b',"records":[', b",".join(r.body for r in rows), b"]}"])
+        batch = {
+            "schema_version": 1,
+            "device_id": self.device_id,
+            "site": self.site,
+            "sent_at": time.time(),
+            "records": [json.loads(r.body) for r in rows],
+        }
+        return msgpack.packb(batch, use_bin_type=True)
+
+    async def _receive(self) -> None:
+        async for message in self.link.messages():
+            if message.topic != self._topics["desired"]:
+                continue
+            if not message.payload:
+                continue  # a cleared retained message
+            try:
+                desired = decode(message.payload, DesiredState)
+            except ProtocolError as exc:
+                self.metrics.rejected_desired.labels(exc.reason).inc()
+                log.warning("refused desired state: %s", exc)
+                continue
+            if desired.device_id != self.device_id:
+                self.metrics.rejected_desired.labels("wrong_device").inc()
+                log.warning("refused desired state for %s on my topic", desired.device_id)
+                continue
+            await self._on_desired(desired)
+
+    async def _report(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._state_changed.wait(), self.config.state_interval_s)
+            self._state_changed.clear()
+            await self._publish_state()
+
+    async def _publish_state(self) -> None:
+        state = self._report_state()
+        await self.link.publish(self._topics["state"], encode(state), qos=1, retain=True)
+
+    async def _send_events(self) -> None:
+        while True:
+            event = await self._events.get()
+            try:
+                await self.link.publish(self._topics["events"], encode(event), qos=1)
+            except LinkError:
+                # Keep it for the next connection, unless newer events filled the queue.
+                if not self._events.full():
+                    self._events.put_nowait(event)
+                raise
