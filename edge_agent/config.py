@@ -38,7 +38,7 @@ class SyntheticSourceConfig(_Section):
     rate_hz: float | None = Field(default=10.0, gt=0, description="None: as fast as possible")
     seed: int = 0
     anomaly_rate: float = Field(default=0.01, ge=0, le=1)
-    noise: float = Field(default=0.35, gt=0)
+    noise: float = Field(default=0.6, gt=0)
     drift_per_hour: float = Field(default=0.0, ge=0)
     limit: int | None = Field(default=None, ge=1, description="Stop after this many readings")
 

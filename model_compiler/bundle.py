@@ -45,6 +45,7 @@ def write_bundle(
         raise FileExistsError(f"{out} exists and is not empty")
     # Build beside the target and rename: a reader never sees half a bundle.
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(0o755)
     try:
         entries = {}
         for name, source in files.items():

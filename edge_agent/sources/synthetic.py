@@ -27,7 +27,7 @@ class SensorPhysics:
 
     def __init__(self) -> None:
         rng = np.random.default_rng(_PHYSICS_SEED)
-        self.centroids = rng.normal(0.0, 1.0, size=(len(CLASSES), N_FEATURES)).astype(np.float32) * 1.5
+        self.centroids = rng.normal(0.0, 1.0, size=(len(CLASSES), N_FEATURES)).astype(np.float32) * 0.5
         self.cycle_weights = rng.normal(0.0, 0.3, size=N_FEATURES).astype(np.float32)
         drift = rng.normal(0.0, 1.0, size=N_FEATURES)
         self.drift_direction = (drift / np.linalg.norm(drift)).astype(np.float32)
@@ -47,7 +47,7 @@ class SensorPhysics:
 
 
 def make_dataset(
-    n: int, seed: int = 0, noise: float = 0.35, anomaly_fraction: float = 0.1, drift: float = 0.0
+    n: int, seed: int = 0, noise: float = 0.6, anomaly_fraction: float = 0.1, drift: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` labelled samples: ``(x float32 (n, 16), y int64 (n,))``."""
     rng = np.random.default_rng(seed)
@@ -66,7 +66,7 @@ class SyntheticSource(SensorSource):
         rate_hz: float | None = 10.0,
         seed: int = 0,
         anomaly_rate: float = 0.01,
-        noise: float = 0.35,
+        noise: float = 0.6,
         drift_per_hour: float = 0.0,
         limit: int | None = None,
         period_s: float = 60.0,

@@ -1,0 +1,163 @@
+"""Makes a first real model for a simulated fleet: a small MLP trained on the synthetic sensor.
+
+Until the fleet's models come from ``model_compiler``'s full pipeline, this trains,
+exports to ONNX (fp32 and int8), converts to OpenVINO IR, and signs a bundle for each.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from torch import nn
+
+from edge_agent.sources.synthetic import ANOMALY_CLASS, CLASSES, FEATURE_NAMES, N_FEATURES, make_dataset
+from fleet_protocol import Postprocessing, Preprocessing, Runtime, TensorSpec
+from model_compiler.bundle import write_bundle
+
+
+class MLP(nn.Module):
+    """16 -> 64 -> 4. Its own Module (not a bare Sequential) so NNCF can wrap it."""
+
+    def __init__(self, n_in: int = N_FEATURES, hidden: int = 64, n_out: int = len(CLASSES)) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(n_in, hidden)
+        self.fc2 = nn.Linear(hidden, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+@dataclass
+class TrainedModel:
+    module: MLP
+    mean: np.ndarray
+    scale: np.ndarray
+    accuracy: float
+    x_eval: np.ndarray
+    y_eval: np.ndarray
+
+    def logits(self, raw: np.ndarray) -> np.ndarray:
+        """Torch reference outputs on raw (unscaled) features."""
+        with torch.no_grad():
+            return self.module(torch.from_numpy((raw - self.mean) / self.scale)).numpy()
+
+
+def train_mlp(seed: int = 0, n: int = 6000, epochs: int = 30) -> TrainedModel:
+    """Train on generated data for a second or two on a CPU."""
+    torch.manual_seed(seed)
+    x, y = make_dataset(n, seed=seed)
+    x_eval, y_eval = make_dataset(1000, seed=seed + 1000)
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    xs = torch.from_numpy((x - mean) / scale)
+    ys = torch.from_numpy(y)
+    model = MLP()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(epochs):
+        for i in range(0, n, 256):
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(xs[i : i + 256]), ys[i : i + 256])
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    trained = TrainedModel(model, mean.astype(np.float32), scale.astype(np.float32), 0.0, x_eval, y_eval)
+    trained.accuracy = float((trained.logits(x_eval).argmax(axis=1) == y_eval).mean())
+    return trained
+
+
+def export_onnx(trained: TrainedModel, path: Path, *, dynamic_batch: bool = True) -> Path:
+    """torch -> ONNX, weights inside the file, batch axis dynamic."""
+    example = torch.zeros(1, N_FEATURES)
+    torch.onnx.export(
+        trained.module,
+        (example,),
+        str(path),
+        input_names=["features"],
+        output_names=["logits"],
+        dynamic_axes={"features": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None,
+        opset_version=17,
+        external_data=False,
+        dynamo=False,
+    )
+    return path
+
+
+def quantize_onnx_int8(src: Path, dst: Path) -> Path:
+    """Dynamic int8 quantization with onnxruntime (no calibration data needed)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    return dst
+
+
+def convert_openvino(src: Path, out_dir: Path) -> Path:
+    """ONNX -> OpenVINO IR (``model.xml`` + ``model.bin``)."""
+    import openvino as ov
+
+    xml = out_dir / "model.xml"
+    ov.save_model(ov.convert_model(str(src)), str(xml), compress_to_fp16=False)
+    return xml
+
+
+def manifest_fields(
+    trained: TrainedModel,
+    *,
+    model_id: str,
+    version: str,
+    runtime: Runtime,
+    entrypoint: str,
+    batch: int | None = None,
+) -> dict[str, object]:
+    return {
+        "model_id": model_id,
+        "version": version,
+        "runtime": runtime,
+        "entrypoint": entrypoint,
+        "inputs": [TensorSpec(name="features", shape=[batch, N_FEATURES])],
+        "outputs": [TensorSpec(name="logits", shape=[batch, len(CLASSES)])],
+        "preprocessing": Preprocessing(
+            feature_names=FEATURE_NAMES, mean=trained.mean.tolist(), scale=trained.scale.tolist()
+        ),
+        "postprocessing": Postprocessing(
+            labels=CLASSES, anomaly_classes=[ANOMALY_CLASS], low_confidence_below=0.5
+        ),
+        "metrics": {"accuracy": trained.accuracy},
+    }
+
+
+def build_bundles(
+    trained: TrainedModel,
+    out_dir: Path,
+    key: Ed25519PrivateKey,
+    *,
+    model_id: str = "sensor-mlp",
+    version: str = "1.0.0",
+) -> dict[str, Path]:
+    """Signed bundles ``onnx-fp32``, ``onnx-int8`` and ``openvino-fp32`` under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bundles = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        fp32 = export_onnx(trained, work / "model.onnx")
+        int8 = quantize_onnx_int8(fp32, work / "model.int8.onnx")
+        xml = convert_openvino(fp32, work)
+        targets = {
+            "onnx-fp32": (Runtime.ONNXRUNTIME, {"model.onnx": fp32}, "model.onnx"),
+            "onnx-int8": (Runtime.ONNXRUNTIME, {"model.onnx": int8}, "model.onnx"),
+            "openvino-fp32": (
+                Runtime.OPENVINO,
+                {"model.xml": xml, "model.bin": xml.with_suffix(".bin")},
+                "model.xml",
+            ),
+        }
+        for name, (runtime, files, entry) in targets.items():
+            fields = manifest_fields(
+                trained, model_id=model_id, version=version, runtime=runtime, entrypoint=entry
+            )
+            write_bundle(out_dir / name, files, key, **fields)
+            bundles[name] = out_dir / name
+    return bundles
