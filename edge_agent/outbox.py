@@ -225,7 +225,7 @@ class Outbox:
             conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         self._counters = counters
         if cursor is not None:
@@ -265,7 +265,7 @@ class Outbox:
             conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(counters.items()))
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         self._counters = counters
         self._depth -= routine[0] + flagged[0]
@@ -308,7 +308,7 @@ class Outbox:
                     freed += size
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         self._depth -= removed
         self._bytes -= freed
@@ -341,3 +341,9 @@ class Outbox:
     async def _run(self, fn: Any, *args: Any) -> Any:
         async with self._db_lock:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    # SQLite has already rolled back by itself after some errors (SQLITE_FULL among them).
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")

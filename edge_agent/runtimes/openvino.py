@@ -34,7 +34,13 @@ class OpenVinoRuntime(Runtime):
         compiled = core.compile_model(
             model,
             "CPU",
-            {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"},
+            # f32: on CPUs with bf16 units the plugin would otherwise lower precision on its own,
+            # and the outputs would drift from what the bundle's metrics were measured on.
+            {
+                "INFERENCE_NUM_THREADS": threads,
+                "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_PRECISION_HINT": "f32",
+            },
         )
         self._request = compiled.create_infer_request()
         self._input = np.zeros((1, self.n_features), dtype=np.float32)

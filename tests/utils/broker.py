@@ -31,6 +31,8 @@ class Mosquitto:
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
+            # As root, mosquitto would drop to its own user, which cannot write in pytest's tmp dirs.
+            "user root\n"
             "persistence true\n"
             f"persistence_location {workdir}/\n"
             "max_queued_messages 0\n"

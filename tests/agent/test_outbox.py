@@ -1,0 +1,160 @@
+"""The outbox on a real SQLite file: seq, bounds, eviction order, a full disk, reopening."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from edge_agent.outbox import Outbox, PendingRecord
+
+
+def _records(n: int, *, flagged: bool = False, start_cursor: int = 0, size: int = 100) -> list[PendingRecord]:
+    return [
+        PendingRecord(body={"pad": "x" * size, "i": i}, flagged=flagged, cursor=str(start_cursor + i + 1))
+        for i in range(n)
+    ]
+
+
+async def _open(path: Path, **kwargs: object) -> Outbox:
+    outbox = Outbox(path, **kwargs)  # type: ignore[arg-type]
+    await outbox.open()
+    return outbox
+
+
+async def _all_seqs(outbox: Outbox) -> list[int]:
+    return [r.seq for r in await outbox.read_after(0, limit=1_000_000, max_bytes=1 << 40)]
+
+
+async def test_seq_only_grows_across_reopen_and_acks(tmp_path: Path) -> None:
+    outbox = await _open(tmp_path / "o.sqlite")
+    await outbox.put(_records(5))
+    await outbox.flush()
+    assert await _all_seqs(outbox) == [1, 2, 3, 4, 5]
+    await outbox.ack([1, 2, 3, 4, 5])
+    await outbox.close()
+
+    reopened = await _open(tmp_path / "o.sqlite")
+    await reopened.put(_records(2))
+    await reopened.flush()
+    assert await _all_seqs(reopened) == [6, 7]
+    assert reopened.stats.last_seq == 7
+    await reopened.close()
+
+
+async def test_records_carry_their_seq_and_the_cursor_is_saved_with_them(tmp_path: Path) -> None:
+    outbox = await _open(tmp_path / "o.sqlite")
+    await outbox.put(_records(3, start_cursor=40))
+    await outbox.flush()
+    rows = await outbox.read_after(0, limit=10, max_bytes=1 << 20)
+    assert [json.loads(r.body)["seq"] for r in rows] == [1, 2, 3]
+    await outbox.close()
+    assert (await _open(tmp_path / "o.sqlite")).saved_cursor == "43"
+
+
+async def test_writer_task_batches_concurrent_puts(tmp_path: Path) -> None:
+    outbox = await _open(tmp_path / "o.sqlite")
+    writer = asyncio.create_task(outbox.run_writer())
+    await asyncio.gather(*(outbox.put(_records(10)) for _ in range(20)))
+    await outbox.flush()
+    assert await _all_seqs(outbox) == list(range(1, 201))
+    writer.cancel()
+    await outbox.close()
+
+
+async def test_put_waits_instead_of_dropping_when_pending_is_full(tmp_path: Path) -> None:
+    outbox = await _open(tmp_path / "o.sqlite", max_pending=10)
+    await outbox.put(_records(10))
+    blocked = asyncio.create_task(outbox.put(_records(1)))
+    await asyncio.sleep(0.05)
+    assert not blocked.done()
+    writer = asyncio.create_task(outbox.run_writer())
+    await asyncio.wait_for(blocked, 5)
+    await outbox.flush()
+    assert outbox.stats.depth == 11
+    writer.cancel()
+    await outbox.close()
+
+
+async def test_bound_evicts_oldest_routine_records_before_flagged_ones(tmp_path: Path) -> None:
+    outbox = await _open(tmp_path / "o.sqlite", max_bytes=64 * 1024)
+    await outbox.put(_records(20, flagged=True, size=1000))  # seq 1..20, about 20 KB
+    await outbox.flush()
+    for _ in range(10):  # 100 routine records of about 1 KB: more than the bound allows
+        await outbox.put(_records(10, size=1000))
+        await outbox.flush()
+    stats = outbox.stats
+    assert stats.bytes <= 64 * 1024
+    assert stats.evicted_routine > 0
+    assert stats.evicted_flagged == 0
+    seqs = await _all_seqs(outbox)
+    assert seqs[:20] == list(range(1, 21)), "every flagged record survives while routine ones remain"
+    assert seqs[20:] == list(range(121 - len(seqs) + 20, 121)), "the newest routine records are kept"
+    await outbox.close()
+
+
+async def test_bound_evicts_flagged_records_only_when_nothing_routine_is_left(tmp_path: Path) -> None:
+    outbox = await _open(tmp_path / "o.sqlite", max_bytes=64 * 1024)
+    for _ in range(12):
+        await outbox.put(_records(10, flagged=True, size=1000))
+        await outbox.flush()
+    stats = outbox.stats
+    assert stats.evicted_flagged > 0 and stats.evicted_routine == 0
+    assert stats.bytes <= 64 * 1024
+    assert (await _all_seqs(outbox))[-1] == 120
+    await outbox.close()
+
+
+async def test_eviction_counters_survive_restart(tmp_path: Path) -> None:
+    outbox = await _open(tmp_path / "o.sqlite", max_bytes=64 * 1024)
+    for _ in range(10):
+        await outbox.put(_records(10, size=1000))
+        await outbox.flush()
+    evicted = outbox.stats.evicted_routine
+    assert evicted > 0
+    await outbox.close()
+    assert (await _open(tmp_path / "o.sqlite")).stats.evicted_routine == evicted
+
+
+async def test_full_disk_drops_and_counts_records_and_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    outbox = await _open(path)
+    # A page limit is SQLite's own "disk full" (SQLITE_FULL), without filling the real disk.
+    assert outbox._conn is not None
+    page_count = outbox._conn.execute("PRAGMA page_count").fetchone()[0]
+    outbox._conn.execute(f"PRAGMA max_page_count = {page_count + 8}")
+    await outbox.put(_records(400, size=1000))
+    await outbox.flush()
+    stats = outbox.stats
+    assert stats.dropped_disk_full == 400
+    assert stats.depth == 0
+    await outbox.put(_records(2, size=10))  # small enough to fit: the outbox still works
+    await outbox.flush()
+    assert outbox.stats.depth == 2
+    await outbox.close()
+
+
+async def test_ack_removes_only_the_acknowledged_records(tmp_path: Path) -> None:
+    outbox = await _open(tmp_path / "o.sqlite")
+    await outbox.put(_records(10))
+    await outbox.flush()
+    await outbox.ack([2, 4, 6, 99])
+    assert await _all_seqs(outbox) == [1, 3, 5, 7, 8, 9, 10]
+    assert outbox.stats.depth == 7
+    rows = await outbox.read_after(3, limit=2, max_bytes=1 << 20)
+    assert [r.seq for r in rows] == [5, 7]
+    await outbox.close()
+
+
+async def test_newer_outbox_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    (await _open(path)).__class__  # noqa: B018 - create the file
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', 99)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(RuntimeError, match="schema 99, newer than this agent's"):
+        await _open(path)
