@@ -60,9 +60,10 @@ def _run(config_path: str) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    agent = Agent(settings)
 
     async def serve() -> None:
+        # Built inside the loop: the MQTT client binds to the running loop.
+        agent = Agent(settings)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.stop)

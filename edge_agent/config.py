@@ -170,7 +170,8 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> AgentSett
         return AgentSettings(**data)
     except ValidationError as exc:
         where = str(path) if path is not None else "agent settings"
-        raise ConfigError(f"{where} is invalid: {describe_validation_error(exc)}") from None
+        problems = describe_validation_error(exc, limit=None, separator="\n  - ")
+        raise ConfigError(f"{where} is invalid:\n  - {problems}") from None
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:

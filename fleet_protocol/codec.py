@@ -112,13 +112,23 @@ def _parse(data: bytes, what: str) -> Any:
         raise MalformedPayload(f"{what} payload is neither valid JSON nor msgpack: {exc}") from None
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """One line naming each failing field: ``records.3.seq: Input should be ...``."""
+def describe_validation_error(
+    exc: ValidationError, *, limit: int | None = _MAX_ERRORS_SHOWN, separator: str = "; "
+) -> str:
+    """Name each failing field: ``records.3.seq: Input should be ...``.
+
+    Parameters
+    ----------
+    exc : ValidationError
+        The pydantic error.
+    limit : int or None
+        How many fields to name at most (a hostile payload can fail thousands); None: all.
+    separator : str
+        Between fields.
+    """
     errors = exc.errors(include_url=False)
-    parts = [
-        f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-        for err in errors[:_MAX_ERRORS_SHOWN]
-    ]
-    if len(errors) > _MAX_ERRORS_SHOWN:
-        parts.append(f"and {len(errors) - _MAX_ERRORS_SHOWN} more")
-    return "; ".join(parts)
+    shown = errors if limit is None else errors[:limit]
+    parts = [f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in shown]
+    if len(errors) > len(shown):
+        parts.append(f"and {len(errors) - len(shown)} more")
+    return separator.join(parts)
