@@ -19,9 +19,9 @@ import numpy as np
 from edge_agent import __version__
 from edge_agent.bandwidth import ByteBudget
 from edge_agent.config import AgentSettings
-from edge_agent.exceptions import InvalidReading, ModelLoadError
+from edge_agent.exceptions import ModelLoadError
 from edge_agent.metrics import AgentMetrics, serve_metrics
-from edge_agent.model import LoadedModel, load_model, load_trusted_keys
+from edge_agent.model import LoadedModel, Predictions, load_model, load_trusted_keys
 from edge_agent.outbox import Outbox, PendingRecord
 from edge_agent.sources import Reading, SensorSource, build_source
 from edge_agent.state_store import JsonStore
@@ -215,18 +215,14 @@ class Agent:
     async def _infer(self, readings: list[Reading]) -> list[PendingRecord]:
         assert self.model is not None
         model = self.model
-        rows, kept = [], []
-        for reading in readings:
-            try:
-                rows.append(model.preprocessor.vector(reading.values))
-                kept.append(reading)
-            except InvalidReading as exc:
-                self.rejected[exc.reason] += 1
-                self.metrics.rejected.labels(exc.reason).inc()
-                log.debug("rejected reading: %s", exc)
-        if not rows:
+        raw, kept_index, rejected = model.preprocessor.batch([r.values for r in readings])
+        for exc in rejected:
+            self.rejected[exc.reason] += 1
+            self.metrics.rejected.labels(exc.reason).inc()
+            log.debug("rejected reading: %s", exc)
+        if not kept_index:
             return []
-        raw = np.asarray(rows, dtype=np.float32)
+        kept = [readings[i] for i in kept_index]
         scaled = model.preprocessor.scale(raw)
         started = time.perf_counter()
         if self._inline:
@@ -235,45 +231,53 @@ class Agent:
             loop = asyncio.get_running_loop()
             predictions = await loop.run_in_executor(self._inference_executor, model.predict, scaled)
         self.metrics.inference_seconds.observe(time.perf_counter() - started)
-        self.metrics.batch_size.observe(len(rows))
-        self.metrics.inferences.inc(len(rows))
+        self.metrics.batch_size.observe(len(kept))
+        self.metrics.inferences.inc(len(kept))
         return self._records(kept, raw, predictions)
 
-    def _records(self, readings: list[Reading], raw: np.ndarray, p: Any) -> list[PendingRecord]:
+    def _records(self, readings: list[Reading], raw: np.ndarray, p: Predictions) -> list[PendingRecord]:
         assert self.model is not None
         manifest = self.model.manifest
+        n = len(readings)
+        # Everything numeric is converted per batch (numpy), not per record.
         outputs = np.round(p.outputs.astype(np.float64), 6).tolist()
+        anomaly, low = p.anomaly.tolist(), p.low_confidence.tolist()
+        none: list[Any] = [None] * n
+        predicted = p.predicted.tolist() if p.predicted is not None else none
+        confidence = np.round(p.confidence, 6).tolist() if p.confidence is not None else none
         mode = self.settings.inference.features
-        features = np.round(raw.astype(np.float64), 6).tolist() if mode == "raw" else None
-        records = []
-        for i, reading in enumerate(readings):
-            anomaly, low = bool(p.anomaly[i]), bool(p.low_confidence[i])
-            body: dict[str, Any] = {
-                "schema_version": 1,
-                "device_id": self.settings.device_id,
-                "ts": reading.ts,
-                "model_id": manifest.model_id,
-                "model_version": manifest.version,
-                "outputs": outputs[i],
-                "anomaly": anomaly,
-                "low_confidence": low,
-            }
-            if p.predicted is not None:
-                body["predicted"] = int(p.predicted[i])
-                body["confidence"] = round(float(p.confidence[i]), 6)
-            if features is not None:
-                body["features"] = features[i]
-            elif mode == "summary":
-                row = raw[i]
-                body["feature_summary"] = {
-                    "mean": [float(row.mean())],
-                    "min": [float(row.min())],
-                    "max": [float(row.max())],
-                }
-            if reading.label is not None:
-                body["label"] = reading.label
-            records.append(PendingRecord(body=body, flagged=anomaly or low, cursor=reading.cursor))
-        return records
+        features = np.round(raw.astype(np.float64), 6).tolist() if mode == "raw" else none
+        summaries = none
+        if mode == "summary":
+            summaries = [
+                {"mean": [m], "min": [lo], "max": [hi]}
+                for m, lo, hi in zip(
+                    raw.mean(1).tolist(), raw.min(1).tolist(), raw.max(1).tolist(), strict=True
+                )
+            ]
+        device, model_id, version = self.settings.device_id, manifest.model_id, manifest.version
+        return [
+            PendingRecord(
+                # The layout of edge_agent.records.FIELDS.
+                body=[
+                    device,
+                    r.ts,
+                    model_id,
+                    version,
+                    outputs[i],
+                    predicted[i],
+                    confidence[i],
+                    anomaly[i],
+                    low[i],
+                    features[i],
+                    summaries[i],
+                    r.label,
+                ],
+                flagged=anomaly[i] or low[i],
+                cursor=r.cursor,
+            )
+            for i, r in enumerate(readings)
+        ]
 
     # -- state, desired state, events -------------------------------------------------
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sqlite3
 from collections.abc import Iterable
@@ -23,6 +22,8 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import msgpack
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,9 @@ _COUNTERS = ("last_seq", "evicted_routine", "evicted_flagged", "dropped_disk_ful
 
 @dataclass(slots=True)
 class PendingRecord:
-    """A record waiting for the writer; ``body`` gets its ``seq`` when it is stored."""
+    """A record waiting for the writer; ``body`` is stored as msgpack, under the next ``seq``."""
 
-    body: dict[str, Any]
+    body: Any
     flagged: bool
     cursor: str | None = None
 
@@ -54,6 +55,10 @@ class PendingRecord:
 class OutboxRow:
     seq: int
     body: bytes
+
+    def value(self) -> Any:
+        """The stored body, as it was put."""
+        return msgpack.unpackb(self.body, raw=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +189,8 @@ class Outbox:
         cursor = None
         for item in batch:
             seq += 1
-            item.body["seq"] = seq
-            body = json.dumps(item.body, separators=(",", ":")).encode()
+            # msgpack: several times cheaper than JSON to write, and the sync re-encodes anyway.
+            body = msgpack.packb(item.body, use_bin_type=True)
             rows.append((seq, int(item.flagged), len(body), body))
             if item.cursor is not None:
                 cursor = item.cursor

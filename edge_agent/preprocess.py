@@ -11,6 +11,8 @@ import numpy as np
 from edge_agent.exceptions import InvalidReading
 from fleet_protocol import Preprocessing
 
+_NUMBER_TYPES = frozenset({float, int})  # exact types: bool is an int subclass, and no number
+
 
 class Preprocessor:
     def __init__(self, spec: Preprocessing) -> None:
@@ -18,6 +20,51 @@ class Preprocessor:
         n = len(spec.feature_names)
         self._mean = np.asarray(spec.mean if spec.mean is not None else [0.0] * n, dtype=np.float32)
         self._scale = np.asarray(spec.scale if spec.scale is not None else [1.0] * n, dtype=np.float32)
+
+    def batch(
+        self, readings: Sequence[Mapping[str, Any] | Sequence[Any]]
+    ) -> tuple[np.ndarray, list[int], list[InvalidReading]]:
+        """Raw float32 rows for the readings that are valid, their indices, and the rejections.
+
+        Most readings are clean lists or mappings of floats: those take a fast path, and
+        finiteness is checked for the whole batch at once.
+        """
+        names = self.feature_names
+        n = len(names)
+        rows: list[Sequence[Any]] = []
+        kept: list[int] = []
+        rejected: list[InvalidReading] = []
+        for index, values in enumerate(readings):
+            raw: Sequence[Any] | None = None
+            if isinstance(values, list | tuple) and len(values) == n:
+                raw = values
+            elif isinstance(values, Mapping):
+                try:
+                    raw = [values[name] for name in names]
+                except KeyError:
+                    raw = None
+            if raw is not None and _NUMBER_TYPES.issuperset(map(type, raw)):
+                rows.append(raw)
+                kept.append(index)
+                continue
+            try:
+                rows.append(self.vector(values))
+                kept.append(index)
+            except InvalidReading as exc:
+                rejected.append(exc)
+        if not rows:
+            return np.empty((0, n), dtype=np.float32), [], rejected
+        array = np.asarray(rows, dtype=np.float64)
+        finite = np.isfinite(array).all(axis=1)
+        if not finite.all():
+            for row in np.flatnonzero(~finite):
+                bad = names[int(np.flatnonzero(~np.isfinite(array[row]))[0])]
+                rejected.append(
+                    InvalidReading("not_finite", f"feature {bad!r} is {array[row][names.index(bad)]}")
+                )
+            kept = [k for k, ok in zip(kept, finite, strict=True) if ok]
+            array = array[finite]
+        return array.astype(np.float32), kept, rejected
 
     def vector(self, values: Mapping[str, Any] | Sequence[Any]) -> list[float]:
         """One reading as raw floats in feature order.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 from pathlib import Path
 
@@ -50,7 +49,8 @@ async def test_records_carry_their_seq_and_the_cursor_is_saved_with_them(tmp_pat
     await outbox.put(_records(3, start_cursor=40))
     await outbox.flush()
     rows = await outbox.read_after(0, limit=10, max_bytes=1 << 20)
-    assert [json.loads(r.body)["seq"] for r in rows] == [1, 2, 3]
+    assert [r.seq for r in rows] == [1, 2, 3]
+    assert [r.value()["i"] for r in rows] == [0, 1, 2]
     await outbox.close()
     assert (await _open(tmp_path / "o.sqlite")).saved_cursor == "43"
 
