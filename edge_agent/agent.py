@@ -23,6 +23,7 @@ from edge_agent.exceptions import ModelLoadError
 from edge_agent.metrics import AgentMetrics, serve_metrics
 from edge_agent.model import LoadedModel, Predictions, load_model, load_trusted_keys
 from edge_agent.outbox import Outbox, PendingRecord
+from edge_agent.records import rows_as_bytes
 from edge_agent.sources import Reading, SensorSource, build_source
 from edge_agent.state_store import JsonStore
 from edge_agent.sync import Syncer
@@ -239,14 +240,14 @@ class Agent:
         assert self.model is not None
         manifest = self.model.manifest
         n = len(readings)
-        # Everything numeric is converted per batch (numpy), not per record.
-        outputs = np.round(p.outputs.astype(np.float64), 6).tolist()
+        # Everything numeric is converted per batch (numpy), not per record; arrays stay bytes.
+        outputs = rows_as_bytes(p.outputs)
         anomaly, low = p.anomaly.tolist(), p.low_confidence.tolist()
         none: list[Any] = [None] * n
         predicted = p.predicted.tolist() if p.predicted is not None else none
         confidence = np.round(p.confidence, 6).tolist() if p.confidence is not None else none
         mode = self.settings.inference.features
-        features = np.round(raw.astype(np.float64), 6).tolist() if mode == "raw" else none
+        features = rows_as_bytes(raw) if mode == "raw" else none
         summaries = none
         if mode == "summary":
             summaries = [

@@ -85,7 +85,7 @@ class OutboxConfig(_Section):
 
 
 class InferenceConfig(_Section):
-    micro_batch_max: int = Field(default=64, ge=1, le=4096)
+    micro_batch_max: int = Field(default=256, ge=1, le=4096)
     threads: int = Field(default=1, ge=1, le=64)
     #: "thread" keeps the loop free while a model runs; "inline" avoids the hop for tiny models.
     executor: Literal["thread", "inline"] = "thread"

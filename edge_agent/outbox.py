@@ -36,7 +36,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     size INTEGER NOT NULL,
     body BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS outbox_by_priority ON outbox (flagged, seq);
+-- No index on flagged: eviction is rare and scans from the oldest seq anyway, while an
+-- index would be updated on every insert and delete (it cost half the insert time).
+DROP INDEX IF EXISTS outbox_by_priority;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
 """
 _COUNTERS = ("last_seq", "evicted_routine", "evicted_flagged", "dropped_disk_full")

@@ -1,13 +1,16 @@
 """How a telemetry record is laid out in the outbox, and how it becomes a wire record.
 
-The outbox stores each record as a compact msgpack list (no keys): packing it is a few
-times cheaper than a JSON object, and inference throughput depends on it. `to_wire` turns
-it into the `fleet_protocol.TelemetryRecord` shape when it is sent.
+The outbox stores each record as a compact msgpack list (no keys), with ``outputs`` and
+``features`` as raw float32 bytes: building Python floats for every value costs more than
+the inference itself on small models, so that work waits until a batch is sent, where it
+is done with numpy for the whole batch. `to_wire` gives the `TelemetryRecord` shape.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 FIELDS = (
     "device_id",
@@ -26,10 +29,41 @@ FIELDS = (
 SCHEMA_VERSION = 1
 
 
-def to_wire(seq: int, values: list[Any]) -> dict[str, Any]:
-    """A `TelemetryRecord`-shaped dict; absent (None) fields are left out."""
-    record: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "seq": seq}
-    for name, value in zip(FIELDS, values, strict=True):
-        if value is not None:
-            record[name] = value
-    return record
+_ARRAYS = (FIELDS.index("outputs"), FIELDS.index("features"))
+DECIMALS = 6  # float32 carries about 7 significant digits; more would be noise on the wire
+
+
+def rows_as_bytes(array: np.ndarray) -> list[bytes]:
+    """Each row of a 2-D array as float32 bytes."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    blob, stride = array.tobytes(), array.shape[1] * 4
+    return [blob[i : i + stride] for i in range(0, len(blob), stride)]
+
+
+def to_wire(stored: list[tuple[int, list[Any]]]) -> list[dict[str, Any]]:
+    """`TelemetryRecord`-shaped dicts from ``(seq, values)`` pairs; None fields are left out."""
+    for index in _ARRAYS:
+        _decode_arrays([values for _, values in stored], index)
+    out = []
+    for seq, values in stored:
+        record: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "seq": seq}
+        for name, value in zip(FIELDS, values, strict=True):
+            if value is not None:
+                record[name] = value
+        out.append(record)
+    return out
+
+
+def _decode_arrays(rows: list[list[Any]], index: int) -> None:
+    # Group by length so that every group decodes in one numpy call.
+    by_length: dict[int, list[list[Any]]] = {}
+    for values in rows:
+        blob = values[index]
+        if isinstance(blob, bytes):
+            by_length.setdefault(len(blob), []).append(values)
+    for length, group in by_length.items():
+        array = np.frombuffer(b"".join(v[index] for v in group), dtype=np.float32).reshape(
+            len(group), length // 4
+        )
+        for values, decoded in zip(group, np.round(array.astype(np.float64), DECIMALS).tolist(), strict=True):
+            values[index] = decoded

@@ -196,7 +196,7 @@ class Syncer:
             "device_id": self.device_id,
             "site": self.site,
             "sent_at": time.time(),
-            "records": [to_wire(row.seq, row.value()) for row in rows],
+            "records": to_wire([(row.seq, row.value()) for row in rows]),
         }
         if self.encoding is Encoding.JSON:
             return json.dumps(batch, separators=(",", ":")).encode()
