@@ -14,7 +14,8 @@ def test_agent_imports_no_training_stack() -> None:
     code = (
         "import sys, edge_agent.cli, edge_agent.agent, edge_agent.runtimes.onnxruntime, "
         "edge_agent.runtimes.openvino, edge_agent.runtimes.litert\n"
-        "heavy = sorted(m for m in ('torch', 'nncf', 'flwr', 'fastapi', 'sqlmodel', 'onnx') if m in sys.modules)\n"
+        "heavy = ('torch', 'nncf', 'flwr', 'fastapi', 'sqlmodel', 'onnx')\n"
+        "heavy = sorted(m for m in heavy if m in sys.modules)\n"
         "print(','.join(heavy))"
     )
     result = subprocess.run(
