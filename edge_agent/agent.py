@@ -93,7 +93,14 @@ class Agent:
 
     async def run(self) -> None:
         await self.outbox.open()
-        self._load_model()
+        try:
+            # Verifying digests and building a session is disk and CPU work: keep it off the loop.
+            self.model = await asyncio.to_thread(self._load_model)
+        except ModelLoadError as exc:
+            # Keep running: report the failure and wait for a good model via desired state.
+            self.health, self.reason = Health.FAILED, str(exc)
+            log.error("no model to run: %s", exc)
+            self._event("model.load_failed", Severity.ERROR, str(exc))
         stored = await self._desired_store.load()
         if stored is not None:
             with contextlib.suppress(ValueError):
@@ -172,15 +179,9 @@ class Agent:
         if self._own_inference_executor and self._inference_executor is not None:
             self._inference_executor.shutdown(wait=False)
 
-    def _load_model(self) -> None:
-        try:
-            keys = load_trusted_keys(self.settings.trusted_keys)
-            self.model = load_model(self.settings.model_dir, keys, threads=self.settings.inference.threads)
-        except ModelLoadError as exc:
-            # Keep running: report the failure and wait for a good model via desired state.
-            self.health, self.reason = Health.FAILED, str(exc)
-            log.error("no model to run: %s", exc)
-            self._event("model.load_failed", Severity.ERROR, str(exc))
+    def _load_model(self) -> LoadedModel:
+        keys = load_trusted_keys(self.settings.trusted_keys)
+        return load_model(self.settings.model_dir, keys, threads=self.settings.inference.threads)
 
     # -- the data path -----------------------------------------------------------------
 
