@@ -9,7 +9,9 @@ STAMP  := $(VENV)/.installed
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP)  ## build .venv with the pinned dependencies (a no-op when up to date)
+TFLITE_STAMP := .venv-tflite/.installed
+
+install: $(STAMP) $(TFLITE_STAMP)  ## build .venv (and .venv-tflite) with pinned dependencies; a no-op when up to date
 
 # The lock pins every package, transitive ones included; torch==2.13.0 is the CPU wheel.
 $(STAMP): requirements/lock.txt pyproject.toml
@@ -18,6 +20,14 @@ $(STAMP): requirements/lock.txt pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -m pip check
 	touch $(STAMP)
+
+# litert-torch and ai-edge-quantizer pull jax and protobuf 7, which flwr's stack cannot share:
+# the TFLite converter lives in its own venv, called by model_compiler as a subprocess.
+$(TFLITE_STAMP): requirements/tflite.txt
+	test -x .venv-tflite/bin/python || $(PYTHON) -m venv .venv-tflite
+	.venv-tflite/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/tflite.txt 2>&1 | grep -v "^WARNING: Location" || true
+	.venv-tflite/bin/python -c "import litert_torch, ai_edge_quantizer"
+	touch $(TFLITE_STAMP)
 
 demo: install  ## run the main job: a simulated fleet, end to end
 	$(VENV)/bin/fleet-sim run fleet_configs/demo.yaml
@@ -34,6 +44,7 @@ schemas: install  ## regenerate docs/protocol/*.schema.json from the models
 
 bench: install  ## benchmarks, each printing one JSON object
 	$(PY) bench/agent.py
+	$(PY) bench/compiler.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -11,6 +11,8 @@ from edge_agent.exceptions import ModelLoadError
 from edge_agent.runtimes.base import Runtime, dims
 from fleet_protocol import BundleManifest
 
+_QUANTIZED = (np.int8, np.uint8, np.int16)
+
 
 class LiteRtRuntime(Runtime):
     name = "litert"
@@ -29,7 +31,7 @@ class LiteRtRuntime(Runtime):
         self._in_dtype = detail_in["dtype"]
         self._in_scale, self._in_zero = detail_in["quantization"]
         self._out_scale, self._out_zero = detail_out["quantization"]
-        self._out_quantized = detail_out["dtype"] in (np.int8, np.uint8) and self._out_scale > 0
+        self._out_quantized = detail_out["dtype"] in _QUANTIZED and self._out_scale > 0
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         rows = []
@@ -44,7 +46,7 @@ class LiteRtRuntime(Runtime):
 
     def _quantize(self, x: np.ndarray) -> np.ndarray:
         # Fully-integer models take int8 inputs: map floats with the tensor's own scale.
-        if self._in_dtype in (np.int8, np.uint8) and self._in_scale > 0:
+        if self._in_dtype in _QUANTIZED and self._in_scale > 0:
             info = np.iinfo(self._in_dtype)
             q = np.round(x / self._in_scale + self._in_zero)
             return np.clip(q, info.min, info.max).astype(self._in_dtype)
