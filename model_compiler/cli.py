@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         module.add(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    console = Console(stderr=False)
+    # Wide enough for the build table even when output goes to a file or a CI log.
+    console = Console(width=None if sys.stdout.isatty() else 140)
     try:
         return int(args.run(args, console))
     except CompilerError as exc:
