@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args, console))
     except CompilerError as exc:
-        console.print(f"[red]model-compiler:[/] {exc}")
+        console.print(f"[red]model-compiler:[/] {exc}", soft_wrap=True)
         return exc.exit_code
     except (ProtocolError, OSError) as exc:
-        console.print(f"[red]model-compiler:[/] {exc}")
+        console.print(f"[red]model-compiler:[/] {exc}", soft_wrap=True)
         return 2
 
 
