@@ -40,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not args.verbose:
-        logging.getLogger("mqtt").setLevel(logging.CRITICAL)  # paho's socket errors during faults
+        # paho reports every socket the faults break; a handler filter, because importing the
+        # model tool chain resets logger levels.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda record: record.name != "mqtt")
     console = Console()
     try:
         scenario = load_scenario(
