@@ -1,4 +1,8 @@
-"""A Mosquitto per site, each on its own free port, that faults can kill and restart."""
+"""A Mosquitto per site, each on its own free port, that faults (and tests) can kill and restart.
+
+Persistence with a one-second autosave keeps persistent sessions and queued QoS 1 messages
+across a clean restart and, but for the last second, across a kill -9.
+"""
 
 from __future__ import annotations
 
@@ -49,6 +53,14 @@ class SiteBroker:
                     raise SimError(f"mosquitto exited at start: see {self.workdir}/mosquitto.log") from None
                 time.sleep(0.05)
         raise SimError(f"mosquitto did not listen on port {self.port}")
+
+    def kill(self) -> None:
+        """kill -9: the broker keeps only what its last autosave wrote."""
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is None:
