@@ -1,14 +1,30 @@
-"""Entry point of the cloud controller (cloud-controller): not built yet."""
+"""``cloud-controller``: wires the commands; each lives in cloud_controller/commands/."""
 
 from __future__ import annotations
 
+import argparse
 import sys
+
+from cloud_controller.commands import admin, migrate, serve
+from cloud_controller.exceptions import ControllerError
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("the cloud controller (cloud-controller) is not built yet", file=sys.stderr)
-    return 2
+    parser = argparse.ArgumentParser(
+        prog="cloud-controller",
+        description="edgefleet's fleet service: fleet API, model registry, ingest from gateways, desired "
+        "state, audit log, dashboard and metrics. SQLite by default, PostgreSQL by database_url.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (serve, migrate, admin):
+        module.add(commands)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ControllerError as exc:
+        print(f"cloud-controller: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

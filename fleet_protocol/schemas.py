@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from fleet_protocol.bundle import BundleManifest
+from fleet_protocol.ingest import IngestBatch
 from fleet_protocol.messages import (
     DesiredState,
     DeviceEvent,
@@ -25,6 +26,7 @@ PAYLOADS: dict[str, type[ProtocolModel]] = {
     "desired-state": DesiredState,
     "device-event": DeviceEvent,
     "bundle-manifest": BundleManifest,
+    "ingest-batch": IngestBatch,
 }
 
 

@@ -1,0 +1,57 @@
+"""Request dependencies: a database session, the caller, role checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlmodel import Session
+
+from cloud_controller.auth import lookup
+from cloud_controller.models import ApiToken, Role
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    with Session(request.app.state.engine) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_db)]
+
+
+def current_token(
+    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> ApiToken:
+    if credentials is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "Missing bearer token", {"WWW-Authenticate": "Bearer"}
+        )
+    token = lookup(session=session, token=credentials.credentials)
+    if token is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "Invalid or revoked token", {"WWW-Authenticate": "Bearer"}
+        )
+    return token
+
+
+CurrentToken = Annotated[ApiToken, Depends(current_token)]
+
+
+def allow(*roles: Role) -> Callable[[ApiToken], ApiToken]:
+    """A dependency that lets only ``roles`` through (403 for any other valid token)."""
+
+    def check(token: CurrentToken) -> ApiToken:
+        if token.role not in roles:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"Role {token.role.value} may not do this")
+        return token
+
+    return check
+
+
+Reader = Annotated[ApiToken, Depends(allow(Role.VIEWER, Role.OPERATOR))]
+Operator = Annotated[ApiToken, Depends(allow(Role.OPERATOR))]
+Gateway = Annotated[ApiToken, Depends(allow(Role.GATEWAY))]

@@ -1,0 +1,122 @@
+"""Devices: registered by operators, kept current by their gateways' reports."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+from sqlmodel import select
+
+from cloud_controller import audit
+from cloud_controller.api.deps import Operator, Reader, SessionDep
+from cloud_controller.desired_state import desired_for_devices
+from cloud_controller.models import (
+    Device,
+    DeviceCreate,
+    DevicePublic,
+    DevicesPublic,
+    DeviceUpdate,
+    Site,
+    Telemetry,
+)
+from fleet_protocol import DesiredState
+
+router = APIRouter(prefix="/devices", tags=["fleet"])
+
+
+@router.get("", response_model=DevicesPublic)
+def list_devices(
+    session: SessionDep,
+    _: Reader,
+    site_id: str | None = None,
+    online: bool | None = None,
+    model_version: str | None = None,
+    label: Annotated[list[str] | None, Query(description="key=value, repeatable")] = None,
+    skip: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> DevicesPublic:
+    """List devices, filtered by site, online state, model version or labels."""
+    query = select(Device)
+    if site_id is not None:
+        query = query.where(Device.site_id == site_id)
+    if online is not None:
+        query = query.where(Device.online == online)
+    if model_version is not None:
+        query = query.where(Device.model_version == model_version)
+    rows = session.exec(query.order_by(Device.id)).all()
+    wanted = dict(item.split("=", 1) for item in label or [] if "=" in item)
+    rows = [d for d in rows if all(d.labels.get(k) == v for k, v in wanted.items())]
+    return DevicesPublic(
+        data=[DevicePublic.model_validate(d) for d in rows[skip : skip + limit]], count=len(rows)
+    )
+
+
+@router.post("", response_model=DevicePublic, status_code=201)
+def create_device(session: SessionDep, caller: Operator, body: DeviceCreate) -> Device:
+    """Register a device."""
+    if session.get(Site, body.site_id) is None:
+        raise HTTPException(404, "Site not found")
+    if session.get(Device, body.id) is not None:
+        raise HTTPException(409, "Device already exists")
+    device = Device.model_validate(body)
+    session.add(device)
+    audit.record(
+        session=session,
+        actor=caller,
+        action="create",
+        resource=f"device/{device.id}",
+        after=audit.snapshot(device),
+    )
+    session.commit()
+    session.refresh(device)
+    return device
+
+
+@router.get("/{device_id}", response_model=DevicePublic)
+def get_device(session: SessionDep, _: Reader, device_id: str) -> Device:
+    """Get a device and its reported state."""
+    device = session.get(Device, device_id)
+    if device is None:
+        raise HTTPException(404, "Device not found")
+    return device
+
+
+@router.patch("/{device_id}", response_model=DevicePublic)
+def update_device(session: SessionDep, caller: Operator, device_id: str, body: DeviceUpdate) -> Device:
+    """Change a device's labels or hardware profile."""
+    device = session.get(Device, device_id)
+    if device is None:
+        raise HTTPException(404, "Device not found")
+    before = audit.snapshot(device)
+    device.sqlmodel_update(body.model_dump(exclude_unset=True))
+    audit.record(
+        session=session,
+        actor=caller,
+        action="update",
+        resource=f"device/{device_id}",
+        before=before,
+        after=audit.snapshot(device),
+    )
+    session.commit()
+    session.refresh(device)
+    return device
+
+
+@router.get("/{device_id}/desired", response_model=DesiredState)
+def get_desired(session: SessionDep, _: Reader, device_id: str) -> DesiredState:
+    """The desired state the fleet's deployments give this device."""
+    device = session.get(Device, device_id)
+    if device is None:
+        raise HTTPException(404, "Device not found")
+    return desired_for_devices(session=session, devices=[device])[0]
+
+
+@router.get("/{device_id}/telemetry")
+def recent_telemetry(
+    session: SessionDep, _: Reader, device_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+) -> list[dict[str, object]]:
+    """The device's most recent records."""
+    rows = session.exec(
+        select(Telemetry).where(Telemetry.device_id == device_id).order_by(Telemetry.seq.desc()).limit(limit)  # type: ignore[attr-defined]
+    ).all()
+    return [r.record for r in rows]

@@ -1,0 +1,34 @@
+"""Liveness, readiness, metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from cloud_controller.api.deps import SessionDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(session: SessionDep) -> dict[str, str]:
+    """The database answers."""
+    try:
+        session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+    except SQLAlchemyError as exc:
+        raise HTTPException(503, f"Database unavailable: {exc.__class__.__name__}") from None
+    return {"status": "ready"}
+
+
+@router.get("/metrics")
+def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,159 @@
+"""The model registry: versions with lineage and metrics, stages, bundles by sha256."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from sqlmodel import Session, select
+
+from cloud_controller import audit
+from cloud_controller.api.deps import CurrentToken, Operator, Reader, SessionDep
+from cloud_controller.bundles import BundleRejected, verify_upload
+from cloud_controller.models import (
+    ApiToken,
+    Bundle,
+    BundlePublic,
+    ModelVersion,
+    ModelVersionPublic,
+    ModelVersionUpdate,
+)
+
+router = APIRouter(tags=["registry"])
+
+_MAX_BUNDLE = 512 * 1024 * 1024
+
+
+@router.get("/models/versions", response_model=list[ModelVersionPublic])
+def list_versions(
+    session: SessionDep, _: Reader, model_id: str | None = None, stage: str | None = None
+) -> list:  # type: ignore[type-arg]
+    """List model versions, filtered by model or stage."""
+    query = select(ModelVersion)
+    if model_id is not None:
+        query = query.where(ModelVersion.model_id == model_id)
+    if stage is not None:
+        query = query.where(ModelVersion.stage == stage)
+    return list(session.exec(query.order_by(ModelVersion.id)).all())
+
+
+@router.get("/models/versions/{version_id}", response_model=ModelVersionPublic)
+def get_version(session: SessionDep, _: Reader, version_id: int) -> ModelVersion:
+    """Get a model version with its compiler metrics."""
+    version = session.get(ModelVersion, version_id)
+    if version is None:
+        raise HTTPException(404, "Model version not found")
+    return version
+
+
+@router.patch("/models/versions/{version_id}", response_model=ModelVersionPublic)
+def set_stage(
+    session: SessionDep, caller: Operator, version_id: int, body: ModelVersionUpdate
+) -> ModelVersion:
+    """Move a version between candidate, staging, production and archived."""
+    version = session.get(ModelVersion, version_id)
+    if version is None:
+        raise HTTPException(404, "Model version not found")
+    before = audit.snapshot(version)
+    version.stage = body.stage
+    audit.record(
+        session=session,
+        actor=caller,
+        action="stage",
+        resource=f"model_version/{version_id}",
+        before=before,
+        after=audit.snapshot(version),
+    )
+    session.commit()
+    session.refresh(version)
+    return version
+
+
+@router.post("/bundles", response_model=BundlePublic, status_code=201)
+async def upload_bundle(request: Request, session: SessionDep, caller: Operator) -> Bundle:
+    """Upload a signed bundle .tar; it is verified, stored under its sha256 and registered."""
+    store = Path(request.app.state.settings.bundle_dir)
+    part, sha, size = await _receive(request, store)
+    # Verification and the database are blocking work: off the loop.
+    return await run_in_threadpool(_register, request, session, caller, part, sha, size, store)
+
+
+async def _receive(request: Request, store: Path) -> tuple[Path, str, int]:
+    await asyncio.to_thread(store.mkdir, parents=True, exist_ok=True)
+    handle = await asyncio.to_thread(tempfile.NamedTemporaryFile, dir=store, delete=False, suffix=".part")
+    digest, size = hashlib.sha256(), 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > _MAX_BUNDLE:
+                raise HTTPException(413, "Bundle is larger than 512 MiB")
+            digest.update(chunk)
+            await asyncio.to_thread(handle.write, chunk)
+    except BaseException:
+        handle.close()
+        await asyncio.to_thread(os.unlink, handle.name)
+        raise
+    handle.close()
+    return Path(handle.name), digest.hexdigest(), size
+
+
+def _register(
+    request: Request, session: Session, caller: ApiToken, part: Path, sha: str, size: int, store: Path
+) -> Bundle:
+    try:
+        manifest, manifest_sha = verify_upload(part, request.app.state.trusted_keys)
+    except BundleRejected as exc:
+        part.unlink(missing_ok=True)
+        raise HTTPException(422, f"Bundle refused: {exc}") from None
+    existing = session.get(Bundle, sha)
+    if existing is not None:
+        part.unlink(missing_ok=True)
+        return existing
+    os.replace(part, store / sha)
+    version = session.exec(
+        select(ModelVersion).where(
+            ModelVersion.model_id == manifest.model_id, ModelVersion.version == manifest.version
+        )
+    ).first()
+    if version is None:
+        version = ModelVersion(
+            model_id=manifest.model_id,
+            version=manifest.version,
+            parent=manifest.lineage.parent,
+            training_data_sha256=manifest.lineage.training_data_sha256,
+            compiler_version=manifest.lineage.compiler_version,
+            metrics={},
+        )
+        session.add(version)
+        session.flush()
+    version.metrics = {**version.metrics, manifest.runtime.value: manifest.metrics}
+    assert version.id is not None
+    bundle = Bundle(
+        sha256=sha,
+        manifest_sha256=manifest_sha,
+        model_version_id=version.id,
+        runtime=manifest.runtime.value,
+        size=size,
+    )
+    session.add(bundle)
+    audit.record(
+        session=session, actor=caller, action="upload", resource=f"bundle/{sha}", after=audit.snapshot(bundle)
+    )
+    session.commit()
+    session.refresh(bundle)
+    return bundle
+
+
+@router.get("/bundles/{sha256}", response_class=FileResponse)
+def download_bundle(request: Request, session: SessionDep, _: CurrentToken, sha256: str) -> FileResponse:
+    """Download a bundle; range requests resume an interrupted download."""
+    if session.get(Bundle, sha256) is None:
+        raise HTTPException(404, "Bundle not found")
+    path = Path(request.app.state.settings.bundle_dir) / sha256
+    return FileResponse(path, media_type="application/x-tar", headers={"ETag": f'"{sha256}"'})

@@ -1,0 +1,65 @@
+"""Sites."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+from sqlmodel import func, select
+
+from cloud_controller import audit
+from cloud_controller.api.deps import Operator, Reader, SessionDep
+from cloud_controller.models import Site, SiteCreate, SitePublic, SitesPublic, SiteUpdate
+
+router = APIRouter(prefix="/sites", tags=["fleet"])
+
+
+@router.get("", response_model=SitesPublic)
+def list_sites(session: SessionDep, _: Reader, skip: int = 0, limit: int = 100) -> SitesPublic:
+    """List sites."""
+    count = session.exec(select(func.count()).select_from(Site)).one()
+    rows = session.exec(select(Site).order_by(Site.id).offset(skip).limit(min(limit, 1000))).all()
+    return SitesPublic(data=[SitePublic.model_validate(r) for r in rows], count=count)
+
+
+@router.post("", response_model=SitePublic, status_code=201)
+def create_site(session: SessionDep, caller: Operator, body: SiteCreate) -> Site:
+    """Create a site."""
+    if session.get(Site, body.id) is not None:
+        raise HTTPException(409, "Site already exists")
+    site = Site.model_validate(body)
+    session.add(site)
+    audit.record(
+        session=session, actor=caller, action="create", resource=f"site/{site.id}", after=audit.snapshot(site)
+    )
+    session.commit()
+    session.refresh(site)
+    return site
+
+
+@router.get("/{site_id}", response_model=SitePublic)
+def get_site(session: SessionDep, _: Reader, site_id: str) -> Site:
+    """Get a site."""
+    site = session.get(Site, site_id)
+    if site is None:
+        raise HTTPException(404, "Site not found")
+    return site
+
+
+@router.patch("/{site_id}", response_model=SitePublic)
+def update_site(session: SessionDep, caller: Operator, site_id: str, body: SiteUpdate) -> Site:
+    """Update a site."""
+    site = session.get(Site, site_id)
+    if site is None:
+        raise HTTPException(404, "Site not found")
+    before = audit.snapshot(site)
+    site.sqlmodel_update(body.model_dump(exclude_unset=True))
+    audit.record(
+        session=session,
+        actor=caller,
+        action="update",
+        resource=f"site/{site_id}",
+        before=before,
+        after=audit.snapshot(site),
+    )
+    session.commit()
+    session.refresh(site)
+    return site

@@ -1,0 +1,36 @@
+"""``cloud-controller serve``."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from cloud_controller.app import create_app
+from cloud_controller.migrate import upgrade
+from cloud_controller.settings import load_settings
+
+
+def add(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = commands.add_parser(
+        "serve",
+        help="run the API and dashboard (uvicorn)",
+        description="Migrate the database to the latest schema, then serve the API at "
+        "/api/v1, OpenAPI docs at /docs, the dashboard at /, /metrics, /healthz, /readyz.",
+    )
+    p.add_argument("--config", help="controller YAML (EDGEFLEET_CONTROLLER__* variables override it)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument(
+        "--no-migrate", action="store_true", help="refuse to change the schema; run `migrate` first"
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+    settings = load_settings(args.config, **overrides)
+    if not args.no_migrate:
+        upgrade(settings.database_url)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    return 0

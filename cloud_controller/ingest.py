@@ -1,0 +1,81 @@
+"""Stores an ingest batch in one transaction, idempotent on (device_id, seq)."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session
+
+from cloud_controller.models import Device, Drift, Site, Telemetry
+from fleet_protocol.ingest import IngestBatch, IngestResult
+
+
+def _insert(session: Session):  # type: ignore[no-untyped-def]
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def store_batch(*, session: Session, batch: IngestBatch) -> IngestResult:
+    """Everything or nothing: any error rolls the whole batch back."""
+    insert = _insert(session)
+    now = time.time()
+    if session.get(Site, batch.site) is None:
+        session.add(Site(id=batch.site, name=batch.site))
+    accepted = 0
+    if batch.records:
+        rows = [
+            {
+                "device_id": r.device_id,
+                "seq": r.seq,
+                "ts": r.ts,
+                "site_id": batch.site,
+                "model_id": r.model_id,
+                "model_version": r.model_version,
+                "predicted": r.predicted,
+                "confidence": r.confidence,
+                "anomaly": r.anomaly,
+                "record": r.model_dump(mode="json", exclude_none=True),
+                "received_at": now,
+            }
+            for r in batch.records
+        ]
+        statement = insert(Telemetry).values(rows).on_conflict_do_nothing().returning(Telemetry.seq)
+        accepted = len(session.execute(statement).all())
+    for state in batch.devices:
+        device = session.get(Device, state.device_id)
+        if device is None:
+            device = Device(id=state.device_id, site_id=batch.site, labels={})
+            session.add(device)
+        device.online = state.online
+        device.health = state.health.value
+        device.reason = state.reason
+        device.model_id = state.model_id
+        device.model_version = state.model_version
+        device.runtime = state.runtime
+        device.last_seq = max(device.last_seq, state.last_seq)
+        device.last_seen = state.ts
+    drift_stored = 0
+    if batch.drift:
+        rows = [
+            {
+                "site_id": batch.site,
+                "model_id": d.model_id,
+                "model_version": d.model_version,
+                "window_start": d.window_start,
+                "window_end": d.window_end,
+                "count": d.count,
+                "summary": d.model_dump(mode="json"),
+                "score": None,
+            }
+            for d in batch.drift
+        ]
+        statement = insert(Drift).values(rows).on_conflict_do_nothing().returning(Drift.id)
+        drift_stored = len(session.execute(statement).all())
+    session.commit()
+    return IngestResult(
+        batch_id=batch.batch_id,
+        accepted=accepted,
+        duplicates=len(batch.records) - accepted,
+        devices_updated=len(batch.devices),
+        drift_stored=drift_stored,
+    )

@@ -1,0 +1,269 @@
+"""Tables and API models, in the FastAPI template's family: Base / Create / Update / table / Public."""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+
+
+def _now() -> float:
+    return time.time()
+
+
+class Role(StrEnum):
+    VIEWER = "viewer"  # reads
+    OPERATOR = "operator"  # changes the fleet and rolls out
+    GATEWAY = "gateway"  # ingests, reads its site's desired state
+    DEVICE = "device"  # nothing else yet
+
+
+# -- sites and gateways ---------------------------------------------------------------
+
+
+class SiteBase(SQLModel):
+    name: str = Field(default="", max_length=200)
+
+
+class SiteCreate(SiteBase):
+    id: str = Field(regex=_ID)
+
+
+class SiteUpdate(SQLModel):
+    name: str | None = Field(default=None, max_length=200)
+
+
+class Site(SiteBase, table=True):
+    id: str = Field(primary_key=True, regex=_ID)
+    created_at: float = Field(default_factory=_now)
+
+
+class SitePublic(SiteBase):
+    id: str
+    created_at: float
+
+
+class SitesPublic(SQLModel):
+    data: list[SitePublic]
+    count: int
+
+
+# -- devices ---------------------------------------------------------------------------
+
+
+class DeviceBase(SQLModel):
+    hardware_profile: str | None = Field(default=None, max_length=64)
+    labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class DeviceCreate(DeviceBase):
+    id: str = Field(regex=_ID)
+    site_id: str = Field(regex=_ID)
+
+
+class DeviceUpdate(SQLModel):
+    hardware_profile: str | None = Field(default=None, max_length=64)
+    labels: dict[str, str] | None = None
+
+
+class Device(DeviceBase, table=True):
+    id: str = Field(primary_key=True)
+    site_id: str = Field(foreign_key="site.id", index=True)
+    online: bool = False
+    health: str | None = None
+    reason: str | None = None
+    model_id: str | None = None
+    model_version: str | None = None
+    runtime: str | None = None
+    last_seq: int = 0
+    last_seen: float | None = None
+    created_at: float = Field(default_factory=_now)
+
+
+class DevicePublic(DeviceBase):
+    id: str
+    site_id: str
+    online: bool
+    health: str | None
+    reason: str | None
+    model_id: str | None
+    model_version: str | None
+    runtime: str | None
+    last_seq: int
+    last_seen: float | None
+
+
+class DevicesPublic(SQLModel):
+    data: list[DevicePublic]
+    count: int
+
+
+# -- device groups and deployments ----------------------------------------------------------
+
+
+class GroupBase(SQLModel):
+    name: str = Field(regex=_ID)
+    selector: dict[str, str] = Field(
+        default_factory=dict,
+        sa_column=Column(JSON, nullable=False),
+        description="label -> value; {} selects all",
+    )
+
+
+class GroupCreate(GroupBase):
+    pass
+
+
+class DeviceGroup(GroupBase, table=True):
+    __tablename__ = "device_group"
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: float = Field(default_factory=_now)
+
+
+class GroupPublic(GroupBase):
+    id: int
+
+
+class GroupsPublic(SQLModel):
+    data: list[GroupPublic]
+    count: int
+
+
+class DeploymentCreate(SQLModel):
+    group_id: int
+    model_id: str
+    version: str
+
+
+class Deployment(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    group_id: int = Field(foreign_key="device_group.id", index=True)
+    model_id: str
+    version: str
+    created_by: str
+    created_at: float = Field(default_factory=_now)
+
+
+class DeploymentPublic(DeploymentCreate):
+    id: int
+    created_by: str
+    created_at: float
+
+
+# -- model registry --------------------------------------------------------------------------
+
+
+class Stage(StrEnum):
+    CANDIDATE = "candidate"
+    STAGING = "staging"
+    PRODUCTION = "production"
+    ARCHIVED = "archived"
+
+
+class ModelVersion(SQLModel, table=True):
+    __tablename__ = "model_version"
+    __table_args__ = (UniqueConstraint("model_id", "version"),)
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: str = Field(index=True)
+    version: str
+    stage: Stage = Stage.CANDIDATE
+    parent: str | None = None
+    training_data_sha256: str | None = None
+    compiler_version: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: float = Field(default_factory=_now)
+
+
+class ModelVersionPublic(SQLModel):
+    id: int
+    model_id: str
+    version: str
+    stage: Stage
+    parent: str | None
+    training_data_sha256: str | None
+    compiler_version: str | None
+    metrics: dict[str, Any]
+    created_at: float
+
+
+class ModelVersionUpdate(SQLModel):
+    stage: Stage
+
+
+class Bundle(SQLModel, table=True):
+    """A verified bundle archive, stored on disk under its sha256."""
+
+    sha256: str = Field(primary_key=True)
+    manifest_sha256: str = Field(index=True)
+    model_version_id: int = Field(foreign_key="model_version.id", index=True)
+    runtime: str
+    size: int
+    created_at: float = Field(default_factory=_now)
+
+
+class BundlePublic(SQLModel):
+    sha256: str
+    manifest_sha256: str
+    model_version_id: int
+    runtime: str
+    size: int
+
+
+# -- telemetry, drift, audit, tokens ----------------------------------------------------
+
+
+class Telemetry(SQLModel, table=True):
+    """One record, stored once per (device_id, seq). ``ts`` is the partition key at scale."""
+
+    __table_args__ = (Index("ix_telemetry_ts", "ts"),)
+    device_id: str = Field(primary_key=True)
+    seq: int = Field(primary_key=True)
+    ts: float
+    site_id: str
+    model_id: str
+    model_version: str
+    predicted: int | None = None
+    confidence: float | None = None
+    anomaly: bool = False
+    record: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    received_at: float = Field(default_factory=_now)
+
+
+class Drift(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("site_id", "model_id", "model_version", "window_start"),)
+    id: int | None = Field(default=None, primary_key=True)
+    site_id: str
+    model_id: str = Field(index=True)
+    model_version: str
+    window_start: float
+    window_end: float
+    count: int
+    summary: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    score: float | None = None
+
+
+class AuditEntry(SQLModel, table=True):
+    __tablename__ = "audit_log"
+    id: int | None = Field(default=None, primary_key=True)
+    at: float = Field(default_factory=_now, index=True)
+    actor: str
+    action: str
+    resource: str
+    before: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    after: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+
+class ApiToken(SQLModel, table=True):
+    __tablename__ = "api_token"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    role: Role
+    site_id: str | None = Field(default=None, description="A gateway token is bound to one site")
+    token_sha256: str = Field(unique=True, index=True)
+    created_at: float = Field(default_factory=_now)
+    revoked: bool = False

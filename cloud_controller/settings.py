@@ -1,0 +1,58 @@
+"""Controller settings: a YAML file, overridden by ``EDGEFLEET_CONTROLLER__...`` variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from cloud_controller.exceptions import ConfigError
+from fleet_protocol.codec import describe_validation_error
+
+
+class ControllerSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EDGEFLEET_CONTROLLER__", env_nested_delimiter="__", extra="forbid"
+    )
+
+    database_url: str = Field(
+        default="sqlite:///controller.sqlite", description="SQLite file or postgresql+psycopg://"
+    )
+    bundle_dir: Path = Path("bundles")
+    trusted_keys: list[Path] = Field(
+        default_factory=list, description="Keys uploaded bundles must be signed by"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    environment: Literal["development", "production"] = "development"
+    max_ingest_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return env_settings, init_settings
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> ControllerSettings:
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from None
+    data.update(overrides)
+    try:
+        return ControllerSettings(**data)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"controller settings are invalid: {describe_validation_error(exc, limit=None)}"
+        ) from None
