@@ -19,8 +19,10 @@ def store_batch(*, session: Session, batch: IngestBatch) -> IngestResult:
     """Everything or nothing: any error rolls the whole batch back."""
     insert = _insert(session)
     now = time.time()
-    if session.get(Site, batch.site) is None:
-        session.add(Site(id=batch.site, name=batch.site))
+    # Concurrent batches of one site race to create it (and its devices): let the database decide.
+    session.execute(
+        insert(Site).values(id=batch.site, name=batch.site, created_at=now).on_conflict_do_nothing()
+    )
     accepted = 0
     if batch.records:
         rows = [
@@ -42,10 +44,15 @@ def store_batch(*, session: Session, batch: IngestBatch) -> IngestResult:
         statement = insert(Telemetry).values(rows).on_conflict_do_nothing().returning(Telemetry.seq)
         accepted = len(session.execute(statement).all())
     for state in batch.devices:
+        session.execute(
+            insert(Device)
+            .values(
+                id=state.device_id, site_id=batch.site, labels={}, online=False, last_seq=0, created_at=now
+            )
+            .on_conflict_do_nothing()
+        )
         device = session.get(Device, state.device_id)
-        if device is None:
-            device = Device(id=state.device_id, site_id=batch.site, labels={})
-            session.add(device)
+        assert device is not None
         device.online = state.online
         device.health = state.health.value
         device.reason = state.reason

@@ -1,0 +1,138 @@
+"""A real controller: `cloud-controller serve` in its own process, on SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlmodel import Session
+
+from cloud_controller.auth import create_token
+from cloud_controller.db import make_engine
+from cloud_controller.migrate import upgrade
+from cloud_controller.models import Role
+from tests.utils.broker import free_port
+
+PG_ADMIN_URL = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _pg_available() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
+            return None
+    except Exception as exc:  # any failure means: no PostgreSQL to test against here
+        return f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc.__class__.__name__}"
+
+
+@dataclass
+class Controller:
+    url: str
+    database_url: str
+    tokens: dict[str, str]
+    env: dict[str, str]
+    bundle_dir: Path
+
+    def client(self, role: str | None = "operator") -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.tokens[role]}"} if role else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cloud_controller.cli", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=120,
+            check=False,
+        )
+
+
+def database_url(kind: str, tmp: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp / 'controller.sqlite'}"
+        return
+    reason = _pg_available()
+    if reason:
+        pytest.skip(reason)
+    import psycopg
+
+    name = f"edgefleet_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def start_controller(tmp: Path, db_url: str, trusted_key: Path) -> tuple[subprocess.Popen[bytes], Controller]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "EDGEFLEET_CONTROLLER__DATABASE_URL": db_url,
+        "EDGEFLEET_CONTROLLER__BUNDLE_DIR": str(tmp / "bundles"),
+        "EDGEFLEET_CONTROLLER__TRUSTED_KEYS": f'["{trusted_key}"]',
+        "EDGEFLEET_CONTROLLER__PORT": str(port),
+    }
+    controller = Controller(f"http://127.0.0.1:{port}", db_url, {}, env, tmp / "bundles")
+    # In-process (the CLI commands have tests of their own): each test gets a fresh controller fast.
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    with Session(engine) as session:
+        for name, role, site in (
+            ("operator", Role.OPERATOR, None),
+            ("viewer", Role.VIEWER, None),
+            ("gateway", Role.GATEWAY, "site-a"),
+            ("device", Role.DEVICE, None),
+            ("gateway-b", Role.GATEWAY, "site-b"),
+        ):
+            controller.tokens[name] = create_token(
+                session=session, name=f"test-{name}", role=role, site_id=site
+            )
+    engine.dispose()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cloud_controller.cli", "serve", "--no-migrate"], env=env
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{controller.url}/healthz", timeout=1).status_code == 200:
+                return process, controller
+        except httpx.HTTPError:
+            time.sleep(0.1)
+        if process.poll() is not None:
+            raise RuntimeError("cloud-controller serve exited at start")
+    raise RuntimeError("cloud-controller did not answer /healthz")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def controller(request: pytest.FixtureRequest, tmp_path: Path, public_key_file: Path) -> Iterator[Controller]:
+    for url in database_url(request.param, tmp_path):
+        process, ctl = start_controller(tmp_path, url, public_key_file)
+        try:
+            yield ctl
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+@pytest.fixture
+def sqlite_controller(tmp_path: Path, public_key_file: Path) -> Iterator[Controller]:
+    for url in database_url("sqlite", tmp_path):
+        process, ctl = start_controller(tmp_path, url, public_key_file)
+        try:
+            yield ctl
+        finally:
+            process.terminate()
+            process.wait(10)
