@@ -1,0 +1,81 @@
+"""The operators' dashboard in a real headless Chromium: it loads clean and shows the seeded fleet."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from model_compiler.archive import pack
+from tests.controller.conftest import Controller
+from tests.controller.factories import batch, drift, state
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)"
+)
+def test_dashboard_shows_the_seeded_fleet_without_console_errors(
+    sqlite_controller: Controller, bundles, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import sync_playwright
+
+    ctl = sqlite_controller
+    seeded = batch(devices={"press-1": range(1, 21)}).model_copy(
+        update={
+            "devices": [state("press-1"), state("press-2"), state("lathe-1", online=False)],
+            "drift": [drift(float(w * 60)) for w in range(6)],
+        }
+    )
+    with ctl.client("gateway") as gateway:
+        assert gateway.post("/api/v1/ingest", content=seeded.model_dump_json()).status_code == 200
+    with ctl.client("operator") as operator:
+        assert (
+            operator.post("/api/v1/bundles", content=pack(bundles["onnx-int8"]).read_bytes()).status_code
+            == 201
+        )
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    errors: list[str] = []
+    with sync_playwright() as p:
+        # Playwright gives each launch a fresh, empty profile of its own.
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{ctl.url}/")
+        assert page.url.endswith("/login"), "the dashboard asks for a token first"
+        page.fill("input[name=token]", ctl.tokens["viewer"])
+        page.click("button[type=submit]")
+        page.wait_for_selector("#devices")
+        table = page.inner_text("#devices")
+        for device in ("press-1", "press-2", "lathe-1"):
+            assert device in table
+        assert page.inner_text("#sites").split() == ["site", "online", "offline", "site-a", "2", "1"]
+        assert page.locator("#versions-chart rect").count() == 1
+        page.screenshot(path=str(ARTIFACTS / "dashboard-overview.png"), full_page=True)
+        page.click("text=press-1")
+        page.wait_for_selector("#recent")
+        assert page.locator("#recent tr").count() == 21  # header + the 20 records
+        page.goto(f"{ctl.url}/registry")
+        assert "sensor-mlp@1.0.0" in page.inner_text("main")
+        assert page.locator(".compiler-table tr").count() >= 2
+        page.goto(f"{ctl.url}/drift")
+        assert page.locator(".drift-chart polyline").count() == 1
+        page.screenshot(path=str(ARTIFACTS / "dashboard-drift.png"), full_page=True)
+        browser.close()
+    assert errors == []
+    assert (ARTIFACTS / "dashboard-overview.png").stat().st_size > 5000
