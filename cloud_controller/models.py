@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+from fleet_protocol.messages import DeviceId, SiteId
 
 
 def _now() -> float:
@@ -31,7 +31,7 @@ class SiteBase(SQLModel):
 
 
 class SiteCreate(SiteBase):
-    id: str = Field(regex=_ID)
+    id: SiteId
 
 
 class SiteUpdate(SQLModel):
@@ -39,7 +39,7 @@ class SiteUpdate(SQLModel):
 
 
 class Site(SiteBase, table=True):
-    id: str = Field(primary_key=True, regex=_ID)
+    id: str = Field(primary_key=True)
     created_at: float = Field(default_factory=_now)
 
 
@@ -62,8 +62,8 @@ class DeviceBase(SQLModel):
 
 
 class DeviceCreate(DeviceBase):
-    id: str = Field(regex=_ID)
-    site_id: str = Field(regex=_ID)
+    id: DeviceId
+    site_id: SiteId
 
 
 class DeviceUpdate(SQLModel):
@@ -107,7 +107,7 @@ class DevicesPublic(SQLModel):
 
 
 class GroupBase(SQLModel):
-    name: str = Field(regex=_ID)
+    name: str = Field(max_length=64, min_length=1)
     selector: dict[str, str] = Field(
         default_factory=dict,
         sa_column=Column(JSON, nullable=False),

@@ -88,7 +88,7 @@ def update_device(session: SessionDep, caller: Operator, device_id: str, body: D
     if device is None:
         raise HTTPException(404, "Device not found")
     before = audit.snapshot(device)
-    device.sqlmodel_update(body.model_dump(exclude_unset=True))
+    device.sqlmodel_update(body.model_dump(exclude_unset=True, exclude_none=True))
     audit.record(
         session=session,
         actor=caller,

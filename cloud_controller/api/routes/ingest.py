@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 from cloud_controller.api.deps import CurrentToken, Gateway, SessionDep
 from cloud_controller.desired_state import desired_for_devices, etag
 from cloud_controller.ingest import store_batch
-from cloud_controller.models import ApiToken, Device, Role
+from cloud_controller.models import ApiToken, Device, Role, Site
 from fleet_protocol import ProtocolError, decode
 from fleet_protocol.ingest import IngestBatch, IngestResult, SiteDesiredStates
 
@@ -78,6 +78,8 @@ def site_desired(
 ) -> SiteDesiredStates | Response:
     """Every device's desired state at a site; send If-None-Match to get 304 when unchanged."""
     _check_site_reader(caller, site_id)
+    if session.get(Site, site_id) is None:
+        raise HTTPException(404, "Site not found")
     devices = list(session.exec(select(Device).where(Device.site_id == site_id).order_by(Device.id)).all())
     states = desired_for_devices(session=session, devices=devices)
     tag = etag(states)

@@ -51,7 +51,7 @@ def update_site(session: SessionDep, caller: Operator, site_id: str, body: SiteU
     if site is None:
         raise HTTPException(404, "Site not found")
     before = audit.snapshot(site)
-    site.sqlmodel_update(body.model_dump(exclude_unset=True))
+    site.sqlmodel_update(body.model_dump(exclude_unset=True, exclude_none=True))
     audit.record(
         session=session,
         actor=caller,
