@@ -16,7 +16,7 @@ from sqlmodel import Session, select
 
 from cloud_controller.api.deps import SessionDep
 from cloud_controller.auth import lookup
-from cloud_controller.models import ApiToken, Device, Drift, ModelVersion, Role, Telemetry
+from cloud_controller.models import ApiToken, Device, Drift, Event, ModelVersion, Role, Telemetry
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -79,7 +79,12 @@ def device_page(
     recent = session.exec(
         select(Telemetry).where(Telemetry.device_id == device_id).order_by(Telemetry.seq.desc()).limit(20)  # type: ignore[attr-defined]
     ).all()
-    return templates.TemplateResponse(request, "device.html", {"device": device, "recent": recent})
+    events = session.exec(
+        select(Event).where(Event.device_id == device_id).order_by(Event.ts.desc()).limit(20)  # type: ignore[attr-defined]
+    ).all()
+    return templates.TemplateResponse(
+        request, "device.html", {"device": device, "recent": recent, "events": events}
+    )
 
 
 @router.get("/registry", response_class=HTMLResponse)
@@ -99,10 +104,8 @@ def drift_page(
     rows = session.exec(select(Drift).order_by(Drift.model_id, Drift.window_start)).all()
     series: dict[str, list[tuple[float, float]]] = {}
     for row in rows:
-        means = row.summary.get("mean") or [0.0]
-        series.setdefault(f"{row.model_id}@{row.model_version}", []).append(
-            (row.window_start, sum(means) / len(means))
-        )
+        if row.score is not None:
+            series.setdefault(f"{row.model_id}@{row.model_version}", []).append((row.window_start, row.score))
     charts = {name: _line(points) for name, points in series.items()}
     total = session.exec(select(func.count()).select_from(Drift)).one()
     return templates.TemplateResponse(request, "drift.html", {"charts": charts, "total": total})

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session
+from sqlmodel import Session, select
 
-from cloud_controller.models import Device, Drift, Site, Telemetry
-from fleet_protocol.ingest import IngestBatch, IngestResult
+from cloud_controller.models import Device, Drift, Event, Site, Telemetry
+from fleet_protocol.ingest import DriftSummary, IngestBatch, IngestResult
 
 
 def _insert(session: Session):  # type: ignore[no-untyped-def]
@@ -61,6 +61,17 @@ def store_batch(*, session: Session, batch: IngestBatch) -> IngestResult:
         device.runtime = state.runtime
         device.last_seq = max(device.last_seq, state.last_seq)
         device.last_seen = state.ts
+    for event in batch.events:
+        session.add(
+            Event(
+                device_id=event.device_id,
+                ts=event.ts,
+                kind=event.kind,
+                severity=event.severity.value,
+                message=event.message,
+                data=event.data,
+            )
+        )
     drift_stored = 0
     if batch.drift:
         rows = [
@@ -72,7 +83,7 @@ def store_batch(*, session: Session, batch: IngestBatch) -> IngestResult:
                 "window_end": d.window_end,
                 "count": d.count,
                 "summary": d.model_dump(mode="json"),
-                "score": None,
+                "score": _drift_score(session, batch.site, d, batch.drift),
             }
             for d in batch.drift
         ]
@@ -85,4 +96,39 @@ def store_batch(*, session: Session, batch: IngestBatch) -> IngestResult:
         duplicates=len(batch.records) - accepted,
         devices_updated=len(batch.devices),
         drift_stored=drift_stored,
+        events_stored=len(batch.events),
     )
+
+
+def _drift_score(
+    session: Session, site: str, summary: DriftSummary, batch: list[DriftSummary]
+) -> float | None:
+    """Mean over features of |window mean - reference mean| / reference std.
+
+    The reference is the first window stored for this model version at this site: drift is
+    measured against what the model saw when it was rolled out.
+    """
+    reference = session.exec(
+        select(Drift)
+        .where(
+            Drift.site_id == site,
+            Drift.model_id == summary.model_id,
+            Drift.model_version == summary.model_version,
+        )
+        .order_by(Drift.window_start)  # type: ignore[arg-type]
+        .limit(1)
+    ).first()
+    if reference is not None:
+        ref_mean, ref_std = reference.summary.get("mean", []), reference.summary.get("std", [])
+    else:  # no window stored yet: the earliest of this batch is the reference
+        first = min(
+            (d for d in batch if (d.model_id, d.model_version) == (summary.model_id, summary.model_version)),
+            key=lambda d: d.window_start,
+        )
+        ref_mean, ref_std = first.mean, first.std
+    if len(ref_mean) != len(summary.mean) or not ref_mean:
+        return None
+    shifts = [
+        abs(m - r) / (s if s > 0 else 1.0) for m, r, s in zip(summary.mean, ref_mean, ref_std, strict=False)
+    ]
+    return sum(shifts) / len(shifts)

@@ -27,6 +27,9 @@ class FleetCollector(Collector):
         )
         deployments = GaugeMetricFamily("edgefleet_deployments", "Deployments made")
         drift = GaugeMetricFamily("edgefleet_drift_windows", "Drift summaries stored", labels=["model"])
+        score = GaugeMetricFamily(
+            "edgefleet_drift_score", "Latest drift score per model version and site", labels=["model", "site"]
+        )
         with Session(self.engine) as session:
             for site, is_online, count in session.exec(
                 select(Device.site_id, Device.online, func.count()).group_by(Device.site_id, Device.online)
@@ -41,7 +44,14 @@ class FleetCollector(Collector):
             deployments.add_metric([], session.exec(select(func.count()).select_from(Deployment)).one())
             for model, count in session.exec(select(Drift.model_id, func.count()).group_by(Drift.model_id)):
                 drift.add_metric([model], count)
-        yield from (online, versions, deployments, drift)
+            latest: dict[tuple[str, str], float] = {}
+            for row in session.exec(
+                select(Drift).where(Drift.score.is_not(None)).order_by(Drift.window_start)
+            ):  # type: ignore[union-attr]
+                latest[(f"{row.model_id}@{row.model_version}", row.site_id)] = float(row.score or 0.0)
+            for (model, site), value in latest.items():
+                score.add_metric([model, site], value)
+        yield from (online, versions, deployments, drift, score)
 
 
 class ControllerMetrics:

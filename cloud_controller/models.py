@@ -247,6 +247,18 @@ class Drift(SQLModel, table=True):
     score: float | None = None
 
 
+class Event(SQLModel, table=True):
+    """A device event (OTA progress, errors, rejections) relayed by its gateway."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(index=True)
+    ts: float
+    kind: str
+    severity: str
+    message: str
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
 class AuditEntry(SQLModel, table=True):
     __tablename__ = "audit_log"
     id: int | None = Field(default=None, primary_key=True)

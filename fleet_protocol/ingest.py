@@ -11,7 +11,14 @@ import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet_protocol.messages import DesiredState, ProtocolModel, ReportedState, SiteId, TelemetryRecord
+from fleet_protocol.messages import (
+    DesiredState,
+    DeviceEvent,
+    ProtocolModel,
+    ReportedState,
+    SiteId,
+    TelemetryRecord,
+)
 
 MAX_INGEST_RECORDS = 5000
 
@@ -43,6 +50,7 @@ class IngestBatch(ProtocolModel):
     records: list[TelemetryRecord] = Field(default_factory=list, max_length=MAX_INGEST_RECORDS)
     devices: list[ReportedState] = Field(default_factory=list, max_length=MAX_INGEST_RECORDS)
     drift: list[DriftSummary] = Field(default_factory=list, max_length=1000)
+    events: list[DeviceEvent] = Field(default_factory=list, max_length=MAX_INGEST_RECORDS)
 
 
 class IngestResult(BaseModel):
@@ -53,6 +61,7 @@ class IngestResult(BaseModel):
     duplicates: int = Field(ge=0)
     devices_updated: int = Field(ge=0)
     drift_stored: int = Field(ge=0)
+    events_stored: int = Field(default=0, ge=0)
 
 
 class SiteDesiredStates(ProtocolModel):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from fleet_protocol import DeviceEvent, Severity
 from model_compiler.archive import pack
 from tests.controller.conftest import Controller
 from tests.controller.factories import batch, drift, state
@@ -82,19 +83,27 @@ def test_gateway_token_is_bound_to_its_site(sqlite_controller: Controller) -> No
     assert response.json()["detail"] == "This gateway token is for site site-b, not site-a"
 
 
-def test_device_presence_and_drift_from_ingest_show_in_api_and_metrics(controller: Controller) -> None:
-    payload = batch(devices={"dev-5": range(1, 3)})
-    payload = payload.model_copy(
-        update={"devices": [state("dev-5"), state("dev-6", online=False)], "drift": [drift(0.0), drift(60.0)]}
+def test_device_presence_drift_and_events_from_ingest_show_in_api_and_metrics(controller: Controller) -> None:
+    payload = batch(devices={"dev-5": range(1, 3)}).model_copy(
+        update={
+            "devices": [state("dev-5"), state("dev-6", online=False)],
+            "drift": [drift(0.0), drift(60.0)],
+            "events": [
+                DeviceEvent(
+                    device_id="dev-5",
+                    kind="outbox.evicted",
+                    severity=Severity.WARNING,
+                    message="outbox bound reached",
+                )
+            ],
+        }
     )
     result = _ingest(controller, payload.model_dump_json().encode()).json()
-    assert result["devices_updated"] == 2 and result["drift_stored"] == 2
-    assert (
-        _ingest(controller, payload.model_copy(update={"batch_id": "x"}).model_dump_json().encode()).json()[
-            "drift_stored"
-        ]
-        == 0
+    assert (result["devices_updated"], result["drift_stored"], result["events_stored"]) == (2, 2, 1)
+    retry = _ingest(
+        controller, payload.model_copy(update={"batch_id": "x", "events": []}).model_dump_json().encode()
     )
+    assert retry.json()["drift_stored"] == 0, "a drift window is stored once"
     with controller.client("viewer") as client:
         device = client.get("/api/v1/devices/dev-5").json()
         online = client.get("/api/v1/devices", params={"site_id": "site-a", "online": True}).json()
@@ -104,6 +113,8 @@ def test_device_presence_and_drift_from_ingest_show_in_api_and_metrics(controlle
     assert 'edgefleet_devices{online="true",site="site-a"} 1.0' in metrics
     assert 'edgefleet_devices{online="false",site="site-a"} 1.0' in metrics
     assert "edgefleet_ingest_records_total 2.0" in metrics
+    # Window 60's first feature mean moved 6 reference std: (6 + 0) / 2 features = 3.
+    assert 'edgefleet_drift_score{model="sensor-mlp@1.0.0",site="site-a"} 3.0' in metrics
 
 
 def _upload(ctl: Controller, bundle_dir: Path, role: str = "operator"):  # type: ignore[no-untyped-def]

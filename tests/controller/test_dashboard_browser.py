@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fleet_protocol import DeviceEvent, Severity
 from model_compiler.archive import pack
 from tests.controller.conftest import Controller
 from tests.controller.factories import batch, drift, state
@@ -38,6 +39,14 @@ def test_dashboard_shows_the_seeded_fleet_without_console_errors(
         update={
             "devices": [state("press-1"), state("press-2"), state("lathe-1", online=False)],
             "drift": [drift(float(w * 60)) for w in range(6)],
+            "events": [
+                DeviceEvent(
+                    device_id="press-1",
+                    kind="model.load_failed",
+                    severity=Severity.ERROR,
+                    message="bundle refused",
+                )
+            ],
         }
     )
     with ctl.client("gateway") as gateway:
@@ -70,6 +79,7 @@ def test_dashboard_shows_the_seeded_fleet_without_console_errors(
         page.click("text=press-1")
         page.wait_for_selector("#recent")
         assert page.locator("#recent tr").count() == 21  # header + the 20 records
+        assert "model.load_failed" in page.inner_text("#events")
         page.goto(f"{ctl.url}/registry")
         assert "sensor-mlp@1.0.0" in page.inner_text("main")
         assert page.locator(".compiler-table tr").count() >= 2
