@@ -7,6 +7,7 @@ import argparse
 import uvicorn
 
 from cloud_controller.app import create_app
+from cloud_controller.logs import log_config
 from cloud_controller.migrate import upgrade
 from cloud_controller.settings import load_settings
 
@@ -32,5 +33,5 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, **overrides)
     if not args.no_migrate:
         upgrade(settings.database_url)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=log_config())
     return 0
