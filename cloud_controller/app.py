@@ -31,6 +31,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     app = FastAPI(title="edgefleet controller", version="0.1.0", lifespan=lifespan)
     for module in (sites, devices, groups, registry, ingest, audit):
         app.include_router(module.router, prefix=API)
+    app.include_router(sites.gateways, prefix=API)
     app.include_router(health.router)
     app.include_router(dashboard_router)
     return app

@@ -7,7 +7,7 @@ import time
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
-from cloud_controller.models import Device, Drift, Event, Site, Telemetry
+from cloud_controller.models import Device, Drift, Event, Gateway, Site, Telemetry
 from fleet_protocol.ingest import DriftSummary, IngestBatch, IngestResult
 
 
@@ -22,6 +22,13 @@ def store_batch(*, session: Session, batch: IngestBatch) -> IngestResult:
     # Concurrent batches of one site race to create it (and its devices): let the database decide.
     session.execute(
         insert(Site).values(id=batch.site, name=batch.site, created_at=now).on_conflict_do_nothing()
+    )
+    session.execute(
+        insert(Gateway)
+        .values(
+            id=batch.gateway_id, site_id=batch.site, name=batch.gateway_id, records_ingested=0, created_at=now
+        )
+        .on_conflict_do_nothing()
     )
     accepted = 0
     if batch.records:
@@ -61,6 +68,10 @@ def store_batch(*, session: Session, batch: IngestBatch) -> IngestResult:
         device.runtime = state.runtime
         device.last_seq = max(device.last_seq, state.last_seq)
         device.last_seen = state.ts
+    gateway = session.get(Gateway, batch.gateway_id)
+    assert gateway is not None
+    gateway.last_seen, gateway.last_batch_id = now, batch.batch_id
+    gateway.records_ingested += accepted
     for event in batch.events:
         session.add(
             Event(

@@ -53,6 +53,44 @@ class SitesPublic(SQLModel):
     count: int
 
 
+# -- gateways --------------------------------------------------------------------------------
+
+
+class GatewayBase(SQLModel):
+    name: str = Field(default="", max_length=200)
+
+
+class GatewayCreate(GatewayBase):
+    id: SiteId  # same id rules as a site
+    site_id: SiteId
+
+
+class GatewayUpdate(SQLModel):
+    name: str | None = Field(default=None, max_length=200)
+
+
+class Gateway(GatewayBase, table=True):
+    id: str = Field(primary_key=True)
+    site_id: str = Field(foreign_key="site.id", index=True)
+    last_seen: float | None = None
+    last_batch_id: str | None = None
+    records_ingested: int = 0
+    created_at: float = Field(default_factory=_now)
+
+
+class GatewayPublic(GatewayBase):
+    id: str
+    site_id: str
+    last_seen: float | None
+    last_batch_id: str | None
+    records_ingested: int
+
+
+class GatewaysPublic(SQLModel):
+    data: list[GatewayPublic]
+    count: int
+
+
 # -- devices ---------------------------------------------------------------------------
 
 
@@ -117,6 +155,10 @@ class GroupBase(SQLModel):
 
 class GroupCreate(GroupBase):
     pass
+
+
+class GroupUpdate(SQLModel):
+    selector: dict[str, str] | None = None
 
 
 class DeviceGroup(GroupBase, table=True):

@@ -36,6 +36,13 @@ def test_ingest_is_idempotent_on_device_and_seq(controller: Controller) -> None:
     with controller.client("viewer") as client:
         rows = client.get("/api/v1/devices/dev-1/telemetry", params={"limit": 100}).json()
     assert sorted(r["seq"] for r in rows) == list(range(1, 16))
+    with controller.client("viewer") as client:
+        gateway = client.get("/api/v1/gateways/gw-1").json()
+    assert (gateway["site_id"], gateway["records_ingested"], gateway["last_batch_id"]) == (
+        "site-a",
+        15,
+        overlapping.batch_id,
+    )
 
 
 def test_ingest_under_concurrent_duplicate_batches_stores_each_record_once(controller: Controller) -> None:

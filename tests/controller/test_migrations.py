@@ -14,7 +14,7 @@ from cloud_controller.migrate import current_revision, head_revision, upgrade
 def test_migrate_from_empty_reaches_head(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'c.sqlite'}"
     upgrade(url)
-    assert current_revision(url) == head_revision(url) == "0003"
+    assert current_revision(url) == head_revision(url) == "0004"
 
 
 def test_migrate_from_the_previous_revision_keeps_data(tmp_path: Path) -> None:
@@ -43,7 +43,7 @@ def test_migrate_from_the_previous_revision_keeps_data(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "schema 0001 -> 0003" in result.stdout
+    assert "schema 0001 -> 0004" in result.stdout
     with engine.connect() as conn:
         device = conn.execute(text("SELECT labels, last_seq, runtime FROM device WHERE id = 'd1'")).one()
         assert (device.last_seq, device.runtime) == (42, None)

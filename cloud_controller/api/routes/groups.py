@@ -15,6 +15,7 @@ from cloud_controller.models import (
     GroupCreate,
     GroupPublic,
     GroupsPublic,
+    GroupUpdate,
     ModelVersion,
     Stage,
 )
@@ -42,6 +43,36 @@ def create_group(session: SessionDep, caller: Operator, body: GroupCreate) -> De
         actor=caller,
         action="create",
         resource=f"group/{group.id}",
+        after=audit.snapshot(group),
+    )
+    session.commit()
+    session.refresh(group)
+    return group
+
+
+@router.get("/groups/{group_id}", response_model=GroupPublic)
+def get_group(session: SessionDep, _: Reader, group_id: int) -> DeviceGroup:
+    """Get a device group."""
+    group = session.get(DeviceGroup, group_id)
+    if group is None:
+        raise HTTPException(404, "Group not found")
+    return group
+
+
+@router.patch("/groups/{group_id}", response_model=GroupPublic)
+def update_group(session: SessionDep, caller: Operator, group_id: int, body: GroupUpdate) -> DeviceGroup:
+    """Change a group's selector (its devices' desired state follows)."""
+    group = session.get(DeviceGroup, group_id)
+    if group is None:
+        raise HTTPException(404, "Group not found")
+    before = audit.snapshot(group)
+    group.sqlmodel_update(body.model_dump(exclude_unset=True, exclude_none=True))
+    audit.record(
+        session=session,
+        actor=caller,
+        action="update",
+        resource=f"group/{group_id}",
+        before=before,
         after=audit.snapshot(group),
     )
     session.commit()

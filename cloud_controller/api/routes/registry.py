@@ -30,6 +30,15 @@ router = APIRouter(tags=["registry"])
 _MAX_BUNDLE = 512 * 1024 * 1024
 
 
+@router.get("/models")
+def list_models(session: SessionDep, _: Reader) -> list[dict[str, object]]:
+    """Every model id with its versions and their stages."""
+    models: dict[str, list[dict[str, object]]] = {}
+    for v in session.exec(select(ModelVersion).order_by(ModelVersion.model_id, ModelVersion.id)).all():
+        models.setdefault(v.model_id, []).append({"id": v.id, "version": v.version, "stage": v.stage.value})
+    return [{"model_id": model_id, "versions": versions} for model_id, versions in models.items()]
+
+
 @router.get("/models/versions", response_model=list[ModelVersionPublic])
 def list_versions(
     session: SessionDep, _: Reader, model_id: str | None = None, stage: str | None = None

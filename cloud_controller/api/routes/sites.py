@@ -7,9 +7,21 @@ from sqlmodel import func, select
 
 from cloud_controller import audit
 from cloud_controller.api.deps import Operator, Reader, SessionDep
-from cloud_controller.models import Site, SiteCreate, SitePublic, SitesPublic, SiteUpdate
+from cloud_controller.models import (
+    Gateway,
+    GatewayCreate,
+    GatewayPublic,
+    GatewaysPublic,
+    GatewayUpdate,
+    Site,
+    SiteCreate,
+    SitePublic,
+    SitesPublic,
+    SiteUpdate,
+)
 
 router = APIRouter(prefix="/sites", tags=["fleet"])
+gateways = APIRouter(prefix="/gateways", tags=["fleet"])
 
 
 @router.get("", response_model=SitesPublic)
@@ -63,3 +75,64 @@ def update_site(session: SessionDep, caller: Operator, site_id: str, body: SiteU
     session.commit()
     session.refresh(site)
     return site
+
+
+@gateways.get("", response_model=GatewaysPublic)
+def list_gateways(session: SessionDep, _: Reader, site_id: str | None = None) -> GatewaysPublic:
+    """List gateways, optionally of one site, with when each last uploaded."""
+    query = select(Gateway)
+    if site_id is not None:
+        query = query.where(Gateway.site_id == site_id)
+    rows = session.exec(query.order_by(Gateway.id)).all()
+    return GatewaysPublic(data=[GatewayPublic.model_validate(g) for g in rows], count=len(rows))
+
+
+@gateways.post("", response_model=GatewayPublic, status_code=201)
+def create_gateway(session: SessionDep, caller: Operator, body: GatewayCreate) -> Gateway:
+    """Register a gateway at a site (gateways that upload are registered by themselves too)."""
+    if session.get(Site, body.site_id) is None:
+        raise HTTPException(404, "Site not found")
+    if session.get(Gateway, body.id) is not None:
+        raise HTTPException(409, "Gateway already exists")
+    gateway = Gateway.model_validate(body)
+    session.add(gateway)
+    audit.record(
+        session=session,
+        actor=caller,
+        action="create",
+        resource=f"gateway/{gateway.id}",
+        after=audit.snapshot(gateway),
+    )
+    session.commit()
+    session.refresh(gateway)
+    return gateway
+
+
+@gateways.get("/{gateway_id}", response_model=GatewayPublic)
+def get_gateway(session: SessionDep, _: Reader, gateway_id: str) -> Gateway:
+    """Get a gateway."""
+    gateway = session.get(Gateway, gateway_id)
+    if gateway is None:
+        raise HTTPException(404, "Gateway not found")
+    return gateway
+
+
+@gateways.patch("/{gateway_id}", response_model=GatewayPublic)
+def update_gateway(session: SessionDep, caller: Operator, gateway_id: str, body: GatewayUpdate) -> Gateway:
+    """Rename a gateway."""
+    gateway = session.get(Gateway, gateway_id)
+    if gateway is None:
+        raise HTTPException(404, "Gateway not found")
+    before = audit.snapshot(gateway)
+    gateway.sqlmodel_update(body.model_dump(exclude_unset=True, exclude_none=True))
+    audit.record(
+        session=session,
+        actor=caller,
+        action="update",
+        resource=f"gateway/{gateway_id}",
+        before=before,
+        after=audit.snapshot(gateway),
+    )
+    session.commit()
+    session.refresh(gateway)
+    return gateway
