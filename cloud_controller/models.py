@@ -177,7 +177,7 @@ class GroupsPublic(SQLModel):
 
 
 class DeploymentCreate(SQLModel):
-    group_id: int
+    group_id: int = Field(ge=1, le=2**62)
     model_id: str
     version: str
 

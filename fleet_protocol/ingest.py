@@ -32,7 +32,7 @@ class DriftSummary(BaseModel):
     model_version: str
     window_start: float
     window_end: float
-    count: int = Field(ge=0)
+    count: int = Field(ge=0, le=2**63 - 1)
     feature_names: list[str]
     mean: list[float]
     std: list[float]

@@ -18,6 +18,8 @@ SiteId = Annotated[str, AfterValidator(lambda v: validate_id(v, "site"))]
 DeviceId = Annotated[str, AfterValidator(lambda v: validate_id(v, "device"))]
 
 MAX_RECORDS_PER_BATCH = 1000
+#: Integers are stored as signed 64-bit everywhere (SQLite, PostgreSQL): refuse larger ones here.
+INT64_MAX = 2**63 - 1
 
 
 class Encoding(StrEnum):
@@ -54,18 +56,18 @@ class TelemetryRecord(ProtocolModel):
     """One inference on one device. ``(device_id, seq)`` identifies it everywhere."""
 
     device_id: DeviceId
-    seq: int = Field(ge=1, description="Per-device sequence number; persisted, only grows")
+    seq: int = Field(ge=1, le=INT64_MAX, description="Per-device sequence number; persisted, only grows")
     ts: float = Field(description="When the input was read, Unix seconds")
     model_id: str = Field(max_length=128)
     model_version: str = Field(max_length=64)
     outputs: list[float] = Field(max_length=4096, description="Raw model outputs")
-    predicted: int | None = Field(default=None, description="Arg-max class, for classifiers")
+    predicted: int | None = Field(default=None, ge=0, le=2**31, description="Arg-max class, for classifiers")
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
     anomaly: bool = Field(default=False, description="Flagged by the device: always sent up whole")
     low_confidence: bool = False
     features: list[float] | None = Field(default=None, max_length=4096)
     feature_summary: FeatureSummary | None = None
-    label: int | None = Field(default=None, description="Ground truth, when the source knows it")
+    label: int | None = Field(default=None, ge=-(2**31), le=2**31, description="Ground truth, when known")
 
 
 class TelemetryBatch(ProtocolModel):
@@ -106,11 +108,13 @@ class ReportedState(ProtocolModel):
     model_id: str | None = None
     model_version: str | None = None
     runtime: str | None = None
-    last_seq: int = Field(default=0, ge=0)
-    outbox_depth: int = Field(default=0, ge=0)
-    outbox_bytes: int = Field(default=0, ge=0)
-    evicted: int = Field(default=0, ge=0, description="Records dropped by the outbox bound")
-    desired_revision: int | None = Field(default=None, description="Last desired state applied")
+    last_seq: int = Field(default=0, ge=0, le=INT64_MAX)
+    outbox_depth: int = Field(default=0, ge=0, le=INT64_MAX)
+    outbox_bytes: int = Field(default=0, ge=0, le=INT64_MAX)
+    evicted: int = Field(default=0, ge=0, le=INT64_MAX, description="Records dropped by the outbox bound")
+    desired_revision: int | None = Field(
+        default=None, ge=0, le=INT64_MAX, description="Last desired state applied"
+    )
     encodings: list[Encoding] = Field(default_factory=lambda: list(Encoding))
 
 
@@ -129,7 +133,7 @@ class DesiredState(ProtocolModel):
     """Retained on ``fleet/{site}/{device}/desired``. Higher ``revision`` wins."""
 
     device_id: DeviceId
-    revision: int = Field(ge=0)
+    revision: int = Field(ge=0, le=INT64_MAX)
     issued_at: float = Field(default_factory=time.time)
     model: ModelAssignment | None = None
     telemetry_encoding: Encoding = Encoding.JSON

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
@@ -13,6 +13,10 @@ from cloud_controller.auth import lookup
 from cloud_controller.models import ApiToken, Role
 
 _bearer = HTTPBearer(auto_error=False)
+
+#: Largest integer id or offset accepted: both databases store 64-bit integers.
+MAX_ID = 2**62
+IntId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 def get_db(request: Request) -> Iterator[Session]:

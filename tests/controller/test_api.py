@@ -217,3 +217,20 @@ def test_api_errors_say_what_is_missing(sqlite_controller: Controller) -> None:
 def test_health_endpoints(sqlite_controller: Controller, path: str) -> None:
     with sqlite_controller.client(None) as client:
         assert client.get(path).status_code == 200
+
+
+def test_ingest_refuses_integers_no_database_can_store(sqlite_controller: Controller) -> None:
+    body = json.loads(batch(devices={"dev-9": range(1, 3)}).model_dump_json())
+    body["records"][0]["seq"] = 2**64
+    response = _ingest(sqlite_controller, json.dumps(body).encode())
+    assert response.status_code == 422
+    assert (
+        "records.0.seq: Input should be less than or equal to 9223372036854775807"
+        in response.json()["detail"]
+    )
+
+
+def test_listing_refuses_offsets_beyond_64_bits(sqlite_controller: Controller) -> None:
+    with sqlite_controller.client("viewer") as client:
+        assert client.get("/api/v1/sites", params={"skip": 2**70}).status_code == 422
+        assert client.get(f"/api/v1/models/versions/{2**70}").status_code == 422

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query
 from sqlmodel import select
 
 from cloud_controller import audit
-from cloud_controller.api.deps import Operator, Reader, SessionDep
+from cloud_controller.api.deps import MAX_ID, Operator, Reader, SessionDep
 from cloud_controller.desired_state import desired_for_devices
 from cloud_controller.models import (
     Device,
@@ -32,7 +32,7 @@ def list_devices(
     online: bool | None = None,
     model_version: str | None = None,
     label: Annotated[list[str] | None, Query(description="key=value, repeatable")] = None,
-    skip: Annotated[int, Query(ge=0)] = 0,
+    skip: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> DevicesPublic:
     """List devices, filtered by site, online state, model version or labels."""

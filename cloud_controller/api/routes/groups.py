@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException
 from sqlmodel import select
 
 from cloud_controller import audit
-from cloud_controller.api.deps import Operator, Reader, SessionDep
+from cloud_controller.api.deps import IntId, Operator, Reader, SessionDep
 from cloud_controller.models import (
     Deployment,
     DeploymentCreate,
@@ -51,7 +51,7 @@ def create_group(session: SessionDep, caller: Operator, body: GroupCreate) -> De
 
 
 @router.get("/groups/{group_id}", response_model=GroupPublic)
-def get_group(session: SessionDep, _: Reader, group_id: int) -> DeviceGroup:
+def get_group(session: SessionDep, _: Reader, group_id: IntId) -> DeviceGroup:
     """Get a device group."""
     group = session.get(DeviceGroup, group_id)
     if group is None:
@@ -60,7 +60,7 @@ def get_group(session: SessionDep, _: Reader, group_id: int) -> DeviceGroup:
 
 
 @router.patch("/groups/{group_id}", response_model=GroupPublic)
-def update_group(session: SessionDep, caller: Operator, group_id: int, body: GroupUpdate) -> DeviceGroup:
+def update_group(session: SessionDep, caller: Operator, group_id: IntId, body: GroupUpdate) -> DeviceGroup:
     """Change a group's selector (its devices' desired state follows)."""
     group = session.get(DeviceGroup, group_id)
     if group is None:

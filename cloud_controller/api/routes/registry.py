@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse
 from sqlmodel import Session, select
 
 from cloud_controller import audit
-from cloud_controller.api.deps import CurrentToken, Operator, Reader, SessionDep
+from cloud_controller.api.deps import CurrentToken, IntId, Operator, Reader, SessionDep
 from cloud_controller.bundles import BundleRejected, verify_upload
 from cloud_controller.models import (
     ApiToken,
@@ -53,7 +53,7 @@ def list_versions(
 
 
 @router.get("/models/versions/{version_id}", response_model=ModelVersionPublic)
-def get_version(session: SessionDep, _: Reader, version_id: int) -> ModelVersion:
+def get_version(session: SessionDep, _: Reader, version_id: IntId) -> ModelVersion:
     """Get a model version with its compiler metrics."""
     version = session.get(ModelVersion, version_id)
     if version is None:
@@ -63,7 +63,7 @@ def get_version(session: SessionDep, _: Reader, version_id: int) -> ModelVersion
 
 @router.patch("/models/versions/{version_id}", response_model=ModelVersionPublic)
 def set_stage(
-    session: SessionDep, caller: Operator, version_id: int, body: ModelVersionUpdate
+    session: SessionDep, caller: Operator, version_id: IntId, body: ModelVersionUpdate
 ) -> ModelVersion:
     """Move a version between candidate, staging, production and archived."""
     version = session.get(ModelVersion, version_id)

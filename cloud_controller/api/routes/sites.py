@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
 from sqlmodel import func, select
 
 from cloud_controller import audit
-from cloud_controller.api.deps import Operator, Reader, SessionDep
+from cloud_controller.api.deps import MAX_ID, Operator, Reader, SessionDep
 from cloud_controller.models import (
     Gateway,
     GatewayCreate,
@@ -25,10 +27,15 @@ gateways = APIRouter(prefix="/gateways", tags=["fleet"])
 
 
 @router.get("", response_model=SitesPublic)
-def list_sites(session: SessionDep, _: Reader, skip: int = 0, limit: int = 100) -> SitesPublic:
+def list_sites(
+    session: SessionDep,
+    _: Reader,
+    skip: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> SitesPublic:
     """List sites."""
     count = session.exec(select(func.count()).select_from(Site)).one()
-    rows = session.exec(select(Site).order_by(Site.id).offset(skip).limit(min(limit, 1000))).all()
+    rows = session.exec(select(Site).order_by(Site.id).offset(skip).limit(limit)).all()
     return SitesPublic(data=[SitePublic.model_validate(r) for r in rows], count=count)
 
 
