@@ -141,7 +141,8 @@ def _register(
         )
         session.add(version)
         session.flush()
-    version.metrics = {**version.metrics, manifest.runtime.value: manifest.metrics}
+    # One entry per bundle (an fp32 and an int8 bundle share a runtime): "<runtime> <sha prefix>".
+    version.metrics = {**version.metrics, f"{manifest.runtime.value} {sha[:12]}": manifest.metrics}
     assert version.id is not None
     bundle = Bundle(
         sha256=sha,
