@@ -34,6 +34,7 @@ from fleet_protocol.messages import (
     TelemetryBatch,
     TelemetryRecord,
 )
+from fleet_protocol.reference import DRIFT_REFERENCE_FILE, DriftReference, population_stability_index
 from fleet_protocol.topics import (
     DeviceTopic,
     TopicKind,
@@ -48,6 +49,7 @@ from fleet_protocol.topics import (
 )
 
 __all__ = [
+    "DRIFT_REFERENCE_FILE",
     "MANIFEST_FILE",
     "MAX_PAYLOAD_BYTES",
     "SIGNATURE_FILE",
@@ -57,6 +59,7 @@ __all__ = [
     "DeviceEvent",
     "DeviceTopic",
     "DigestMismatch",
+    "DriftReference",
     "Encoding",
     "FeatureSummary",
     "FileEntry",
@@ -84,6 +87,7 @@ __all__ = [
     "encode",
     "events_topic",
     "parse_topic",
+    "population_stability_index",
     "site_subscription",
     "sniff_encoding",
     "state_topic",

@@ -3,17 +3,23 @@
 ``POST /api/v1/ingest`` with an `IngestBatch` body (JSON, optionally ``Content-Encoding: gzip``).
 The controller stores each record once, keyed by ``(device_id, seq)``: a batch sent again after
 a lost response is answered with the same counts moved to ``duplicates``.
+
+Schema version 2 adds ``summaries``: per-device window statistics, which a gateway sends in
+place of the routine records it does not forward whole. Version 1 batches are still accepted.
 """
 
 from __future__ import annotations
 
 import time
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleet_protocol.messages import (
+    INT64_MAX,
     DesiredState,
     DeviceEvent,
+    DeviceId,
     ProtocolModel,
     ReportedState,
     SiteId,
@@ -40,8 +46,67 @@ class DriftSummary(BaseModel):
     histograms: list[list[int]] | None = None
 
 
+class ClassStats(BaseModel):
+    """Records of one predicted class within a window."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    predicted: int = Field(ge=0, le=2**31)
+    count: int = Field(ge=1, le=INT64_MAX)
+    mean_confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    #: Per-feature mean of this class's inputs, when the gateway is configured to send it.
+    mean: list[float] | None = Field(default=None, max_length=4096)
+
+
+class WindowSummary(BaseModel):
+    """Statistics of one device's records over a time window, computed at the site.
+
+    Windows are aligned on the records' own timestamps. A summary covers every record of
+    the window the gateway had when it closed the window, flagged ones included; records
+    that arrive after that (a device back from a long outage) make a further piece of the
+    same window. ``first_seq`` tells pieces apart: every record is in exactly one piece.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    device_id: DeviceId
+    model_id: str = Field(max_length=128)
+    model_version: str = Field(max_length=64)
+    window_start: float
+    window_end: float
+    first_seq: int = Field(ge=1, le=INT64_MAX)
+    last_seq: int = Field(ge=1, le=INT64_MAX)
+    count: int = Field(ge=1, le=INT64_MAX)
+    anomalies: int = Field(default=0, ge=0, le=INT64_MAX)
+    low_confidence: int = Field(default=0, ge=0, le=INT64_MAX)
+    #: Records of the window sent whole (flagged, sampled or past the deadband).
+    forwarded: int = Field(default=0, ge=0, le=INT64_MAX)
+    feature_names: list[str] | None = Field(default=None, max_length=4096)
+    min: list[float] = Field(default_factory=list, max_length=4096)
+    max: list[float] = Field(default_factory=list, max_length=4096)
+    mean: list[float] = Field(default_factory=list, max_length=4096)
+    std: list[float] = Field(default_factory=list, max_length=4096)
+    classes: list[ClassStats] = Field(default_factory=list, max_length=1024)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WindowSummary:
+        if self.window_end < self.window_start:
+            raise ValueError("window_end is before window_start")
+        if self.last_seq < self.first_seq:
+            raise ValueError("last_seq is below first_seq")
+        lengths = {len(self.min), len(self.max), len(self.mean), len(self.std)}
+        if len(lengths) != 1:
+            raise ValueError("min, max, mean and std must have one value per feature")
+        return self
+
+
 class IngestBatch(ProtocolModel):
     """One upload from a site gateway. ``batch_id`` is unique per gateway (for logs and retries)."""
+
+    SUPPORTED_VERSIONS: ClassVar[frozenset[int]] = frozenset({1, 2})
+    CURRENT_VERSION: ClassVar[int] = 2
+
+    schema_version: int = Field(default=2, description="Version of this payload's schema")
 
     site: SiteId
     gateway_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -51,6 +116,13 @@ class IngestBatch(ProtocolModel):
     devices: list[ReportedState] = Field(default_factory=list, max_length=MAX_INGEST_RECORDS)
     drift: list[DriftSummary] = Field(default_factory=list, max_length=1000)
     events: list[DeviceEvent] = Field(default_factory=list, max_length=MAX_INGEST_RECORDS)
+    summaries: list[WindowSummary] = Field(default_factory=list, max_length=MAX_INGEST_RECORDS)
+
+    @model_validator(mode="after")
+    def _summaries_need_v2(self) -> IngestBatch:
+        if self.schema_version < 2 and self.summaries:
+            raise ValueError("summaries need schema_version 2")
+        return self
 
 
 class IngestResult(BaseModel):
@@ -62,6 +134,7 @@ class IngestResult(BaseModel):
     devices_updated: int = Field(ge=0)
     drift_stored: int = Field(ge=0)
     events_stored: int = Field(default=0, ge=0)
+    summaries_stored: int = Field(default=0, ge=0)
 
 
 class SiteDesiredStates(ProtocolModel):

@@ -18,6 +18,7 @@ from fleet_protocol.messages import (
     ReportedState,
     TelemetryBatch,
 )
+from fleet_protocol.reference import DriftReference
 
 #: File name -> model. The topic each travels on is in the schema's description.
 PAYLOADS: dict[str, type[ProtocolModel]] = {
@@ -27,6 +28,7 @@ PAYLOADS: dict[str, type[ProtocolModel]] = {
     "device-event": DeviceEvent,
     "bundle-manifest": BundleManifest,
     "ingest-batch": IngestBatch,
+    "drift-reference": DriftReference,
 }
 
 

@@ -20,6 +20,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleet_protocol import Lineage, Postprocessing, Preprocessing, TensorSpec
+from fleet_protocol.reference import DRIFT_REFERENCE_FILE
 from model_compiler import __version__
 from model_compiler.archive import pack
 from model_compiler.bundle import write_bundle
@@ -27,6 +28,7 @@ from model_compiler.evaluate import Row, evaluate
 from model_compiler.exceptions import BudgetError, InputError
 from model_compiler.inputs import DataSet, load_dataset, load_model
 from model_compiler.profiles import Profile
+from model_compiler.reference import drift_reference, write_reference
 from model_compiler.targets.base import OPSET, Artifact, BuildContext
 
 log = logging.getLogger(__name__)
@@ -247,9 +249,18 @@ def _bundle(
     metrics.update(artifact.notes)
     if pruning:
         metrics["pruning"] = pruning
+    files: dict[str, str | Path] = dict(artifact.files)
+    staging = Path(tempfile.mkdtemp(prefix="reference-"))
+    if data.x.ndim == 2 and len(names) == data.x.shape[1]:
+        # Tabular inputs: ship the training distribution so gateways can measure drift.
+        source = calibration or data
+        raw = source.x * np.asarray(scale or 1.0) + np.asarray(mean or 0.0)
+        files[DRIFT_REFERENCE_FILE] = write_reference(
+            drift_reference(raw, names), staging / DRIFT_REFERENCE_FILE
+        )
     write_bundle(
         out,
-        artifact.files,
+        files,
         request.key,
         model_id=request.model_id,
         version=request.version,
@@ -271,6 +282,7 @@ def _bundle(
             compiler_version=__version__,
         ),
     )
+    shutil.rmtree(staging, ignore_errors=True)
     pack(out)
     return out
 

@@ -17,7 +17,9 @@ from torch import nn
 
 from edge_agent.sources.synthetic import ANOMALY_CLASS, CLASSES, FEATURE_NAMES, N_FEATURES, make_dataset
 from fleet_protocol import Postprocessing, Preprocessing, Runtime, TensorSpec
+from fleet_protocol.reference import DRIFT_REFERENCE_FILE
 from model_compiler.bundle import write_bundle
+from model_compiler.reference import drift_reference, write_reference
 
 
 class MLP(nn.Module):
@@ -40,6 +42,7 @@ class TrainedModel:
     accuracy: float
     x_eval: np.ndarray
     y_eval: np.ndarray
+    x_train: np.ndarray
 
     def logits(self, raw: np.ndarray) -> np.ndarray:
         """Torch reference outputs on raw (unscaled) features."""
@@ -64,7 +67,9 @@ def train_mlp(seed: int = 0, n: int = 6000, epochs: int = 30) -> TrainedModel:
             loss.backward()
             optimizer.step()
     model.eval()
-    trained = TrainedModel(model, mean.astype(np.float32), scale.astype(np.float32), 0.0, x_eval, y_eval)
+    trained = TrainedModel(
+        model, mean.astype(np.float32), scale.astype(np.float32), 0.0, x_eval, y_eval, x_train=x
+    )
     trained.accuracy = float((trained.logits(x_eval).argmax(axis=1) == y_eval).mean())
     return trained
 
@@ -154,10 +159,13 @@ def build_bundles(
                 "model.xml",
             ),
         }
+        reference = write_reference(
+            drift_reference(trained.x_train, FEATURE_NAMES), work / DRIFT_REFERENCE_FILE
+        )
         for name, (runtime, files, entry) in targets.items():
             fields = manifest_fields(
                 trained, model_id=model_id, version=version, runtime=runtime, entrypoint=entry
             )
-            write_bundle(out_dir / name, files, key, **fields)
+            write_bundle(out_dir / name, {**files, DRIFT_REFERENCE_FILE: reference}, key, **fields)
             bundles[name] = out_dir / name
     return bundles

@@ -59,7 +59,13 @@ def test_model_whose_input_shape_mismatches_the_manifest_is_refused(
     tmp_path: Path, trained_mlp, signing_key
 ) -> None:  # type: ignore[no-untyped-def]
     narrow = TrainedModel(
-        MLP(n_in=8), trained_mlp.mean[:8], trained_mlp.scale[:8], 0.0, trained_mlp.x_eval, trained_mlp.y_eval
+        MLP(n_in=8),
+        trained_mlp.mean[:8],
+        trained_mlp.scale[:8],
+        0.0,
+        trained_mlp.x_eval,
+        trained_mlp.y_eval,
+        trained_mlp.x_train,
     )
     onnx_path = tmp_path / "narrow.onnx"
     with torch.no_grad():
