@@ -35,6 +35,8 @@ class SiteBroker:
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser root\npersistence true\n"
             f"persistence_location {workdir}/\nautosave_interval 1\nmax_queued_messages 0\n"
+            # Gateways acknowledge after committing a batch: let a batch be in flight to them.
+            "max_inflight_messages 1000\n"
             f"log_dest file {workdir}/mosquitto.log\n"
         )
         self.process: subprocess.Popen[bytes] | None = None

@@ -1,0 +1,135 @@
+"""The gateway's one HTTP client to the cloud controller (aiohttp): ingest, desired state, bundles.
+
+Every call raises `UpstreamError` on failure, with ``retry`` telling the caller whether the
+same request may succeed later (network, 5xx, auth) or never will as it is (4xx on content).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from edge_gateway.exceptions import UpstreamError
+from fleet_protocol import ProtocolError, decode
+from fleet_protocol.ingest import IngestResult, SiteDesiredStates
+
+_CHUNK = 1 << 16
+#: Statuses that say the request itself is wrong: sending it again cannot help.
+_CONTENT_ERRORS = {400, 404, 409, 413, 415, 422}
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    states: SiteDesiredStates
+    etag: str | None
+
+
+class ControllerClient:
+    def __init__(self, base_url: str, token: str, *, timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, 10.0))
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def ingest(self, gzipped_json: bytes) -> IngestResult:
+        """POST one gzip-compressed `IngestBatch`."""
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        try:
+            async with self._http().post(
+                f"{self.base_url}/api/v1/ingest", data=gzipped_json, headers=headers
+            ) as response:
+                body = await response.read()
+                if response.status != 200:
+                    raise _status_error("ingest", response.status, body)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamError(f"ingest: controller unreachable: {exc!r}") from None
+        try:
+            return IngestResult.model_validate_json(body)
+        except ValueError as exc:
+            raise UpstreamError(f"ingest: unexpected answer from controller: {exc}") from None
+
+    async def desired(self, site: str, etag: str | None) -> Desired | None:
+        """The site's desired states, or None when unchanged since ``etag`` (304)."""
+        headers = {"If-None-Match": etag} if etag else {}
+        try:
+            async with self._http().get(
+                f"{self.base_url}/api/v1/sites/{site}/desired", headers=headers
+            ) as response:
+                body = await response.read()
+                if response.status == 304:
+                    return None
+                if response.status != 200:
+                    raise _status_error("desired state", response.status, body)
+                tag = response.headers.get("ETag")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamError(f"desired state: controller unreachable: {exc!r}") from None
+        try:
+            return Desired(decode(body, SiteDesiredStates, max_bytes=64 * 1024 * 1024), tag)
+        except ProtocolError as exc:
+            raise UpstreamError(
+                f"desired state: refused the controller's answer: {exc}", retry=True
+            ) from None
+
+    async def download_bundle(self, sha256: str, part: Path) -> None:
+        """Download bundle ``sha256`` into ``part``, resuming what a previous attempt left there.
+
+        The file is checked against its sha256 once complete; a mismatch deletes it.
+        """
+        offset = await asyncio.to_thread(_size, part)
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            async with self._http().get(
+                f"{self.base_url}/api/v1/bundles/{sha256}",
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=self._timeout.total),
+            ) as response:
+                if response.status == 416:  # the part is already whole
+                    pass
+                elif response.status in (200, 206):
+                    # 200 to a range request: the server sends it all again, so start over.
+                    mode = "ab" if response.status == 206 else "wb"
+                    handle = await asyncio.to_thread(part.open, mode)
+                    try:
+                        async for chunk in response.content.iter_chunked(_CHUNK):
+                            await asyncio.to_thread(handle.write, chunk)
+                    finally:
+                        await asyncio.to_thread(handle.close)
+                else:
+                    raise _status_error(f"bundle {sha256[:12]}", response.status, await response.read())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamError(f"bundle {sha256[:12]}: download interrupted: {exc!r}") from None
+        if await asyncio.to_thread(_sha256, part) != sha256:
+            await asyncio.to_thread(part.unlink, True)
+            raise UpstreamError(f"bundle {sha256[:12]}: downloaded bytes do not match their sha256")
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _status_error(what: str, status: int, body: bytes) -> UpstreamError:
+    detail = body[:500].decode(errors="replace")
+    return UpstreamError(
+        f"{what}: controller answered {status}: {detail}", status=status, retry=status not in _CONTENT_ERRORS
+    )

@@ -1,0 +1,247 @@
+"""The site gateway: broker -> validate, dedup, reduce -> store -> ack; store -> cloud; desired -> devices.
+
+Tasks on one loop: the MQTT reader (reconnects with backoff), the processor (a batch of
+whatever messages are waiting -> one store transaction -> acknowledgements), the uplink,
+the desired-state relay, the managed broker's watcher, and the HTTP server. Only the
+processor changes the in-memory state, so none of it needs a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from edge_gateway.broker import ManagedBroker
+from edge_gateway.bundles import BundleCache
+from edge_gateway.config import GatewaySettings
+from edge_gateway.controller_client import ControllerClient
+from edge_gateway.desired import DesiredRelay
+from edge_gateway.exceptions import LinkError
+from edge_gateway.metrics import GatewayMetrics
+from edge_gateway.mqtt_link import Backoff, Message, MqttLink
+from edge_gateway.pipeline import Pipeline
+from edge_gateway.site_http import make_app, serve
+from edge_gateway.store import Changes, GatewayStore, StoreError
+from edge_gateway.uplink import Uplink
+from fleet_protocol import site_subscription
+from fleet_protocol.signing import load_public_key
+
+log = logging.getLogger(__name__)
+
+_STORE_RETRY_S = 5.0
+_TICK_S = 1.0
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.metrics = GatewayMetrics()
+        self.store = GatewayStore(
+            settings.data_dir / "gateway.sqlite", dead_letters_max=settings.dead_letters_max
+        )
+        self.pipeline = Pipeline(settings, self.metrics)
+        self.broker: ManagedBroker | None = None
+        broker = settings.broker
+        if broker.host is None:
+            self.broker = ManagedBroker(settings.data_dir / "broker", listen=broker.listen, port=broker.port)
+        host = broker.host or ("127.0.0.1" if broker.listen in ("0.0.0.0", "::") else broker.listen)
+        self.link = MqttLink(
+            host,
+            broker.port,
+            client_id=broker.client_id or f"gateway-{settings.gateway_id}",
+            username=broker.username,
+            password=broker.password,
+            keepalive_s=broker.keepalive_s,
+        )
+        up = settings.upstream
+        self.client = ControllerClient(up.url, up.token or "", timeout_s=up.timeout_s) if up.url else None
+        self.cache = BundleCache(
+            settings.data_dir / "bundles",
+            self.client,
+            self.metrics,
+            trusted_keys=[load_public_key(k) for k in settings.trusted_keys],
+            on_reference=self.pipeline.set_reference,
+        )
+        self.uplink: Uplink | None = None
+        self.relay: DesiredRelay | None = None
+        if self.client is not None:
+            self.uplink = Uplink(
+                site=settings.site,
+                gateway_id=settings.gateway_id,
+                config=up,
+                store=self.store,
+                client=self.client,
+                metrics=self.metrics,
+            )
+            self.relay = DesiredRelay(
+                site=settings.site,
+                client=self.client,
+                link=self.link,
+                cache=self.cache,
+                public_url=settings.public_url,
+                poll_s=up.desired_poll_s,
+                metrics=self.metrics,
+            )
+        self.http_port: int | None = None
+        self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._store_ok = True
+        self._stop = asyncio.Event()
+        self.started = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        self.pipeline.restore(await self.store.open())
+        self._gauge_queue()
+        runner = None
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            if self.broker is not None:
+                await self.broker.start()
+                tasks.append(asyncio.create_task(self._watch_broker(), name="broker"))
+            await self.cache.start()
+            app = make_app(self.cache, self.metrics, self.health)
+            runner, self.http_port = await serve(app, self.settings.http.host, self.settings.http.port)
+            await self.link.subscribe(site_subscription(self.settings.site), qos=1)
+            tasks.append(asyncio.create_task(self._read_mqtt(), name="mqtt"))
+            tasks.append(asyncio.create_task(self._process(), name="process"))
+            if self.uplink is not None and self.relay is not None:
+                tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
+                tasks.append(asyncio.create_task(self.relay.run(), name="desired"))
+            log.info(
+                "gateway %s of site %s: broker %s:%d, http :%d, upstream %s",
+                self.settings.gateway_id,
+                self.settings.site,
+                self.link.host,
+                self.link.port,
+                self.http_port,
+                self.settings.upstream.url or "none",
+            )
+            self.started.set()
+            await self._until_stopped(tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if runner is not None:
+                await runner.cleanup()
+            if self.client is not None:
+                await self.client.close()
+            await self.store.close()
+            if self.broker is not None:
+                await self.broker.stop()
+
+    async def _until_stopped(self, tasks: list[asyncio.Task[Any]]) -> None:
+        """Return on `stop`; re-raise the first task that failed."""
+        stop = asyncio.create_task(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait({stop, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stop and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            stop.cancel()
+
+    # -- MQTT in --------------------------------------------------------------------------
+
+    async def _read_mqtt(self) -> None:
+        backoff = Backoff(0.2, 5.0)
+        while True:
+            try:
+                async with self.link:
+                    self.metrics.mqtt_connects.inc()
+                    self.metrics.mqtt_connected.set(1)
+                    backoff.reset()
+                    log.info("connected to broker %s:%d", self.link.host, self.link.port)
+                    # The broker sends no more than its in-flight limit before we acknowledge,
+                    # which bounds this queue.
+                    async for message in self.link.messages():
+                        self._queue.put_nowait(message)
+            except LinkError as exc:
+                log.warning("broker link: %s", exc)
+            finally:
+                self.metrics.mqtt_connected.set(0)
+            await asyncio.sleep(backoff.next_delay())
+
+    async def _process(self) -> None:
+        while True:
+            batch = await self._take()
+            now = self.clock()
+            changes = self.pipeline.process(batch, now)
+            await self._commit(changes, batch)
+            # Only now: what the broker forgets, the store has.
+            self.link.ack(batch)
+
+    async def _take(self) -> list[Message]:
+        try:
+            async with asyncio.timeout(_TICK_S):
+                first = await self._queue.get()
+        except TimeoutError:
+            return []  # a tick: windows may be due
+        batch = [first]
+        while len(batch) < self.settings.batch_messages and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        return batch
+
+    async def _commit(self, changes: Changes, batch: list[Message]) -> None:
+        while True:
+            started = time.perf_counter()
+            try:
+                await self.store.commit(changes)
+            except StoreError as exc:
+                self._store_ok = False
+                self.metrics.store_errors.inc()
+                log.error(
+                    "%s: %d messages stay unacknowledged with the broker; retrying in %.0fs",
+                    exc,
+                    len(batch),
+                    _STORE_RETRY_S,
+                )
+                await asyncio.sleep(_STORE_RETRY_S)
+                # The failed transaction left memory ahead of the store: start again from the store.
+                with contextlib.suppress(StoreError):
+                    self.pipeline.restore(await self.store.snapshot())
+                    changes = self.pipeline.process(batch, self.clock())
+                continue
+            self.metrics.commit_seconds.observe(time.perf_counter() - started)
+            self._store_ok = True
+            self._gauge_queue()
+            return
+
+    def _gauge_queue(self) -> None:
+        self.metrics.queue_depth.set(self.store.depth)
+        self.metrics.queue_bytes.set(self.store.bytes)
+
+    # -- the rest -------------------------------------------------------------------------
+
+    async def _watch_broker(self) -> None:
+        assert self.broker is not None
+        before = self.broker.restarts
+        watcher = asyncio.create_task(self.broker.run())
+        try:
+            while not watcher.done():
+                await asyncio.sleep(1.0)
+                self.metrics.broker_restarts.inc(self.broker.restarts - before)
+                before = self.broker.restarts
+        finally:
+            watcher.cancel()
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        online = sum(1 for s in self.pipeline.devices.values() if s.online)
+        detail: dict[str, object] = {
+            "gateway_id": self.settings.gateway_id,
+            "site": self.settings.site,
+            "mqtt_connected": self.link.connected,
+            "store_ok": self._store_ok,
+            "devices": len(self.pipeline.devices),
+            "devices_online": online,
+            "upstream": self.uplink.health() if self.uplink else None,
+            "desired_error": self.relay.last_error if self.relay else None,
+        }
+        return self.link.connected and self._store_ok, detail

@@ -1,0 +1,180 @@
+"""The gateway's one MQTT adapter: aiomqtt (paho-mqtt on the asyncio loop), with manual acks.
+
+The gateway acknowledges a QoS 1 message only after what it did with it is committed to its
+store: a gateway killed at any instant leaves every unacknowledged message with the broker,
+which sends it again on the next connection (persistent session), and deduplication on
+``(device_id, seq)`` absorbs what had been committed already. aiomqtt does not expose paho's
+manual acknowledgement, so this module reaches into it (its paho client, its queue), here and
+nowhere else (aiomqtt is pinned at 2.5.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import aiomqtt
+
+from edge_gateway.exceptions import LinkError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    retain: bool
+    qos: int
+    mid: int
+    #: Which connection delivered it: a message id means nothing on another connection.
+    generation: int
+
+
+class MqttLink:
+    """One persistent-session connection; ``async with link:`` connects, again after a drop."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        client_id: str,
+        username: str | None = None,
+        password: str | None = None,
+        keepalive_s: int = 30,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.host, self.port = host, port
+        link = self
+
+        class StampedQueue(asyncio.Queue):  # type: ignore[type-arg]
+            """Stamps each message with the connection that delivered it, as it arrives."""
+
+            def put_nowait(self, item: aiomqtt.Message) -> None:
+                super().put_nowait((link.generation, item))
+
+        self._client = aiomqtt.Client(
+            host,
+            port,
+            queue_type=StampedQueue,
+            identifier=client_id,
+            username=username,
+            password=password,
+            keepalive=keepalive_s,
+            clean_session=False,
+            timeout=timeout_s,
+        )
+        paho = self._client._client
+        # paho sends no PUBACK until `ack` is called.
+        paho.manual_ack_set(True)
+        # A new generation starts in the CONNACK callback, before any message of the new
+        # connection is queued (the broker resends unacknowledged ones right after CONNACK).
+        on_connect = paho.on_connect
+
+        def new_generation(*args: object) -> None:
+            self.generation += 1
+            on_connect(*args)
+
+        paho.on_connect = new_generation
+        self._subscriptions: dict[str, int] = {}
+        self.generation = 0
+        self.connected = False
+
+    async def __aenter__(self) -> MqttLink:
+        try:
+            await self._client.__aenter__()
+        except aiomqtt.MqttError as exc:
+            raise LinkError(f"cannot connect to broker {self.host}:{self.port}: {exc}") from None
+        self.connected = True
+        # Resubscribe every time: a broker that lost its store lost our session with it.
+        for topic, qos in self._subscriptions.items():
+            await self._subscribe(topic, qos)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.connected = False
+        try:
+            await self._client.__aexit__(exc_type, exc, tb)
+        except aiomqtt.MqttError as error:
+            log.debug("disconnect from %s:%d: %s", self.host, self.port, error)
+
+    async def subscribe(self, topic: str, qos: int = 1) -> None:
+        self._subscriptions[topic] = qos
+        if self.connected:
+            await self._subscribe(topic, qos)
+
+    async def _subscribe(self, topic: str, qos: int) -> None:
+        try:
+            await self._client.subscribe(topic, qos=qos)
+        except aiomqtt.MqttError as exc:
+            raise LinkError(f"subscribe to {topic} failed: {exc}") from None
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Publish; for QoS 1, return once the broker acknowledged."""
+        try:
+            await self._client.publish(topic, payload, qos=qos, retain=retain)
+        except aiomqtt.MqttError as exc:
+            raise LinkError(f"publish to {topic} failed: {exc}") from None
+
+    def ack(self, messages: list[Message]) -> int:
+        """Acknowledge what this connection delivered; returns how many were acknowledged.
+
+        Messages of an earlier connection are skipped: the broker sends them again anyway, and
+        their ids may name other messages on this one.
+        """
+        acked = 0
+        for message in messages:
+            if message.qos > 0 and message.generation == self.generation and self.connected:
+                self._client._client.ack(message.mid, message.qos)
+                acked += 1
+        return acked
+
+    def pending(self) -> int:
+        """Messages received and not yet taken by `messages`."""
+        return len(self._client.messages)
+
+    async def messages(self) -> AsyncIterator[Message]:
+        """Incoming messages; raises `LinkError` when the connection drops."""
+        try:
+            async for generation, message in self._client.messages:  # type: ignore[misc]
+                payload = message.payload
+                if isinstance(payload, str):
+                    payload = payload.encode()
+                elif not isinstance(payload, bytes | bytearray):
+                    payload = b"" if payload is None else str(payload).encode()
+                yield Message(
+                    str(message.topic),
+                    bytes(payload),
+                    bool(message.retain),
+                    message.qos,
+                    message.mid,
+                    generation,
+                )
+        except aiomqtt.MqttError as exc:
+            raise LinkError(f"connection to broker {self.host}:{self.port} lost: {exc}") from None
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Exponential backoff with full jitter and a cap; `reset` after a success."""
+
+    minimum: float = 0.5
+    maximum: float = 30.0
+    attempt: int = 0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def next_delay(self) -> float:
+        ceiling = min(self.maximum, self.minimum * (2**self.attempt))
+        self.attempt += 1
+        # Full jitter: gateways of many sites do not retry the cloud in lockstep after an outage.
+        return self.rng.uniform(self.minimum, max(self.minimum, ceiling))
+
+    def reset(self) -> None:
+        self.attempt = 0

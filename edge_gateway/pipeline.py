@@ -1,0 +1,163 @@
+"""What the gateway does with a batch of MQTT messages, as one set of `Changes` for the store.
+
+validate -> dedup on (device_id, seq) -> window summaries and drift statistics -> the records
+that go up whole -> upstream queue; state -> presence; events -> upstream queue; anything bad
+-> dead letters. Pure in-memory work: the caller commits the changes, then acknowledges the
+messages; when a commit fails it rebuilds this from the store (`restore`) and tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from edge_gateway.config import GatewaySettings
+from edge_gateway.dedup import DedupWindow
+from edge_gateway.drift import PREFIX as DRIFT_PREFIX
+from edge_gateway.drift import DriftWindows
+from edge_gateway.filters import Reducer
+from edge_gateway.metrics import GatewayMetrics
+from edge_gateway.mqtt_link import Message
+from edge_gateway.store import Changes, Snapshot
+from edge_gateway.summaries import DeviceWindows
+from edge_gateway.validate import Rejection, validate
+from fleet_protocol import DeviceEvent, DriftReference, ReportedState, TelemetryBatch, decode
+
+log = logging.getLogger(__name__)
+
+#: Fields of a reported state whose change goes up at once; others wait for the refresh.
+_SIGNIFICANT = (
+    "online",
+    "health",
+    "reason",
+    "model_id",
+    "model_version",
+    "runtime",
+    "desired_revision",
+    "agent_version",
+    "evicted",
+)
+
+
+class Pipeline:
+    def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.reducer = Reducer(settings.device_classes)
+        self.dedup = DedupWindow(settings.dedup_window)
+        self.windows = DeviceWindows()
+        self.drift = DriftWindows(settings.drift_window_s)
+        self.devices: dict[str, ReportedState] = {}
+        self._state_sent_at: dict[str, float] = {}
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Rebuild the in-memory state from what the store committed."""
+        self.dedup = DedupWindow(self.settings.dedup_window)
+        for device, hwm, bits in snapshot.dedup:
+            self.dedup.load(device, hwm, bits)
+        references = self.drift.references
+        self.windows = DeviceWindows()
+        self.drift = DriftWindows(self.settings.drift_window_s)
+        self.drift.references = references
+        for key, body in snapshot.windows:
+            (self.drift if key.startswith(DRIFT_PREFIX) else self.windows).load(key, body)
+        self.devices = {}
+        for device, body in snapshot.devices.items():
+            try:
+                self.devices[device] = decode(body, ReportedState)
+            except ValueError:
+                log.warning("stored state of %s is unreadable: dropped", device)
+        self._count_devices()
+
+    def set_reference(self, model_id: str, version: str, reference: DriftReference) -> None:
+        self.drift.set_reference(model_id, version, reference)
+
+    # -- one batch ----------------------------------------------------------------------
+
+    def process(self, messages: list[Message], now: float) -> Changes:
+        changes = Changes()
+        for message in messages:
+            self.metrics.bytes_in.inc(len(message.payload))
+            parsed = validate(message.topic, message.payload, self.settings.site)
+            if parsed is None:
+                self.metrics.messages.labels("ignored").inc()
+            elif isinstance(parsed, Rejection):
+                self.metrics.rejected.labels(parsed.reason).inc()
+                changes.dead_letters.append(
+                    (now, message.topic, parsed.reason, parsed.detail, message.payload)
+                )
+            elif isinstance(parsed, TelemetryBatch):
+                self.metrics.messages.labels("telemetry").inc()
+                self._telemetry(parsed, changes, now)
+            elif isinstance(parsed, ReportedState):
+                self.metrics.messages.labels("state").inc()
+                self._state(parsed, changes, now)
+            else:
+                self.metrics.messages.labels("event").inc()
+                self._event(parsed, changes)
+        self.tick(now, changes)
+        return changes
+
+    def _telemetry(self, batch: TelemetryBatch, changes: Changes, now: float) -> None:
+        new = [r for r in batch.records if self.dedup.check(r.device_id, r.seq)]
+        duplicates = len(batch.records) - len(new)
+        if duplicates:
+            self.metrics.duplicates.inc(duplicates)
+        if not new:
+            return
+        self.metrics.records.inc(len(new))
+        forwarded = 0
+        for record in new:
+            cls = self.reducer.class_for(record.device_id, record.model_id)
+            keep = self.reducer.forward(cls, record)
+            self.windows.add(
+                record, window_s=cls.window_s, class_means=cls.class_means, forwarded=keep, now=now
+            )
+            if keep:
+                forwarded += 1
+                changes.upstream.append(("record", record.model_dump_json(exclude_none=True).encode()))
+            if record.anomaly:
+                self.metrics.anomalies.inc()
+        self.metrics.forwarded.inc(forwarded)
+        self.drift.add(new, now)
+
+    def _state(self, state: ReportedState, changes: Changes, now: float) -> None:
+        before = self.devices.get(state.device_id)
+        self.devices[state.device_id] = state
+        significant = before is None or any(getattr(before, f) != getattr(state, f) for f in _SIGNIFICANT)
+        # Unchanged states still go up now and then: the controller's "last seen" moves with them.
+        if (
+            significant
+            or now - self._state_sent_at.get(state.device_id, 0.0) >= self.settings.upstream.state_refresh_s
+        ):
+            changes.devices[state.device_id] = state.model_dump_json(exclude_none=True).encode()
+            self._state_sent_at[state.device_id] = now
+        if before is None or before.online != state.online:
+            self._count_devices()
+
+    def _event(self, event: DeviceEvent, changes: Changes) -> None:
+        self.metrics.events.inc()
+        changes.upstream.append(("event", event.model_dump_json(exclude_none=True).encode()))
+
+    # -- time ---------------------------------------------------------------------------
+
+    def tick(self, now: float, changes: Changes) -> None:
+        """Close the windows that are due, and collect what changed for the store."""
+        for summary in self.windows.close_due(now, self.drift.feature_names()):
+            changes.upstream.append(("summary", summary.model_dump_json(exclude_none=True).encode()))
+            self.metrics.summaries.inc()
+        for drift in self.drift.close_due(now):
+            changes.upstream.append(("drift", drift.model_dump_json(exclude_none=True).encode()))
+            self.metrics.drift.inc()
+        changes.dedup.update(self.dedup.take_dirty())
+        for windows in (self.windows, self.drift):
+            upserts, closed = windows.take_changes()
+            changes.windows.update(upserts)
+            changes.windows_closed.extend(closed)
+        if self.dedup.stale:
+            self.metrics.stale.inc(self.dedup.stale)
+            self.dedup.stale = 0
+
+    def _count_devices(self) -> None:
+        online = sum(1 for s in self.devices.values() if s.online)
+        self.metrics.devices.labels("online").set(online)
+        self.metrics.devices.labels("offline").set(len(self.devices) - online)

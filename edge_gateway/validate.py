@@ -1,0 +1,71 @@
+"""Every MQTT message a gateway receives becomes a parsed payload, nothing, or a `Rejection`.
+
+Nothing here raises on bad input: hostile bytes on any topic end as a rejection with a
+reason (the metric label) and a detail (what was wrong), kept with the raw bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fleet_protocol import (
+    DeviceEvent,
+    ProtocolError,
+    ReportedState,
+    TelemetryBatch,
+    TopicKind,
+    decode,
+    parse_topic,
+)
+
+Parsed = TelemetryBatch | ReportedState | DeviceEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: str
+    detail: str
+
+
+_MODELS: dict[TopicKind, type[Parsed]] = {
+    TopicKind.TELEMETRY: TelemetryBatch,
+    TopicKind.STATE: ReportedState,
+    TopicKind.EVENTS: DeviceEvent,
+}
+
+
+def validate(topic: str, payload: bytes, site: str) -> Parsed | Rejection | None:
+    """Parse one message of ``fleet/{site}/+/#``.
+
+    Returns
+    -------
+    TelemetryBatch, ReportedState or DeviceEvent
+        A payload that meets the contract and belongs to the device of its topic.
+    Rejection
+        Why it does not.
+    None
+        Nothing to do: desired state (the gateway's own retained messages) or a cleared
+        retained state.
+    """
+    try:
+        parsed_topic = parse_topic(topic)
+    except ProtocolError as exc:
+        return Rejection(exc.reason, str(exc))
+    if parsed_topic.site != site:
+        return Rejection("wrong_site", f"topic is for site {parsed_topic.site}, this gateway serves {site}")
+    kind = parsed_topic.kind
+    if kind is TopicKind.DESIRED or (kind is TopicKind.STATE and not payload):
+        return None
+    try:
+        message = decode(payload, _MODELS[kind])
+    except ProtocolError as exc:
+        return Rejection(exc.reason, str(exc))
+    if message.device_id != parsed_topic.device:
+        return Rejection(
+            "device_mismatch",
+            f"{kind.value} payload is from device {message.device_id!r},"
+            f" published on the topic of {parsed_topic.device!r}",
+        )
+    if isinstance(message, TelemetryBatch | ReportedState) and message.site != site:
+        return Rejection("site_mismatch", f"payload names site {message.site!r} on a topic of site {site!r}")
+    return message

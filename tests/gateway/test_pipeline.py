@@ -1,0 +1,264 @@
+"""The gateway's processing, message batch by message batch, against a real SQLite store."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_gateway.config import DeviceClass, load_settings
+from edge_gateway.dedup import DedupWindow
+from edge_gateway.filters import Reducer
+from edge_gateway.metrics import GatewayMetrics
+from edge_gateway.mqtt_link import Message
+from edge_gateway.pipeline import Pipeline
+from edge_gateway.store import GatewayStore
+from edge_gateway.summaries import WindowStats
+from edge_gateway.uplink import ingest_body
+from edge_gateway.validate import Rejection, validate
+from fleet_protocol import decode, population_stability_index
+from fleet_protocol.ingest import DriftSummary, IngestBatch, WindowSummary
+from model_compiler.reference import drift_reference
+from tests.gateway.factories import record, telemetry
+
+T0 = 1_800_000_000.0
+
+
+def _settings(tmp_path: Path, **extra: object):  # type: ignore[no-untyped-def]
+    return load_settings(None, gateway_id="gw-1", site="site-a", data_dir=str(tmp_path), **extra)
+
+
+def _messages(*pairs: tuple[str, bytes]) -> list[Message]:
+    return [Message(topic, payload, False, 1, i + 1, 1) for i, (topic, payload) in enumerate(pairs)]
+
+
+def _kinds(changes) -> dict[str, list[dict]]:  # type: ignore[no-untyped-def]
+    out: dict[str, list[dict]] = {}
+    for kind, body in changes.upstream:
+        out.setdefault(kind, []).append(json.loads(body))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [
+        ("fleet/site-a/dev-1", b"{}", "invalid_topic"),
+        ("fleet/site-a/dev-1/telemetry/extra", b"{}", "invalid_topic"),
+        ("fleet/site-a/dev-1/gossip", b"{}", "invalid_topic"),
+        ("fleet/site-b/dev-1/telemetry", telemetry("dev-1", range(1, 2), site="site-b"), "wrong_site"),
+        ("fleet/site-a/dev-1/telemetry", b"\xff\x00garbage", "malformed"),
+        ("fleet/site-a/dev-1/telemetry", b"[1, 2]", "malformed"),
+        ("fleet/site-a/dev-1/telemetry", b"x" * (300 * 1024), "too_large"),
+        (
+            "fleet/site-a/dev-1/telemetry",
+            json.dumps({"schema_version": 9}).encode(),
+            "unknown_schema_version",
+        ),
+        ("fleet/site-a/dev-2/telemetry", telemetry("dev-1", range(1, 2)), "device_mismatch"),
+        ("fleet/site-a/dev-1/telemetry", telemetry("dev-1", range(1, 2), site="site-b"), "site_mismatch"),
+        ("fleet/site-a/dev-1/events", b"", "malformed"),
+    ],
+)
+def test_validate_rejects_with_a_reason(topic: str, payload: bytes, reason: str) -> None:
+    result = validate(topic, payload, "site-a")
+    assert isinstance(result, Rejection)
+    assert result.reason == reason
+    assert result.detail
+
+
+def test_validate_ignores_desired_state_and_cleared_retained_state() -> None:
+    assert validate("fleet/site-a/dev-1/desired", b"anything", "site-a") is None
+    assert validate("fleet/site-a/dev-1/state", b"", "site-a") is None
+
+
+def test_dedup_window_remembers_recent_seqs_and_lets_stale_ones_through() -> None:
+    window = DedupWindow(size=64)
+    assert [window.check("d", s) for s in (1, 2, 3, 2, 5, 4, 4)] == [
+        True,
+        True,
+        True,
+        False,
+        True,
+        True,
+        False,
+    ]
+    assert window.check("d", 1000) and not window.check("d", 1000)
+    assert window.check("d", 10), "older than the window: let through, the controller dedups"
+    assert window.stale == 1
+    assert window.check("other", 2), "devices are independent"
+    hwm, bits = window.export("d")
+    restored = DedupWindow(size=64)
+    restored.load("d", hwm, bits)
+    assert not restored.check("d", 1000) and restored.check("d", 999)
+
+
+def test_reducer_keeps_flagged_samples_deterministically_and_applies_the_deadband() -> None:
+    reducer = Reducer([DeviceClass(name="c", sample_rate=0.1, deadband=5.0)])
+    cls = reducer.class_for("dev-1", "sensor-mlp")
+    assert reducer.forward(cls, record("dev-1", 1, features=[0.0, 0.0])), "first record sets the deadband"
+    assert reducer.forward(cls, record("dev-1", 2, features=[0.1, 0.0], anomaly=True)), "flagged"
+    moved = reducer.forward(cls, record("dev-1", 3, features=[9.0, 0.0]))
+    assert moved, "past the deadband"
+
+    def sampled() -> list[int]:
+        sampler = Reducer([DeviceClass(name="c", sample_rate=0.1)])
+        c = sampler.class_for("dev-1", "sensor-mlp")
+        return [s for s in range(4, 2004) if sampler.forward(c, record("dev-1", s, anomaly=False))]
+
+    first = sampled()
+    assert 150 < len(first) < 250, "about a tenth"
+    assert sampled() == first, "a record seen again after a restart gets the same answer"
+
+
+def test_device_classes_match_first_by_device_then_model_glob() -> None:
+    reducer = Reducer(
+        [
+            DeviceClass(name="presses", devices=["press-*"], forward_all=True),
+            DeviceClass(name="cnn", models=["vib-*"]),
+        ]
+    )
+    assert reducer.class_for("press-7", "sensor-mlp").name == "presses"
+    assert reducer.class_for("lathe-1", "vib-cnn").name == "cnn"
+    assert reducer.class_for("lathe-1", "sensor-mlp").name == "default"
+
+
+def test_window_summary_statistics_match_numpy_and_survive_a_pack_round_trip() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, size=(200, 4))
+    stats = WindowStats(window_s=60.0, class_means=True)
+    for i, row in enumerate(x):
+        stats.add(record("dev-1", i + 1, features=row.tolist(), predicted=i % 2), forwarded=i < 5, now=T0)
+    stats = WindowStats.unpack(stats.pack())
+    summary = stats.summary(("dev-1", T0, "sensor-mlp", "1.0.0"), ["a", "b", "c", "d"])
+    assert summary.count == 200 and summary.forwarded == 5
+    assert (summary.first_seq, summary.last_seq) == (1, 200)
+    assert np.allclose(summary.mean, x.mean(axis=0), atol=1e-5)
+    assert np.allclose(summary.std, x.std(axis=0), atol=1e-5)
+    assert np.allclose(summary.min, x.min(axis=0)) and np.allclose(summary.max, x.max(axis=0))
+    assert [(c.predicted, c.count) for c in summary.classes] == [(0, 100), (1, 100)]
+    assert np.allclose(summary.classes[1].mean or [], x[1::2].mean(axis=0), atol=1e-5)
+
+
+def test_pipeline_forwards_flagged_summarises_the_rest_and_drops_duplicates(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, device_classes=[{"name": "c", "window_s": 10}])
+    pipeline = Pipeline(settings, GatewayMetrics())
+    first = telemetry("dev-1", range(1, 11), anomaly=False)
+    flagged = telemetry("dev-1", range(11, 13), anomaly=True)
+    changes = pipeline.process(
+        _messages(
+            ("fleet/site-a/dev-1/telemetry", first),
+            ("fleet/site-a/dev-1/telemetry", flagged),
+            ("fleet/site-a/dev-1/telemetry", first),  # resent after a lost PUBACK
+            ("fleet/site-a/dev-1/telemetry", b"{oops"),
+        ),
+        now=T0 + 12,
+    )
+    kinds = _kinds(changes)
+    assert [r["seq"] for r in kinds["record"]] == [11, 12]
+    assert "summary" not in kinds, "the window is still open"
+    assert [d[2] for d in changes.dead_letters] == ["malformed"]
+    assert "dev-1" in changes.dedup
+    later = pipeline.process([], now=T0 + 30)
+    # Records are at T0 + seq: windows of 10 s hold seqs 1-9 and 10-12.
+    early, late = sorted(
+        (WindowSummary.model_validate(s) for s in _kinds(later)["summary"]), key=lambda s: s.window_start
+    )
+    assert (early.window_start, early.first_seq, early.last_seq, early.count) == (T0, 1, 9, 9)
+    assert (late.window_start, late.first_seq, late.last_seq, late.count) == (T0 + 10, 10, 12, 3)
+    assert (late.anomalies, late.forwarded, early.anomalies) == (2, 2, 0)
+    assert later.windows_closed
+
+
+def test_drift_histograms_use_the_bundles_reference(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    train = rng.normal(0.0, 1.0, size=(5000, 2))
+    reference = drift_reference(train, ["a", "b"])
+    settings = _settings(tmp_path, drift_window_s=60)
+    pipeline = Pipeline(settings, GatewayMetrics())
+    pipeline.set_reference("sensor-mlp", "1.0.0", reference)
+    same = rng.normal(0.0, 1.0, size=(400, 2))
+    shifted = same + np.array([1.5, 0.0])
+    drift = []
+    for seqs, rows, now in ((range(1, 401), same, T0), (range(401, 801), shifted, T0 + 60)):
+        payload = [
+            record("dev-1", s, features=row.tolist()).model_dump(mode="json")
+            for s, row in zip(seqs, rows, strict=True)
+        ]
+        body = json.dumps({"schema_version": 1, "device_id": "dev-1", "site": "site-a", "records": payload})
+        changes = pipeline.process(_messages(("fleet/site-a/dev-1/telemetry", body.encode())), now=now)
+        drift += _kinds(changes).get("drift", [])
+    drift += _kinds(pipeline.process([], now=T0 + 120))["drift"]
+    before, after = sorted((DriftSummary.model_validate(d) for d in drift), key=lambda d: d.window_start)
+    assert before.feature_names == ["a", "b"] and before.count == 400
+    assert before.histograms is not None and after.histograms is not None
+    psi_same = population_stability_index(reference.counts[0], before.histograms[0])
+    psi_shifted = population_stability_index(reference.counts[0], after.histograms[0])
+    assert psi_same < 0.1 < 0.25 < psi_shifted
+    assert population_stability_index(reference.counts[1], after.histograms[1]) < 0.1
+
+
+async def test_store_commits_and_restores_everything_a_batch_changed(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, device_classes=[{"name": "c", "window_s": 10}])
+    store = GatewayStore(tmp_path / "gateway.sqlite")
+    pipeline = Pipeline(settings, GatewayMetrics())
+    pipeline.restore(await store.open())
+    state = json.dumps({"schema_version": 1, "device_id": "dev-1", "site": "site-a", "online": True}).encode()
+    changes = pipeline.process(
+        _messages(
+            ("fleet/site-a/dev-1/telemetry", telemetry("dev-1", range(1, 6), anomaly=True)),
+            ("fleet/site-a/dev-1/state", state),
+        ),
+        now=T0 + 6,
+    )
+    await store.commit(changes)
+    await store.close()
+
+    reopened = GatewayStore(tmp_path / "gateway.sqlite")
+    fresh = Pipeline(settings, GatewayMetrics())
+    fresh.restore(await reopened.open())
+    assert reopened.depth == 5
+    assert fresh.dedup.highest("dev-1") == 5
+    assert fresh.devices["dev-1"].online
+    assert not _kinds(
+        fresh.process(_messages(("fleet/site-a/dev-1/telemetry", telemetry("dev-1", range(1, 6)))), T0 + 7)
+    ).get("record")
+    closing = fresh.process([], now=T0 + 30)
+    (summary,) = _kinds(closing)["summary"]
+    assert summary["count"] == 5, "the open window came back from the store"
+    batch = await reopened.next_batch(100, 1 << 20)
+    assert batch is not None and len(batch.items) == 5 and [d for d, _, _ in batch.devices] == ["dev-1"]
+    await reopened.sent(batch)
+    assert reopened.depth == 0 and await reopened.next_batch(100, 1 << 20) is None
+    await reopened.close()
+
+
+async def test_ingest_body_is_a_valid_ingest_batch(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, device_classes=[{"name": "c", "window_s": 10}])
+    store = GatewayStore(tmp_path / "gateway.sqlite")
+    pipeline = Pipeline(settings, GatewayMetrics())
+    pipeline.restore(await store.open())
+    event = json.dumps(
+        {"schema_version": 1, "device_id": "dev-1", "kind": "ota.verified", "message": "ok"}
+    ).encode()
+    await store.commit(
+        pipeline.process(
+            _messages(
+                ("fleet/site-a/dev-1/telemetry", telemetry("dev-1", range(1, 4), anomaly=True)),
+                ("fleet/site-a/dev-1/events", event),
+            ),
+            now=T0 + 4,
+        )
+    )
+    await store.commit(pipeline.process([], now=T0 + 30))
+    batch = await store.next_batch(100, 1 << 20)
+    assert batch is not None
+    body = ingest_body(batch, site="site-a", gateway_id="gw-1")
+    parsed = decode(gzip.decompress(gzip.compress(body)), IngestBatch)
+    assert parsed.schema_version == 2
+    assert [r.seq for r in parsed.records] == [1, 2, 3]
+    assert len(parsed.summaries) == 1 and len(parsed.events) == 1
+    assert parsed.batch_id == f"gw-1-{batch.first_id}-{batch.last_id}"
+    await store.close()
