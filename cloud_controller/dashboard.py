@@ -16,11 +16,13 @@ from sqlmodel import Session, select
 
 from cloud_controller.api.deps import SessionDep
 from cloud_controller.auth import lookup
-from cloud_controller.models import ApiToken, Device, Drift, Event, ModelVersion, Role, Telemetry
+from cloud_controller.models import ApiToken, Device, Drift, Event, ModelVersion, Role, Summary, Telemetry
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 COOKIE = "edgefleet_token"
+#: Feature means shown per window summary on the device page: a glance, not the whole vector.
+SUMMARY_MEANS = 3
 
 
 def _viewer(session: Session, token: str | None) -> ApiToken:
@@ -82,8 +84,21 @@ def device_page(
     events = session.exec(
         select(Event).where(Event.device_id == device_id).order_by(Event.ts.desc()).limit(20)  # type: ignore[attr-defined]
     ).all()
+    summaries = session.exec(
+        select(Summary)
+        .where(Summary.device_id == device_id)
+        .order_by(Summary.window_start.desc(), Summary.first_seq.desc())  # type: ignore[attr-defined]
+        .limit(20)
+    ).all()
     return templates.TemplateResponse(
-        request, "device.html", {"device": device, "recent": recent, "events": events}
+        request,
+        "device.html",
+        {
+            "device": device,
+            "recent": recent,
+            "events": events,
+            "summaries": [_summary_view(s) for s in summaries],
+        },
     )
 
 
@@ -105,10 +120,26 @@ def drift_page(
     series: dict[str, list[tuple[float, float]]] = {}
     for row in rows:
         if row.score is not None:
-            series.setdefault(f"{row.model_id}@{row.model_version}", []).append((row.window_start, row.score))
+            # One chart per scoring method: PSI and mean-shift scores are on different scales.
+            name = f"{row.model_id}@{row.model_version} ({row.score_method or 'mean_shift'})"
+            series.setdefault(name, []).append((row.window_start, row.score))
     charts = {name: _line(points) for name, points in series.items()}
     total = session.exec(select(func.count()).select_from(Drift)).one()
     return templates.TemplateResponse(request, "drift.html", {"charts": charts, "total": total})
+
+
+def _summary_view(row: Summary) -> dict[str, Any]:
+    """A window summary's table cells: window, counts and the first few feature means by name."""
+    means = row.summary.get("mean", [])[:SUMMARY_MEANS]
+    names = row.summary.get("feature_names") or [f"f{i}" for i in range(len(means))]
+    return {
+        "window": f"{row.window_start:.0f} - {row.window_end:.0f}",
+        "seqs": f"{row.first_seq} - {row.last_seq}",
+        "count": row.count,
+        "anomalies": row.anomalies,
+        "forwarded": row.forwarded,
+        "means": ", ".join(f"{n}={m:.3g}" for n, m in zip(names, means, strict=False)),
+    }
 
 
 def _bars(values: dict[str, int]) -> list[dict[str, Any]]:

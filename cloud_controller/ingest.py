@@ -1,14 +1,20 @@
-"""Stores an ingest batch in one transaction, idempotent on (device_id, seq)."""
+"""Stores an ingest batch in one transaction, idempotent on (device_id, seq) and on window keys."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
-from cloud_controller.models import Device, Drift, Event, Gateway, Site, Telemetry
-from fleet_protocol.ingest import DriftSummary, IngestBatch, IngestResult
+from cloud_controller.models import Device, Drift, Event, Gateway, ModelVersion, Site, Summary, Telemetry
+from fleet_protocol.ingest import DriftSummary, IngestBatch, IngestResult, WindowSummary
+from fleet_protocol.messages import INT64_MAX
+from fleet_protocol.reference import DriftReference, population_stability_index
+
+#: Rows per INSERT: 14 columns x 1000 stays under PostgreSQL's 65535 bound parameters.
+_SUMMARY_CHUNK = 1000
 
 
 def _insert(session: Session):  # type: ignore[no-untyped-def]
@@ -83,8 +89,14 @@ def store_batch(*, session: Session, batch: IngestBatch) -> IngestResult:
                 data=event.data,
             )
         )
+    summaries_stored = 0
+    for start in range(0, len(batch.summaries), _SUMMARY_CHUNK):
+        rows = [_summary_row(s, batch.site, now) for s in batch.summaries[start : start + _SUMMARY_CHUNK]]
+        statement = insert(Summary).values(rows).on_conflict_do_nothing().returning(Summary.first_seq)
+        summaries_stored += len(session.execute(statement).all())
     drift_stored = 0
     if batch.drift:
+        references: dict[tuple[str, str], DriftReference | None] = {}
         rows = [
             {
                 "site_id": batch.site,
@@ -94,7 +106,7 @@ def store_batch(*, session: Session, batch: IngestBatch) -> IngestResult:
                 "window_end": d.window_end,
                 "count": d.count,
                 "summary": d.model_dump(mode="json"),
-                "score": _drift_score(session, batch.site, d, batch.drift),
+                **_drift_score(session, batch.site, d, batch.drift, references),
             }
             for d in batch.drift
         ]
@@ -108,10 +120,77 @@ def store_batch(*, session: Session, batch: IngestBatch) -> IngestResult:
         devices_updated=len(batch.devices),
         drift_stored=drift_stored,
         events_stored=len(batch.events),
+        summaries_stored=summaries_stored,
     )
 
 
+def _summary_row(summary: WindowSummary, site: str, now: float) -> dict[str, Any]:
+    """The window_summary row of one summary."""
+    return {
+        "device_id": summary.device_id,
+        "window_start": summary.window_start,
+        "first_seq": summary.first_seq,
+        "window_end": summary.window_end,
+        "last_seq": summary.last_seq,
+        "site_id": site,
+        "model_id": summary.model_id,
+        "model_version": summary.model_version,
+        "count": summary.count,
+        "anomalies": summary.anomalies,
+        "low_confidence": summary.low_confidence,
+        "forwarded": summary.forwarded,
+        "summary": summary.model_dump(mode="json"),
+        "received_at": now,
+    }
+
+
 def _drift_score(
+    session: Session,
+    site: str,
+    summary: DriftSummary,
+    batch: list[DriftSummary],
+    references: dict[tuple[str, str], DriftReference | None],
+) -> dict[str, Any]:
+    """``score`` and ``score_method`` of one window.
+
+    "psi": the window carries histograms and its model version has a drift reference over the
+    same bins (as many features, as many bins each): the mean over features of the population
+    stability index against the reference's training counts. Otherwise "mean_shift": see
+    `_mean_shift`. ``references`` caches the model versions' references for the batch.
+    """
+    key = (summary.model_id, summary.model_version)
+    if key not in references:
+        references[key] = _reference(session, *key)
+    reference = references[key]
+    if summary.histograms is not None and reference is not None and _same_bins(reference, summary.histograms):
+        indices = [
+            population_stability_index(counts, observed)
+            for counts, observed in zip(reference.counts, summary.histograms, strict=True)
+        ]
+        return {"score": sum(indices) / len(indices), "score_method": "psi"}
+    score = _mean_shift(session, site, summary, batch)
+    return {"score": score, "score_method": "mean_shift" if score is not None else None}
+
+
+def _reference(session: Session, model_id: str, version: str) -> DriftReference | None:
+    """The drift reference a model version's bundles carried, if any."""
+    stored = session.exec(
+        select(ModelVersion.drift_reference).where(
+            ModelVersion.model_id == model_id, ModelVersion.version == version
+        )
+    ).first()
+    return DriftReference.model_validate(stored) if stored else None
+
+
+def _same_bins(reference: DriftReference, histograms: list[list[int]]) -> bool:
+    """Whether the histograms are counts over the reference's bins: as many features, bins and counts."""
+    return len(histograms) == len(reference.counts) and all(
+        len(observed) == len(counts) and all(0 <= c <= INT64_MAX for c in observed)
+        for observed, counts in zip(histograms, reference.counts, strict=True)
+    )
+
+
+def _mean_shift(
     session: Session, site: str, summary: DriftSummary, batch: list[DriftSummary]
 ) -> float | None:
     """Mean over features of |window mean - reference mean| / reference std.

@@ -60,4 +60,5 @@ class ControllerMetrics:
         self.ingest_records = Counter("edgefleet_ingest_records", "Records stored", registry=r)
         self.ingest_duplicates = Counter("edgefleet_ingest_duplicates", "Records already stored", registry=r)
         self.ingest_rejected = Counter("edgefleet_ingest_rejected", "Batches refused", ["reason"], registry=r)
+        self.ingest_summaries = Counter("edgefleet_ingest_summaries", "Window summaries stored", registry=r)
         r.register(FleetCollector(engine))

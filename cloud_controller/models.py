@@ -6,9 +6,10 @@ import time
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from fleet_protocol.ingest import WindowSummary
 from fleet_protocol.messages import DeviceId, SiteId
 
 
@@ -218,6 +219,8 @@ class ModelVersion(SQLModel, table=True):
     training_data_sha256: str | None = None
     compiler_version: str | None = None
     metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: The `fleet_protocol.DriftReference` its bundles carry, if they carry one.
+    drift_reference: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     created_at: float = Field(default_factory=_now)
 
 
@@ -230,6 +233,7 @@ class ModelVersionPublic(SQLModel):
     training_data_sha256: str | None
     compiler_version: str | None
     metrics: dict[str, Any]
+    drift_reference: dict[str, Any] | None
     created_at: float
 
 
@@ -287,6 +291,41 @@ class Drift(SQLModel, table=True):
     count: int
     summary: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     score: float | None = None
+    #: How ``score`` was computed: "psi" (against the bundle's reference) or "mean_shift".
+    score_method: str | None = None
+
+
+class Summary(SQLModel, table=True):
+    """One device's statistics over a window, stored once per (device_id, window_start, first_seq)."""
+
+    __tablename__ = "window_summary"
+    __table_args__ = (Index("ix_window_summary_window_start", "window_start"),)
+    device_id: str = Field(primary_key=True)
+    window_start: float = Field(primary_key=True)
+    first_seq: int = Field(primary_key=True, sa_type=BigInteger)
+    window_end: float
+    last_seq: int = Field(sa_type=BigInteger)
+    site_id: str
+    model_id: str
+    model_version: str
+    count: int = Field(sa_type=BigInteger)
+    anomalies: int = Field(default=0, sa_type=BigInteger)
+    low_confidence: int = Field(default=0, sa_type=BigInteger)
+    forwarded: int = Field(default=0, sa_type=BigInteger)
+    summary: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    received_at: float = Field(default_factory=_now)
+
+
+class SummaryPublic(WindowSummary):
+    """The summary as its gateway sent it, with where and when it arrived."""
+
+    site_id: str
+    received_at: float
+
+
+class SummariesPublic(SQLModel):
+    data: list[SummaryPublic]
+    count: int
 
 
 class Event(SQLModel, table=True):

@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
-from fleet_protocol import Health, ReportedState, TelemetryRecord
-from fleet_protocol.ingest import DriftSummary, IngestBatch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fleet_protocol import (
+    DRIFT_REFERENCE_FILE,
+    MANIFEST_FILE,
+    BundleManifest,
+    Health,
+    ReportedState,
+    TelemetryRecord,
+)
+from fleet_protocol.ingest import ClassStats, DriftSummary, IngestBatch, WindowSummary
+from model_compiler.bundle import write_bundle
 
 
 def records(device: str, seqs: range, *, version: str = "1.0.0") -> list[TelemetryRecord]:
@@ -54,3 +65,59 @@ def drift(window: float) -> DriftSummary:
         mean=[0.1 * window, 0.2],
         std=[1.0, 1.0],
     )
+
+
+def histogram_drift(window: float, feature_names: list[str], histograms: list[list[int]]) -> DriftSummary:
+    """A drift window of the bundles' model carrying per-feature histograms."""
+    n = len(feature_names)
+    return DriftSummary(
+        model_id="sensor-mlp",
+        model_version="1.0.0",
+        window_start=window,
+        window_end=window + 60,
+        count=sum(histograms[0]) if histograms else 0,
+        feature_names=feature_names,
+        mean=[0.0] * n,
+        std=[1.0] * n,
+        histograms=histograms,
+    )
+
+
+def summary(device: str, window: float, first_seq: int = 1, count: int = 60) -> WindowSummary:
+    """One piece of a device's 60 s window: records first_seq .. first_seq + count - 1."""
+    return WindowSummary(
+        device_id=device,
+        model_id="sensor-mlp",
+        model_version="1.0.0",
+        window_start=window,
+        window_end=window + 60,
+        first_seq=first_seq,
+        last_seq=first_seq + count - 1,
+        count=count,
+        anomalies=2,
+        low_confidence=1,
+        forwarded=3,
+        feature_names=["temp", "vib"],
+        min=[20.0, 0.0],
+        max=[30.0, 1.0],
+        mean=[25.0 + window / 60, 0.5],
+        std=[2.0, 0.1],
+        classes=[
+            ClassStats(predicted=0, count=count - 2, mean_confidence=0.9),
+            ClassStats(predicted=3, count=2),
+        ],
+    )
+
+
+def rebundle(
+    source: Path, out: Path, key: Ed25519PrivateKey, *, version: str, drift_reference: bytes | None
+) -> Path:
+    """A signed bundle like ``source`` at ``version``, with this drift_reference.json (None: none)."""
+    manifest = BundleManifest.model_validate_json((source / MANIFEST_FILE).read_bytes())
+    files: dict[str, str | Path] = {n: source / n for n in manifest.files if n != DRIFT_REFERENCE_FILE}
+    if drift_reference is not None:
+        files[DRIFT_REFERENCE_FILE] = out.with_suffix(".reference.json")
+        out.with_suffix(".reference.json").write_bytes(drift_reference)
+    fields = manifest.model_dump(exclude={"files", "schema_version"}) | {"version": version}
+    write_bundle(out, files, key, **fields)
+    return out

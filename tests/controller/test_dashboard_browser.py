@@ -10,7 +10,7 @@ import pytest
 from fleet_protocol import DeviceEvent, Severity
 from model_compiler.archive import pack
 from tests.controller.conftest import Controller
-from tests.controller.factories import batch, drift, state
+from tests.controller.factories import batch, drift, state, summary
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -39,6 +39,7 @@ def test_dashboard_shows_the_seeded_fleet_without_console_errors(
         update={
             "devices": [state("press-1"), state("press-2"), state("lathe-1", online=False)],
             "drift": [drift(float(w * 60)) for w in range(6)],
+            "summaries": [summary("press-1", float(w * 60)) for w in range(3)],
             "events": [
                 DeviceEvent(
                     device_id="press-1",
@@ -80,6 +81,8 @@ def test_dashboard_shows_the_seeded_fleet_without_console_errors(
         page.wait_for_selector("#recent")
         assert page.locator("#recent tr").count() == 21  # header + the 20 records
         assert "model.load_failed" in page.inner_text("#events")
+        assert page.locator("#summaries tr").count() == 4  # header + the 3 windows
+        assert "temp=27" in page.inner_text("#summaries tr:nth-child(2)"), "newest window first"
         page.goto(f"{ctl.url}/registry")
         assert "sensor-mlp@1.0.0" in page.inner_text("main")
         assert page.locator(".compiler-table tr").count() >= 2

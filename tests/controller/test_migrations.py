@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, text
 
 from cloud_controller.migrate import current_revision, head_revision, upgrade
@@ -14,12 +15,13 @@ from cloud_controller.migrate import current_revision, head_revision, upgrade
 def test_migrate_from_empty_reaches_head(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'c.sqlite'}"
     upgrade(url)
-    assert current_revision(url) == head_revision(url) == "0004"
+    assert current_revision(url) == head_revision(url) == "0005"
 
 
-def test_migrate_from_the_previous_revision_keeps_data(tmp_path: Path) -> None:
+@pytest.mark.parametrize("previous", ["0004", "0001"])
+def test_migrate_from_the_previous_revision_keeps_data(tmp_path: Path, previous: str) -> None:
     url = f"sqlite:///{tmp_path / 'c.sqlite'}"
-    upgrade(url, "0001")
+    upgrade(url, previous)
     engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO site (id, name, created_at) VALUES ('s1', 'Plant', 1.0)"))
@@ -35,6 +37,12 @@ def test_migrate_from_the_previous_revision_keeps_data(tmp_path: Path) -> None:
                 " record, received_at) VALUES ('d1', 1, 5.0, 's1', 'm', '1.0.0', 0, '{}', 6.0)"
             )
         )
+        conn.execute(
+            text(
+                "INSERT INTO model_version (model_id, version, stage, metrics, created_at)"
+                " VALUES ('m', '1.0.0', 'PRODUCTION', '{}', 1.0)"
+            )
+        )
     result = subprocess.run(
         [sys.executable, "-m", "cloud_controller.cli", "migrate"],
         env={"EDGEFLEET_CONTROLLER__DATABASE_URL": url, "PATH": ""},
@@ -43,13 +51,16 @@ def test_migrate_from_the_previous_revision_keeps_data(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "schema 0001 -> 0004" in result.stdout
+    assert f"schema {previous} -> 0005" in result.stdout
     with engine.connect() as conn:
         device = conn.execute(text("SELECT labels, last_seq, runtime FROM device WHERE id = 'd1'")).one()
         assert (device.last_seq, device.runtime) == (42, None)
         assert "press" in device.labels
         assert conn.execute(text("SELECT COUNT(*) FROM telemetry")).scalar() == 1
         assert conn.execute(text("SELECT COUNT(*) FROM drift")).scalar() == 0
+        assert conn.execute(text("SELECT COUNT(*) FROM window_summary")).scalar() == 0
+        version = conn.execute(text("SELECT stage, drift_reference FROM model_version")).one()
+        assert (version.stage, version.drift_reference) == ("PRODUCTION", None)
     engine.dispose()
 
 

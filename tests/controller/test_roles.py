@@ -21,6 +21,7 @@ ENDPOINTS: list[tuple[str, str, object, set[str]]] = [
     ("PATCH", "/api/v1/devices/dev-1", {"labels": {"a": "b"}}, {"operator"}),
     ("GET", "/api/v1/devices/dev-1/desired", None, {"viewer", "operator"}),
     ("GET", "/api/v1/devices/dev-1/telemetry", None, {"viewer", "operator"}),
+    ("GET", "/api/v1/devices/dev-1/summaries", None, {"viewer", "operator"}),
     ("GET", "/api/v1/gateways", None, {"viewer", "operator"}),
     ("POST", "/api/v1/gateways", {"id": "gw-m", "site_id": "site-a"}, {"operator"}),
     ("GET", "/api/v1/gateways/gw-m", None, {"viewer", "operator"}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
+from sqlalchemy import func
 from sqlmodel import select
 
 from cloud_controller import audit
@@ -17,6 +18,9 @@ from cloud_controller.models import (
     DevicesPublic,
     DeviceUpdate,
     Site,
+    SummariesPublic,
+    Summary,
+    SummaryPublic,
     Telemetry,
 )
 from fleet_protocol import DesiredState
@@ -120,3 +124,35 @@ def recent_telemetry(
         select(Telemetry).where(Telemetry.device_id == device_id).order_by(Telemetry.seq.desc()).limit(limit)  # type: ignore[attr-defined]
     ).all()
     return [r.record for r in rows]
+
+
+@router.get("/{device_id}/summaries", response_model=SummariesPublic)
+def list_summaries(
+    session: SessionDep,
+    _: Reader,
+    device_id: str,
+    since: Annotated[
+        float | None, Query(allow_inf_nan=False, description="Windows starting at or after, Unix seconds")
+    ] = None,
+    until: Annotated[
+        float | None, Query(allow_inf_nan=False, description="Windows starting before, Unix seconds")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> SummariesPublic:
+    """The device's window summaries from its gateway, newest window first."""
+    conditions = [Summary.device_id == device_id]
+    if since is not None:
+        conditions.append(Summary.window_start >= since)
+    if until is not None:
+        conditions.append(Summary.window_start < until)
+    rows = session.exec(
+        select(Summary)
+        .where(*conditions)
+        .order_by(Summary.window_start.desc(), Summary.first_seq.desc())  # type: ignore[attr-defined]
+        .limit(limit)
+    ).all()
+    count = session.exec(select(func.count()).select_from(Summary).where(*conditions)).one()
+    return SummariesPublic(
+        data=[SummaryPublic(**r.summary, site_id=r.site_id, received_at=r.received_at) for r in rows],
+        count=count,
+    )

@@ -49,6 +49,7 @@ async def ingest(
     metrics = request.app.state.metrics
     metrics.ingest_records.inc(result.accepted)
     metrics.ingest_duplicates.inc(result.duplicates)
+    metrics.ingest_summaries.inc(result.summaries_stored)
     return result
 
 

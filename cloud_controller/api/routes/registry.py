@@ -116,10 +116,11 @@ def _register(
     request: Request, session: Session, caller: ApiToken, part: Path, sha: str, size: int, store: Path
 ) -> Bundle:
     try:
-        manifest, manifest_sha = verify_upload(part, request.app.state.trusted_keys)
+        verified = verify_upload(part, request.app.state.trusted_keys)
     except BundleRejected as exc:
         part.unlink(missing_ok=True)
         raise HTTPException(422, f"Bundle refused: {exc}") from None
+    manifest = verified.manifest
     existing = session.get(Bundle, sha)
     if existing is not None:
         part.unlink(missing_ok=True)
@@ -143,10 +144,13 @@ def _register(
         session.flush()
     # One entry per bundle (an fp32 and an int8 bundle share a runtime): "<runtime> <sha prefix>".
     version.metrics = {**version.metrics, f"{manifest.runtime.value} {sha[:12]}": manifest.metrics}
+    if verified.drift_reference is not None:
+        # A version's bundles share its training data, hence its reference: the newest one is kept.
+        version.drift_reference = verified.drift_reference.model_dump(mode="json")
     assert version.id is not None
     bundle = Bundle(
         sha256=sha,
-        manifest_sha256=manifest_sha,
+        manifest_sha256=verified.manifest_sha256,
         model_version_id=version.id,
         runtime=manifest.runtime.value,
         size=size,
