@@ -69,6 +69,12 @@ class UpstreamConfig(_Section):
     desired_poll_s: float = Field(default=5.0, gt=0)
     state_refresh_s: float = Field(default=60.0, gt=0, description="Resend every device's state this often")
 
+    @model_validator(mode="after")
+    def _token_with_url(self) -> UpstreamConfig:
+        if self.url and not self.token:
+            raise ValueError("upstream.token is required when upstream.url is set")
+        return self
+
 
 class HttpConfig(_Section):
     """Bundles for devices, ``/metrics`` and ``/healthz``, on the site network."""
@@ -103,6 +109,11 @@ class GatewaySettings(BaseSettings):
     drift_window_s: float = Field(default=300.0, ge=1, description="Drift summary window, on gateway time")
     dedup_window: int = Field(default=4096, ge=64, le=65536, description="Recent seqs remembered per device")
     dead_letters_max: int = Field(default=10_000, ge=10)
+    store_max_bytes: int | None = Field(
+        default=None,
+        ge=256 * 1024,
+        description="Bound the store file; when full, messages wait unacknowledged in the broker",
+    )
     batch_messages: int = Field(default=500, ge=1, description="MQTT messages per store transaction")
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 
@@ -115,12 +126,6 @@ class GatewaySettings(BaseSettings):
     @classmethod
     def _site(cls, value: str) -> str:
         return validate_id(value, "site")
-
-    @model_validator(mode="after")
-    def _token_with_url(self) -> GatewaySettings:
-        if self.upstream.url and not self.upstream.token:
-            raise ValueError("upstream.token is required when upstream.url is set")
-        return self
 
     @property
     def public_url(self) -> str:

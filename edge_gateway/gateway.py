@@ -25,14 +25,14 @@ from edge_gateway.metrics import GatewayMetrics
 from edge_gateway.mqtt_link import Backoff, Message, MqttLink
 from edge_gateway.pipeline import Pipeline
 from edge_gateway.site_http import make_app, serve
-from edge_gateway.store import Changes, GatewayStore, StoreError
+from edge_gateway.store import GatewayStore, StoreError
 from edge_gateway.uplink import Uplink
 from fleet_protocol import site_subscription
 from fleet_protocol.signing import load_public_key
 
 log = logging.getLogger(__name__)
 
-_STORE_RETRY_S = 5.0
+_STORE_RETRY_S = 2.0
 _TICK_S = 1.0
 
 
@@ -42,7 +42,9 @@ class Gateway:
         self.clock = clock
         self.metrics = GatewayMetrics()
         self.store = GatewayStore(
-            settings.data_dir / "gateway.sqlite", dead_letters_max=settings.dead_letters_max
+            settings.data_dir / "gateway.sqlite",
+            dead_letters_max=settings.dead_letters_max,
+            max_bytes=settings.store_max_bytes,
         )
         self.pipeline = Pipeline(settings, self.metrics)
         self.broker: ManagedBroker | None = None
@@ -89,6 +91,7 @@ class Gateway:
             )
         self.http_port: int | None = None
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._retry: list[Message] = []
         self._store_ok = True
         self._stop = asyncio.Event()
         self.started = asyncio.Event()
@@ -170,49 +173,47 @@ class Gateway:
             await asyncio.sleep(backoff.next_delay())
 
     async def _process(self) -> None:
+        limit = self.settings.batch_messages
         while True:
-            batch = await self._take()
-            now = self.clock()
-            changes = self.pipeline.process(batch, now)
-            await self._commit(changes, batch)
-            # Only now: what the broker forgets, the store has.
-            self.link.ack(batch)
-
-    async def _take(self) -> list[Message]:
-        try:
-            async with asyncio.timeout(_TICK_S):
-                first = await self._queue.get()
-        except TimeoutError:
-            return []  # a tick: windows may be due
-        batch = [first]
-        while len(batch) < self.settings.batch_messages and not self._queue.empty():
-            batch.append(self._queue.get_nowait())
-        return batch
-
-    async def _commit(self, changes: Changes, batch: list[Message]) -> None:
-        while True:
+            batch = await self._take(limit)
+            changes = self.pipeline.process(batch, self.clock())
             started = time.perf_counter()
             try:
                 await self.store.commit(changes)
             except StoreError as exc:
+                # Nothing is acknowledged: the messages stay with the broker, and in our hands
+                # for the next try, in smaller batches in case this one can never fit.
                 self._store_ok = False
                 self.metrics.store_errors.inc()
+                self._retry = batch + self._retry
+                limit = max(1, len(batch) // 2)
                 log.error(
-                    "%s: %d messages stay unacknowledged with the broker; retrying in %.0fs",
-                    exc,
-                    len(batch),
-                    _STORE_RETRY_S,
+                    "%s: %d messages wait unacknowledged; retrying in %.0fs", exc, len(batch), _STORE_RETRY_S
                 )
                 await asyncio.sleep(_STORE_RETRY_S)
                 # The failed transaction left memory ahead of the store: start again from the store.
                 with contextlib.suppress(StoreError):
                     self.pipeline.restore(await self.store.snapshot())
-                    changes = self.pipeline.process(batch, self.clock())
                 continue
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
             self._store_ok = True
+            limit = min(self.settings.batch_messages, limit * 2)
             self._gauge_queue()
-            return
+            # Only now: what the broker forgets, the store has.
+            self.link.ack(batch)
+
+    async def _take(self, limit: int) -> list[Message]:
+        """Messages to process: those of a failed commit first, then whatever is waiting."""
+        batch, self._retry = self._retry[:limit], self._retry[limit:]
+        if not batch:
+            try:
+                async with asyncio.timeout(_TICK_S):
+                    batch = [await self._queue.get()]
+            except TimeoutError:
+                return []  # a tick: windows may be due
+        while len(batch) < limit and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        return batch
 
     def _gauge_queue(self) -> None:
         self.metrics.queue_depth.set(self.store.depth)

@@ -92,9 +92,10 @@ class UpstreamBatch:
 
 
 class GatewayStore:
-    def __init__(self, path: Path, *, dead_letters_max: int = 10_000) -> None:
+    def __init__(self, path: Path, *, dead_letters_max: int = 10_000, max_bytes: int | None = None) -> None:
         self.path = path
         self.dead_letters_max = dead_letters_max
+        self.max_bytes = max_bytes
         # One thread owns the connection: SQLite work never runs on the event loop.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-store")
         self._db: sqlite3.Connection | None = None
@@ -115,6 +116,10 @@ class GatewayStore:
         # NORMAL in WAL mode survives a killed process (not a power cut): the gateway's case.
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
+        if self.max_bytes is not None:
+            # SQLite's own bound: past it, writes fail with SQLITE_FULL, as on a full disk.
+            page_size = db.execute("PRAGMA page_size").fetchone()[0]
+            db.execute(f"PRAGMA max_page_count = {max(1, self.max_bytes // page_size)}")
         self._db = db
         self.depth, self.bytes = db.execute(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM upstream"

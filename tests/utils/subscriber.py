@@ -14,6 +14,7 @@ from collections import defaultdict
 import aiomqtt
 
 from fleet_protocol import (
+    DesiredState,
     DeviceEvent,
     ReportedState,
     TelemetryBatch,
@@ -34,6 +35,7 @@ class FleetSubscriber:
         self.encodings: list[int] = []  # first byte of each telemetry payload
         self.states: dict[str, ReportedState] = {}
         self.events: list[DeviceEvent] = []
+        self.desired: dict[str, DesiredState] = {}
         self.errors: list[str] = []
         self._client_id = f"test-sub-{uuid.uuid4().hex[:8]}"
         self._task: asyncio.Task[None] | None = None
@@ -77,6 +79,8 @@ class FleetSubscriber:
                 self.states[parsed.device] = decode(payload, ReportedState)
             elif parsed.kind is TopicKind.EVENTS:
                 self.events.append(decode(payload, DeviceEvent))
+            elif parsed.kind is TopicKind.DESIRED:
+                self.desired[parsed.device] = decode(payload, DesiredState)
         except Exception as exc:  # a contract violation: the test reports it
             self.errors.append(f"{topic}: {exc}")
 
