@@ -34,7 +34,7 @@ demo: install  ## run the main job: a simulated fleet, end to end
 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check fleet_protocol edge_agent simulators model_compiler tests bench
+	$(VENV)/bin/ruff format --check fleet_protocol edge_agent edge_gateway cloud_controller simulators model_compiler tests bench
 
 test: install lint  ## lint, then the whole test suite
 	$(VENV)/bin/pytest
@@ -45,6 +45,8 @@ schemas: install  ## regenerate docs/protocol/*.schema.json from the models
 bench: install  ## benchmarks, each printing one JSON object
 	$(PY) bench/agent.py
 	$(PY) bench/compiler.py
+	$(PY) bench/controller.py
+	$(PY) bench/gateway.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -11,7 +11,7 @@ place of the routine records it does not forward whole. Version 1 batches are st
 from __future__ import annotations
 
 import time
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -43,7 +43,9 @@ class DriftSummary(BaseModel):
     mean: list[float]
     std: list[float]
     #: Histogram counts per feature over the bins the model bundle's reference declares.
-    histograms: list[list[int]] | None = None
+    histograms: list[list[Annotated[int, Field(ge=0, le=INT64_MAX)]]] | None = Field(
+        default=None, max_length=4096
+    )
 
 
 class ClassStats(BaseModel):

@@ -131,3 +131,12 @@ def test_gateway_runs_and_supervises_its_own_broker(gateway_factory) -> None:  #
     assert health["mqtt_connected"] is True and health["store_ok"] is True
     assert gateway.stop() == 0
     _wait(lambda: _mosquitto_pid(broker_config) is None, 10)
+
+
+def test_the_example_config_is_valid() -> None:
+    from edge_gateway.config import load_settings
+
+    example = Path(__file__).resolve().parents[2] / "fleet_configs" / "gateway.example.yaml"
+    settings = load_settings(example)
+    assert settings.site == "plant-berlin" and settings.broker.host is None
+    assert [c.name for c in settings.device_classes] == ["presses", "everything-else"]
