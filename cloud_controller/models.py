@@ -6,7 +6,7 @@ import time
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from fleet_protocol.ingest import WindowSummary
@@ -15,6 +15,12 @@ from fleet_protocol.messages import DeviceId, SiteId
 
 def _now() -> float:
     return time.time()
+
+
+#: Every integer column is 64-bit, as the protocol's and the API's integers are (PostgreSQL's
+#: INTEGER is 32-bit). An autoincrement id is BIGSERIAL there; on SQLite only ``INTEGER PRIMARY
+#: KEY`` autoincrements, and it is 64-bit already.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Role(StrEnum):
@@ -75,7 +81,7 @@ class Gateway(GatewayBase, table=True):
     site_id: str = Field(foreign_key="site.id", index=True)
     last_seen: float | None = None
     last_batch_id: str | None = None
-    records_ingested: int = 0
+    records_ingested: int = Field(default=0, sa_type=BigInteger)
     created_at: float = Field(default_factory=_now)
 
 
@@ -119,7 +125,7 @@ class Device(DeviceBase, table=True):
     model_id: str | None = None
     model_version: str | None = None
     runtime: str | None = None
-    last_seq: int = 0
+    last_seq: int = Field(default=0, sa_type=BigInteger)
     last_seen: float | None = None
     created_at: float = Field(default_factory=_now)
 
@@ -164,7 +170,7 @@ class GroupUpdate(SQLModel):
 
 class DeviceGroup(GroupBase, table=True):
     __tablename__ = "device_group"
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
     created_at: float = Field(default_factory=_now)
 
 
@@ -184,8 +190,8 @@ class DeploymentCreate(SQLModel):
 
 
 class Deployment(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
-    group_id: int = Field(foreign_key="device_group.id", index=True)
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    group_id: int = Field(foreign_key="device_group.id", index=True, sa_type=BigInteger)
     model_id: str
     version: str
     created_by: str
@@ -211,7 +217,7 @@ class Stage(StrEnum):
 class ModelVersion(SQLModel, table=True):
     __tablename__ = "model_version"
     __table_args__ = (UniqueConstraint("model_id", "version"),)
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
     model_id: str = Field(index=True)
     version: str
     stage: Stage = Stage.CANDIDATE
@@ -246,9 +252,9 @@ class Bundle(SQLModel, table=True):
 
     sha256: str = Field(primary_key=True)
     manifest_sha256: str = Field(index=True)
-    model_version_id: int = Field(foreign_key="model_version.id", index=True)
+    model_version_id: int = Field(foreign_key="model_version.id", index=True, sa_type=BigInteger)
     runtime: str
-    size: int
+    size: int = Field(sa_type=BigInteger)
     created_at: float = Field(default_factory=_now)
 
 
@@ -268,12 +274,12 @@ class Telemetry(SQLModel, table=True):
 
     __table_args__ = (Index("ix_telemetry_ts", "ts"),)
     device_id: str = Field(primary_key=True)
-    seq: int = Field(primary_key=True)
+    seq: int = Field(primary_key=True, sa_type=BigInteger)
     ts: float
     site_id: str
     model_id: str
     model_version: str
-    predicted: int | None = None
+    predicted: int | None = Field(default=None, sa_type=BigInteger)
     confidence: float | None = None
     anomaly: bool = False
     record: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
@@ -282,13 +288,13 @@ class Telemetry(SQLModel, table=True):
 
 class Drift(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("site_id", "model_id", "model_version", "window_start"),)
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
     site_id: str
     model_id: str = Field(index=True)
     model_version: str
     window_start: float
     window_end: float
-    count: int
+    count: int = Field(sa_type=BigInteger)
     summary: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     score: float | None = None
     #: How ``score`` was computed: "psi" (against the bundle's reference) or "mean_shift".
@@ -331,7 +337,7 @@ class SummariesPublic(SQLModel):
 class Event(SQLModel, table=True):
     """A device event (OTA progress, errors, rejections) relayed by its gateway."""
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
     device_id: str = Field(index=True)
     ts: float
     kind: str
@@ -342,7 +348,7 @@ class Event(SQLModel, table=True):
 
 class AuditEntry(SQLModel, table=True):
     __tablename__ = "audit_log"
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
     at: float = Field(default_factory=_now, index=True)
     actor: str
     action: str
@@ -353,7 +359,7 @@ class AuditEntry(SQLModel, table=True):
 
 class ApiToken(SQLModel, table=True):
     __tablename__ = "api_token"
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
     name: str
     role: Role
     site_id: str | None = Field(default=None, description="A gateway token is bound to one site")

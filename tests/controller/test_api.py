@@ -13,7 +13,7 @@ import pytest
 from fleet_protocol import DeviceEvent, Severity
 from model_compiler.archive import pack
 from tests.controller.conftest import Controller
-from tests.controller.factories import batch, drift, state
+from tests.controller.factories import batch, drift, records, state
 
 
 def _ingest(ctl: Controller, body: bytes, role: str = "gateway", **headers: str):  # type: ignore[no-untyped-def]
@@ -228,6 +228,42 @@ def test_ingest_refuses_integers_no_database_can_store(sqlite_controller: Contro
         "records.0.seq: Input should be less than or equal to 9223372036854775807"
         in response.json()["detail"]
     )
+
+
+def test_ingest_stores_sequence_numbers_and_counts_beyond_32_bits(controller: Controller) -> None:
+    seq = 2**40
+    record = records("dev-10", range(seq, seq + 1))[0].model_copy(update={"predicted": 2**31})
+    payload = batch().model_copy(
+        update={
+            "records": [record],
+            "devices": [state("dev-10").model_copy(update={"last_seq": seq})],
+            "drift": [drift(0.0).model_copy(update={"count": seq})],
+        }
+    )
+    response = _ingest(controller, payload.model_dump_json().encode())
+    assert response.status_code == 200, response.text
+    assert (response.json()["accepted"], response.json()["drift_stored"]) == (1, 1)
+    retry = _ingest(controller, payload.model_copy(update={"batch_id": "retry"}).model_dump_json().encode())
+    assert (retry.json()["accepted"], retry.json()["duplicates"]) == (0, 1)
+    with controller.client("viewer") as client:
+        device = client.get("/api/v1/devices/dev-10").json()
+        rows = client.get("/api/v1/devices/dev-10/telemetry").json()
+        gateway = client.get("/api/v1/gateways/gw-1").json()
+    assert device["last_seq"] == seq
+    assert [(r["seq"], r["predicted"]) for r in rows] == [(seq, 2**31)]
+    assert gateway["records_ingested"] == 1
+
+
+def test_ids_beyond_32_bits_are_not_found(controller: Controller) -> None:
+    with controller.client("operator") as client:
+        group = client.get(f"/api/v1/groups/{2**40}")
+        version = client.patch(f"/api/v1/models/versions/{2**40}", json={"stage": "staging"})
+        deployment = client.post(
+            "/api/v1/deployments", json={"group_id": 2**40, "model_id": "sensor-mlp", "version": "1.0.0"}
+        )
+    assert (group.status_code, group.json()["detail"]) == (404, "Group not found")
+    assert (version.status_code, version.json()["detail"]) == (404, "Model version not found")
+    assert (deployment.status_code, deployment.json()["detail"]) == (404, "Group not found")
 
 
 def test_listing_refuses_offsets_beyond_64_bits(sqlite_controller: Controller) -> None:

@@ -10,17 +10,24 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from cloud_controller.migrate import current_revision, head_revision, upgrade
+from tests.controller.conftest import database_url
 
 
 def test_migrate_from_empty_reaches_head(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'c.sqlite'}"
     upgrade(url)
-    assert current_revision(url) == head_revision(url) == "0005"
+    assert current_revision(url) == head_revision(url) == "0006"
 
 
-@pytest.mark.parametrize("previous", ["0004", "0001"])
-def test_migrate_from_the_previous_revision_keeps_data(tmp_path: Path, previous: str) -> None:
-    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("previous", ["0005", "0001"])
+def test_migrate_from_the_previous_revision_keeps_data(tmp_path: Path, previous: str, kind: str) -> None:
+    for url in database_url(kind, tmp_path):
+        _migrate_keeping_data(url, previous)
+
+
+def _migrate_keeping_data(url: str, previous: str) -> None:
+    """Rows written at ``previous`` survive `cloud-controller migrate`, which then stores 64-bit values."""
     upgrade(url, previous)
     engine = create_engine(url)
     with engine.begin() as conn:
@@ -28,13 +35,13 @@ def test_migrate_from_the_previous_revision_keeps_data(tmp_path: Path, previous:
         conn.execute(
             text(
                 "INSERT INTO device (id, site_id, hardware_profile, labels, online, last_seq, created_at)"
-                " VALUES ('d1', 's1', 'rpi4', '{\"line\": \"press\"}', 1, 42, 1.0)"
+                " VALUES ('d1', 's1', 'rpi4', '{\"line\": \"press\"}', TRUE, 42, 1.0)"
             )
         )
         conn.execute(
             text(
                 "INSERT INTO telemetry (device_id, seq, ts, site_id, model_id, model_version, anomaly,"
-                " record, received_at) VALUES ('d1', 1, 5.0, 's1', 'm', '1.0.0', 0, '{}', 6.0)"
+                " record, received_at) VALUES ('d1', 1, 5.0, 's1', 'm', '1.0.0', FALSE, '{}', 6.0)"
             )
         )
         conn.execute(
@@ -51,17 +58,71 @@ def test_migrate_from_the_previous_revision_keeps_data(tmp_path: Path, previous:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert f"schema {previous} -> 0005" in result.stdout
-    with engine.connect() as conn:
-        device = conn.execute(text("SELECT labels, last_seq, runtime FROM device WHERE id = 'd1'")).one()
+    assert f"schema {previous} -> 0006" in result.stdout
+    with engine.begin() as conn:
+        device = conn.execute(
+            text("SELECT CAST(labels AS TEXT) AS labels, last_seq, runtime FROM device WHERE id = 'd1'")
+        ).one()
         assert (device.last_seq, device.runtime) == (42, None)
         assert "press" in device.labels
-        assert conn.execute(text("SELECT COUNT(*) FROM telemetry")).scalar() == 1
+        conn.execute(text("UPDATE device SET last_seq = :seq WHERE id = 'd1'"), {"seq": 2**40})
+        conn.execute(
+            text(
+                "INSERT INTO telemetry (device_id, seq, ts, site_id, model_id, model_version, predicted,"
+                " anomaly, record, received_at) VALUES ('d1', :seq, 7.0, 's1', 'm', '1.0.0', :predicted,"
+                " FALSE, '{}', 8.0)"
+            ),
+            {"seq": 2**40, "predicted": 2**31},
+        )
+        assert conn.execute(text("SELECT MAX(last_seq) FROM device")).scalar() == 2**40
+        assert conn.execute(text("SELECT seq, predicted FROM telemetry ORDER BY seq")).all() == [
+            (1, None),
+            (2**40, 2**31),
+        ]
         assert conn.execute(text("SELECT COUNT(*) FROM drift")).scalar() == 0
         assert conn.execute(text("SELECT COUNT(*) FROM window_summary")).scalar() == 0
         version = conn.execute(text("SELECT stage, drift_reference FROM model_version")).one()
         assert (version.stage, version.drift_reference) == ("PRODUCTION", None)
     engine.dispose()
+
+
+def test_migrate_on_postgresql_makes_every_integer_64_bit(tmp_path: Path) -> None:
+    for url in database_url("postgres", tmp_path):
+        upgrade(url, "0005")
+        upgrade(url)
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            columns = conn.execute(
+                text(
+                    "SELECT table_name, column_name, data_type FROM information_schema.columns"
+                    " WHERE table_schema = 'public' AND data_type IN ('smallint', 'integer', 'bigint')"
+                )
+            ).all()
+            sequences = conn.execute(
+                text("SELECT sequence_name, data_type FROM information_schema.sequences")
+            ).all()
+            conn.execute(text("SELECT setval(pg_get_serial_sequence('event', 'id'), :id)"), {"id": 2**40})
+            event_id = conn.execute(
+                text(
+                    "INSERT INTO event (device_id, ts, kind, severity, message, data)"
+                    " VALUES ('d1', 1.0, 'ota.verified', 'info', 'ok', '{}') RETURNING id"
+                )
+            ).scalar()
+        engine.dispose()
+        assert [c for c in columns if c.data_type != "bigint"] == []
+        assert {("telemetry", "seq"), ("device", "last_seq"), ("deployment", "group_id")} <= {
+            (c.table_name, c.column_name) for c in columns
+        }
+        assert sorted(sequences) == [
+            ("api_token_id_seq", "bigint"),
+            ("audit_log_id_seq", "bigint"),
+            ("deployment_id_seq", "bigint"),
+            ("device_group_id_seq", "bigint"),
+            ("drift_id_seq", "bigint"),
+            ("event_id_seq", "bigint"),
+            ("model_version_id_seq", "bigint"),
+        ]
+        assert event_id == 2**40 + 1
 
 
 def test_admin_creates_tokens_that_authenticate(tmp_path: Path) -> None:
