@@ -325,6 +325,21 @@ class Outbox:
         await self._new_records.wait()
         self._new_records.clear()
 
+    async def set_disk_limit(self, max_bytes: int | None) -> None:
+        """Make the database file unable to grow past ``max_bytes`` (None: no limit).
+
+        SQLite then fails writes with ``SQLITE_FULL``, exactly as on a full disk: how the
+        simulators make a device's disk full without filling the real one.
+        """
+        conn = self._require_conn()
+        if max_bytes is None:
+            pages = 1_073_741_823  # SQLite's default maximum
+        else:
+            page_size = (await self._run(conn.execute, "PRAGMA page_size")).fetchone()[0]
+            used = (await self._run(conn.execute, "PRAGMA page_count")).fetchone()[0]
+            pages = max(used, max_bytes // page_size)
+        await self._run(conn.execute, f"PRAGMA max_page_count = {int(pages)}")
+
     # -- state -------------------------------------------------------------------------
 
     @property

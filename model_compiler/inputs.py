@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,12 @@ def load_factory(spec: str) -> Any:
     module_spec = importlib.util.spec_from_file_location(f"edgefleet_user_model_{file.stem}", file)
     assert module_spec is not None and module_spec.loader is not None
     module = importlib.util.module_from_spec(module_spec)
+    # Registered before it runs: dataclasses and pickling look a module up by name.
+    sys.modules[module_spec.name] = module
     try:
         module_spec.loader.exec_module(module)
     except Exception as exc:
+        sys.modules.pop(module_spec.name, None)
         raise InputError(f"cannot import {file}: {exc}") from None
     factory = getattr(module, name, None)
     if not callable(factory):

@@ -12,15 +12,19 @@ from pathlib import Path
 
 from rich.console import Console
 
+from simulators.events import kinds
 from simulators.scenario import SimError, load_scenario
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="fleet-sim",
-        description="Simulate an edgefleet fleet on this machine: a Mosquitto per site, a first model trained"
-        " and signed, and virtual devices that are real edge agents streaming through it, with faults on"
-        " the schedule the scenario declares. Ends with a report and its invariants.",
+        description="Simulate an edgefleet fleet on this machine: a cloud controller, and per site a Mosquitto,"
+        " an uplink proxy and an edge-gateway, all real processes; a first model trained, compiled and signed"
+        " by model-compiler and deployed; virtual devices that are real edge agents streaming through it all,"
+        " with faults and drift on the timeline the scenario declares. Ends with a report (terminal,"
+        " report.json, report.html) and its invariants.",
+        epilog="Event kinds: " + ", ".join(kinds()),
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(

@@ -169,3 +169,53 @@ def build_bundles(
             write_bundle(out_dir / name, {**files, DRIFT_REFERENCE_FILE: reference}, key, **fields)
             bundles[name] = out_dir / name
     return bundles
+
+
+@dataclass
+class CompiledModel:
+    bundles: dict[str, Path]  # target -> bundle directory (a .tar beside each)
+    accuracy: float
+    table: list[dict[str, object]]
+    seconds: float
+
+
+def compile_first_model(
+    out_dir: Path,
+    key: Ed25519PrivateKey,
+    targets: list[str],
+    *,
+    model_id: str = "sensor-mlp",
+    version: str = "1.0.0",
+    seed: int = 0,
+) -> CompiledModel:
+    """Train the MLP on generated data, then build, measure and sign it with `model_compiler`."""
+    from model_compiler.build import BuildRequest, build
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trained = train_mlp(seed=seed)
+    weights = out_dir / "mlp.pt"
+    torch.save(trained.module.state_dict(), weights)
+    meta = {"feature_names": np.array(FEATURE_NAMES), "mean": trained.mean, "scale": trained.scale}
+    calibration, evaluation = out_dir / "calibration.npz", out_dir / "eval.npz"
+    scaled_train = ((trained.x_train - trained.mean) / trained.scale).astype(np.float32)
+    np.savez(calibration, x=scaled_train[:1000], **meta)
+    scaled_eval = ((trained.x_eval - trained.mean) / trained.scale).astype(np.float32)
+    np.savez(evaluation, x=scaled_eval, y=trained.y_eval, **meta)
+    report = build(
+        BuildRequest(
+            model=f"{Path(__file__).resolve()}:MLP",
+            weights=weights,
+            calibration=calibration,
+            eval_data=evaluation,
+            out=out_dir / "bundles",
+            key=key,
+            targets=targets,
+            model_id=model_id,
+            version=version,
+            labels=CLASSES,
+            anomaly_classes=[ANOMALY_CLASS],
+        )
+    )
+    return CompiledModel(
+        report.bundles, trained.accuracy, [row.as_dict() for row in report.rows], report.seconds
+    )

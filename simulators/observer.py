@@ -29,6 +29,16 @@ class FleetView:
     bytes: int = 0
     states: dict[str, ReportedState] = field(default_factory=dict)
     rejected: int = 0
+    flagged: set[tuple[str, int]] = field(default_factory=set)
+    #: Per second of reading time: [correct, labelled], for accuracy before and after drift.
+    accuracy: dict[int, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+
+    def accuracy_between(self, start: float, end: float) -> float | None:
+        correct = labelled = 0
+        for second, (c, n) in self.accuracy.items():
+            if start <= second < end:
+                correct, labelled = correct + c, labelled + n
+        return round(correct / labelled, 4) if labelled else None
 
 
 class SiteObserver:
@@ -75,10 +85,15 @@ class SiteObserver:
                     view.stamps[key] = record.ts
                     seen.add(record.seq)
                     view.records += 1
-                    view.anomalies += record.anomaly
+                    if record.anomaly:
+                        view.anomalies += 1
+                        view.flagged.add(key)
                     if record.label is not None:
                         view.labelled += 1
                         view.correct += record.predicted == record.label
+                        bucket = view.accuracy[int(record.ts)]
+                        bucket[0] += record.predicted == record.label
+                        bucket[1] += 1
                 return
             if kind is TopicKind.STATE:
                 state = decode(payload, ReportedState)

@@ -1,17 +1,20 @@
-"""Runs a scenario: brokers, a first model, virtual devices that are real agents, faults, a report.
+"""Runs a scenario end to end: controller, sites, a first model, devices, the timeline, a report.
 
-Every virtual device is a real `edge_agent.Agent` (the daemon's own code) with its own MQTT
-connection and SQLite outbox; all share one event loop and two small thread pools.
+1. A controller process; per site a Mosquitto, an uplink proxy and an `edge-gateway` process.
+2. A first model trained on generated data, compiled, measured and signed by `model_compiler`,
+   uploaded to the controller, deployed to every device and provisioned on each of them.
+3. Devices stream; events fire on the scenario's timeline; a sample is taken every second.
+4. Devices stop producing; the run drains until every record is at the controller (whole or
+   in a window summary) or the drain times out; then the invariants are checked against what
+   the controller stored.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,15 +22,18 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from edge_agent.agent import Agent
-from edge_agent.config import load_settings
-from edge_agent.sources.synthetic import SyntheticSource
 from fleet_protocol.signing import generate_private_key, public_key_pem
-from simulators.brokers import SiteBroker
-from simulators.observer import FleetView, SiteObserver
-from simulators.scenario import Fault, Scenario
+from model_compiler.archive import pack
+from simulators.controller import ControllerProcess
+from simulators.events import Event, apply
+from simulators.fleet import FleetRun
+from simulators.observer import FleetView
+from simulators.scenario import Scenario, SimError
+from simulators.timeline import Timeline
 
 log = logging.getLogger(__name__)
+
+MODEL_ID, MODEL_VERSION = "sensor-mlp", "1.0.0"
 
 
 @dataclass
@@ -37,40 +43,79 @@ class RunResult:
     started: float
     seconds: float = 0.0
     model_accuracy: float = 0.0
+    compiler_table: list[dict[str, Any]] = field(default_factory=list)
     view: FleetView = field(default_factory=FleetView)
     produced: dict[str, int] = field(default_factory=dict)
-    left_in_outbox: dict[str, int] = field(default_factory=dict)
-    faults_applied: list[str] = field(default_factory=list)
+    stored: dict[str, dict[str, int]] = field(default_factory=dict)
+    missing_flagged: int = 0
+    devices_off_model: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
     crashed: list[str] = field(default_factory=list)
+    drained: bool = False
+    upstream_bytes: float = 0.0
+    timeline: Timeline = field(default_factory=Timeline)
+    drift_started_at: float | None = None
+    drift_scores: list[dict[str, Any]] = field(default_factory=list)
+
+    def record_counts(self) -> tuple[int, int, int]:
+        """(delivered by devices, lost on the way, counted twice), against the controller."""
+        delivered = lost = doubled = 0
+        for device, seqs in self.view.seqs.items():
+            counted = self.stored.get(device, {}).get("summarised", 0)
+            delivered += len(seqs)
+            lost += max(0, len(seqs) - counted)
+            doubled += max(0, counted - len(seqs))
+        return delivered, lost, doubled
 
     def invariants(self) -> dict[str, bool]:
-        missing = sum(
-            len(set(range(1, n + 1)) - self.view.seqs.get(device, set()))
-            for device, n in self.produced.items()
-        )
+        _, lost, doubled = self.record_counts()
+        unacked = sum(self.produced.values()) - sum(len(s) for s in self.view.seqs.values())
         return {
-            "no_record_lost": missing == 0 and not any(self.left_in_outbox.values()),
-            "no_seq_reused": self.view.seq_reused == 0,
+            "no_acknowledged_record_lost": self.drained
+            and lost == 0
+            and unacked == 0
+            and not self.missing_flagged,
+            "no_record_stored_twice": doubled == 0 and self.view.seq_reused == 0,
+            "every_device_on_its_desired_model_or_says_why": not self.devices_off_model,
             "no_daemon_crashed": not self.crashed,
         }
 
     def summary(self) -> dict[str, Any]:
         view = self.view
+        delivered, lost, doubled = self.record_counts()
+        stored_whole = sum(s.get("whole", 0) for s in self.stored.values())
+        before = after = None
+        if self.drift_started_at is not None:
+            before = view.accuracy_between(0, self.drift_started_at)
+            after = view.accuracy_between(self.drift_started_at, float("inf"))
         return {
             "scenario": self.scenario.name,
             "sites": self.scenario.sites,
             "devices": len(self.produced),
             "seconds": round(self.seconds, 1),
             "records_produced": sum(self.produced.values()),
-            "records_delivered_unique": view.records,
+            "records_delivered_unique": delivered,
+            "records_counted_at_controller": sum(s.get("summarised", 0) for s in self.stored.values()),
+            "records_stored_whole": stored_whole,
+            "records_lost": lost,
+            "records_counted_twice": doubled,
             "duplicates_delivered": view.duplicates,
-            "records_per_s": round(view.records / self.seconds, 1) if self.seconds else 0.0,
+            "records_per_s": round(delivered / self.seconds, 1) if self.seconds else 0.0,
             "anomalies_delivered": view.anomalies,
-            "device_model_accuracy": round(view.correct / view.labelled, 4) if view.labelled else None,
-            "training_accuracy": round(self.model_accuracy, 4),
+            "anomalies_missing_at_controller": self.missing_flagged,
             "telemetry_bytes": view.bytes,
+            "upstream_bytes": int(self.upstream_bytes),
+            "upstream_bytes_ratio": round(self.upstream_bytes / view.bytes, 4) if view.bytes else None,
+            "device_model_accuracy": round(view.correct / view.labelled, 4) if view.labelled else None,
+            "accuracy_before_drift": before,
+            "accuracy_after_drift": after,
+            "training_accuracy": round(self.model_accuracy, 4),
+            "compiler": self.compiler_table,
             "rejected_payloads": view.rejected,
-            "faults": self.faults_applied,
+            "events": self.events,
+            "crashed": self.crashed,
+            "devices_off_model": self.devices_off_model,
+            "drift_scores": self.drift_scores,
             "invariants": self.invariants(),
             "run_dir": str(self.run_dir),
         }
@@ -80,160 +125,182 @@ async def run_scenario(scenario: Scenario, run_dir: Path, console: Console | Non
     console = console or Console()
     await asyncio.to_thread(run_dir.mkdir, parents=True, exist_ok=True)
     result = RunResult(scenario, run_dir, time.time())
-
     console.print(
         f"[bold]edgefleet[/] scenario [cyan]{scenario.name}[/]: {scenario.sites} sites x "
-        f"{scenario.devices_per_site} devices, {scenario.duration_s:.0f} s"
+        f"{scenario.devices_per_site} devices, {scenario.duration_s:.0f} s, {len(scenario.events)} events"
     )
-    bundles, key_file, accuracy = await asyncio.to_thread(_make_model, run_dir)
-    result.model_accuracy = accuracy
-    console.print(f"trained and signed the first model (accuracy {accuracy:.3f}): {', '.join(bundles)}")
-
-    brokers = [SiteBroker(run_dir / f"site-{i}" / "broker") for i in range(scenario.sites)]
-    for broker in brokers:
-        await asyncio.to_thread(broker.start)
-    outbox_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="outbox")
-    infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
-    observers, agents, tasks = [], [], []
+    key = generate_private_key()
+    key_file = run_dir / "fleet-signing.pub"
+    await asyncio.to_thread(key_file.write_bytes, public_key_pem(key.public_key()))
+    controller = ControllerProcess(run_dir / "controller", key_file)
+    fleet: FleetRun | None = None
     try:
-        for site_index, broker in enumerate(brokers):
-            site = f"site-{site_index}"
-            observer = SiteObserver(site, broker.port, result.view)
-            observers.append(asyncio.create_task(observer.run(), name=f"observer-{site}"))
-            await asyncio.wait_for(observer.ready.wait(), 10)
-            for d in range(scenario.devices_per_site):
-                device = f"{site}-dev-{d:04d}"
-                bundle = bundles[scenario.runtimes[(site_index + d) % len(scenario.runtimes)]]
-                agents.append(
-                    _agent(
-                        scenario,
-                        run_dir,
-                        site,
-                        device,
-                        broker.port,
-                        bundle,
-                        key_file,
-                        outbox_pool,
-                        infer_pool,
-                        seed=site_index * 10_000 + d,
-                    )
-                )
-        for agent in agents:
-            tasks.append(asyncio.create_task(agent.run(), name=agent.settings.device_id))
-        started = time.monotonic()
-        faults = sorted(scenario.faults, key=lambda f: f.at_s)
-        with Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.fields[records]} records"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        ) as progress:
-            bar = progress.add_task("streaming", total=scenario.duration_s, records=0)
-            while (elapsed := time.monotonic() - started) < scenario.duration_s:
-                while faults and faults[0].at_s <= elapsed:
-                    result.faults_applied.append(await _apply(faults.pop(0), brokers))
-                _check_crashes(tasks, result)
-                progress.update(bar, completed=elapsed, records=result.view.records)
-                await asyncio.sleep(0.25)
-            progress.update(bar, completed=scenario.duration_s, records=result.view.records)
-            for agent in agents:
-                agent.source.limit = 0  # type: ignore[attr-defined]
-            drain = progress.add_task("draining outboxes", total=None, records=result.view.records)
-            deadline = time.monotonic() + scenario.drain_timeout_s
-            while time.monotonic() < deadline and not _drained(agents, result.view):
-                progress.update(drain, records=result.view.records)
-                await asyncio.sleep(0.25)
-        result.seconds = time.monotonic() - started
-        _check_crashes(tasks, result)
+        with console.status("training and compiling the first model, starting the controller"):
+            compiled, _ = await asyncio.gather(
+                asyncio.to_thread(_compile, run_dir, key, scenario), asyncio.to_thread(controller.start)
+            )
+        result.model_accuracy, result.compiler_table = compiled.accuracy, compiled.table
+        console.print(
+            f"model {MODEL_ID}@{MODEL_VERSION}: accuracy {compiled.accuracy:.3f}, built"
+            f" {', '.join(compiled.bundles)} in {compiled.seconds:.1f}s; controller at {controller.url}"
+        )
+        await asyncio.to_thread(_register_and_deploy, controller, compiled.bundles)
+        fleet = FleetRun(scenario, run_dir, controller, compiled.bundles, key_file, result.view)
+        with console.status("starting brokers, uplinks and gateways"):
+            for index in range(scenario.sites):
+                await fleet.add_site(index)
+        for site in fleet.sites:
+            for number in range(scenario.devices_per_site):
+                await fleet.start_agent(site, f"{site.name}-dev-{number:04d}")
+        fleet.started = time.monotonic()
+        await _stream(fleet, result, console)
     finally:
-        for agent in agents:
-            agent.stop()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for task in observers:
-            task.cancel()
-        await asyncio.gather(*observers, return_exceptions=True)
-        for broker in brokers:
-            await asyncio.to_thread(broker.stop)
-        outbox_pool.shutdown(wait=False)
-        infer_pool.shutdown(wait=False)
-    for agent in agents:
-        stats = agent.outbox.stats
-        result.produced[agent.settings.device_id] = stats.last_seq
-        result.left_in_outbox[agent.settings.device_id] = stats.depth
-    (run_dir / "report.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
+        if fleet is not None:
+            result.produced = fleet.produced()
+            result.crashed = list(fleet.crashed)
+            result.drift_started_at = _wall(fleet, fleet.drift_started_at)
+            await fleet.close()
+        await asyncio.to_thread(controller.stop)
+    await asyncio.to_thread(_write_reports, result)
     return result
 
 
-def _make_model(run_dir: Path) -> tuple[dict[str, Path], Path, float]:
-    from simulators.model_factory import build_bundles, train_mlp
+async def _stream(fleet: FleetRun, result: RunResult, console: Console) -> None:
+    scenario = fleet.scenario
+    pending = sorted(scenario.events, key=lambda e: e.at_s)
+    running: list[asyncio.Task[None]] = []
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[records]} records, {task.fields[online]} online"),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+        bar = progress.add_task("streaming", total=scenario.duration_s, records=0, online=0)
+        next_sample = 0.0
+        while (elapsed := fleet.elapsed()) < scenario.duration_s:
+            while pending and pending[0].at_s <= elapsed:
+                running.append(asyncio.create_task(_event(fleet, pending.pop(0), result, console)))
+            if elapsed >= next_sample:
+                await result.timeline.sample(fleet)
+                next_sample += 1.0
+            fleet.check_crashes()
+            progress.update(
+                bar, completed=elapsed, records=result.view.records, online=result.timeline.online_now()
+            )
+            await asyncio.sleep(0.2)
+        progress.update(bar, completed=scenario.duration_s)
+        await asyncio.gather(*running)  # temporary faults end before the drain
+        fleet.stop_producing()
+        drain = progress.add_task("draining to the controller", total=None, records=0, online=0)
+        deadline = time.monotonic() + scenario.drain_timeout_s
+        while time.monotonic() < deadline:
+            fleet.check_crashes()
+            if fleet.drained() and await _all_at_controller(fleet, result):
+                result.drained = True
+                break
+            if fleet.elapsed() >= next_sample:
+                await result.timeline.sample(fleet)
+                next_sample += 1.0
+            progress.update(drain, records=result.view.records, online=result.timeline.online_now())
+            await asyncio.sleep(0.5)
+    await result.timeline.sample(fleet)
+    result.seconds = fleet.elapsed()
+    await _final_checks(fleet, result)
 
-    key = generate_private_key()
-    key_file = run_dir / "fleet-signing.pub"
-    key_file.write_bytes(public_key_pem(key.public_key()))
-    trained = train_mlp(seed=0)
-    return build_bundles(trained, run_dir / "bundles", key), key_file, trained.accuracy
+
+async def _event(fleet: FleetRun, spec: Event, result: RunResult, console: Console) -> None:
+    try:
+        line = await apply(fleet, spec)
+    except Exception as exc:  # an event that fails is reported, and the run goes on
+        line = f"{spec.kind} failed: {exc}"
+        log.exception("event %s failed", spec.kind)
+    line = f"{spec.at_s:>5.0f}s {spec.kind}: {line}"
+    result.events.append(line)
+    console.log(line)
 
 
-def _agent(
-    scenario: Scenario,
-    run_dir: Path,
-    site: str,
-    device: str,
-    port: int,
-    bundle: Path,
-    key_file: Path,
-    outbox_pool: ThreadPoolExecutor,
-    infer_pool: ThreadPoolExecutor,
-    seed: int,
-) -> Agent:
-    settings = load_settings(
-        None,
-        device_id=device,
-        site=site,
-        data_dir=str(run_dir / site / device),
-        model_dir=str(bundle),
-        trusted_keys=[str(key_file)],
-        source={
-            "kind": "synthetic",
-            "rate_hz": scenario.rate_hz,
-            "seed": seed,
-            "anomaly_rate": scenario.anomaly_rate,
-        },
-        mqtt={"port": port, "reconnect_min_s": 0.2, "reconnect_max_s": 3.0, "state_interval_s": 10.0},
-        inference={"executor": "inline", "micro_batch_max": 32},
+async def _all_at_controller(fleet: FleetRun, result: RunResult) -> bool:
+    """Every record the sites delivered is counted in a window summary at the controller."""
+    result.stored = await asyncio.to_thread(fleet.controller.stored)
+    return all(
+        result.stored.get(device, {}).get("summarised", 0) >= len(seqs)
+        for device, seqs in result.view.seqs.items()
     )
-    source = SyntheticSource(rate_hz=scenario.rate_hz, seed=seed, anomaly_rate=scenario.anomaly_rate)
-    return Agent(settings, source=source, outbox_executor=outbox_pool, inference_executor=infer_pool)
 
 
-async def _apply(fault: Fault, brokers: list[SiteBroker]) -> str:
-    import signal
-
-    broker = brokers[fault.site % len(brokers)]
-    sig = signal.SIGKILL if fault.kind == "broker_kill" else signal.SIGTERM
-    await asyncio.to_thread(broker.stop, sig)
-    await asyncio.sleep(fault.down_s)
-    await asyncio.to_thread(broker.start)
-    return f"{fault.kind} site-{fault.site % len(brokers)} at {fault.at_s:.0f}s for {fault.down_s:.0f}s"
-
-
-def _check_crashes(tasks: list[asyncio.Task[None]], result: RunResult) -> None:
-    for task in tasks:
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            name = task.get_name()
-            if name not in result.crashed:
-                result.crashed.append(name)
-                log.error("virtual device %s crashed: %s", name, task.exception())
+async def _final_checks(fleet: FleetRun, result: RunResult) -> None:
+    controller = fleet.controller
+    result.stored = await asyncio.to_thread(controller.stored)
+    anomalies = await asyncio.to_thread(controller.anomalies)
+    result.missing_flagged = len(result.view.flagged - anomalies)
+    devices = await asyncio.to_thread(controller.devices)
+    for device in fleet.produced():
+        state = devices.get(device)
+        if state is None or (state.model_version != MODEL_VERSION and not state.reason):
+            result.devices_off_model.append(device)
+    metrics = [await asyncio.to_thread(site.gateway.metrics) for site in fleet.sites]
+    result.upstream_bytes = sum(m.get("edge_gateway_upstream_bytes_total", 0.0) for m in metrics)
+    result.drift_scores = await asyncio.to_thread(_drift_scores, controller)
 
 
-def _drained(agents: list[Agent], view: FleetView) -> bool:
-    for agent in agents:
-        stats = agent.outbox.stats
-        if stats.depth or stats.pending:
-            return False
-        with contextlib.suppress(KeyError):
-            if len(view.seqs[agent.settings.device_id]) < stats.last_seq:
-                return False
-    return True
+def _compile(run_dir: Path, key: Any, scenario: Scenario):  # type: ignore[no-untyped-def]
+    from simulators.model_factory import compile_first_model
+
+    return compile_first_model(run_dir / "model", key, sorted(set(scenario.runtimes)), version=MODEL_VERSION)
+
+
+def _register_and_deploy(controller: ControllerProcess, bundles: dict[str, Path]) -> None:
+    """Upload every bundle, then deploy the version to a group that selects every device."""
+    with controller.client("operator") as client:
+        for target, bundle in bundles.items():
+            response = client.post("/api/v1/bundles", content=pack(bundle).read_bytes())
+            if response.status_code != 201:
+                raise SimError(f"the controller refused the {target} bundle: {response.text}")
+        group = client.post("/api/v1/groups", json={"name": "every-device", "selector": {}})
+        if group.status_code != 201:
+            raise SimError(f"cannot create the device group: {group.text}")
+        body = {"group_id": group.json()["id"], "model_id": MODEL_ID, "version": MODEL_VERSION}
+        deployed = client.post("/api/v1/deployments", json=body)
+        if deployed.status_code != 201:
+            raise SimError(f"cannot deploy {MODEL_ID}@{MODEL_VERSION}: {deployed.text}")
+
+
+def _drift_scores(controller: ControllerProcess) -> list[dict[str, Any]]:
+    from sqlmodel import Session, select
+
+    from cloud_controller.db import make_engine
+    from cloud_controller.models import Drift
+
+    engine = make_engine(controller.database_url)
+    try:
+        with Session(engine) as session:
+            rows = session.exec(select(Drift).order_by(Drift.window_start)).all()  # type: ignore[arg-type]
+            return [
+                {
+                    "site": r.site_id,
+                    "window_start": r.window_start,
+                    "score": r.score,
+                    "method": r.score_method,
+                    "count": r.count,
+                }
+                for r in rows
+            ]
+    finally:
+        engine.dispose()
+
+
+def _wall(fleet: FleetRun, elapsed: float | None) -> float | None:
+    """A time on the run's clock as Unix time (the records' clock)."""
+    if elapsed is None:
+        return None
+    return time.time() - (time.monotonic() - fleet.started) + elapsed
+
+
+def _write_reports(result: RunResult) -> None:
+    from simulators.report_html import render_html
+
+    summary = result.summary()
+    summary["timeline"] = result.timeline.as_dict()
+    (result.run_dir / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (result.run_dir / "report.html").write_text(render_html(summary))

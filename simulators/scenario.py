@@ -1,12 +1,16 @@
-"""A fleet scenario, declared in YAML: sites, devices, the model, the faults and when."""
+"""A fleet scenario, declared in YAML: sites, devices, the gateway's filters, and a timeline of events.
+
+Each event has a time, a kind, and the fields its kind declares (`simulators.events`): a new
+kind of event is one module with one handler, and a line of YAML.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fleet_protocol.codec import describe_validation_error
 
@@ -21,11 +25,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Fault(_Strict):
-    at_s: float = Field(ge=0, description="Seconds after the fleet started streaming")
-    kind: Literal["broker_restart", "broker_kill"]
-    down_s: float = Field(default=2.0, ge=0, description="How long the broker stays down")
-    site: int = Field(default=0, ge=0, description="Index of the site whose broker is hit")
+class GatewayFilters(_Strict):
+    """What every site's gateway forwards whole and how it summarises the rest."""
+
+    window_s: float = Field(default=10.0, ge=1, description="Summary window, on record time")
+    drift_window_s: float = Field(default=10.0, ge=1)
+    sample_rate: float = Field(default=0.0, ge=0, le=1)
+    forward_all: bool = False
 
 
 class Scenario(_Strict):
@@ -35,12 +41,23 @@ class Scenario(_Strict):
     duration_s: float = Field(default=60, gt=0)
     rate_hz: float = Field(default=2.0, gt=0, description="Readings per second per device")
     anomaly_rate: float = Field(default=0.01, ge=0, le=1)
-    runtimes: list[Literal["onnx-fp32", "onnx-int8", "openvino-fp32"]] = Field(
+    runtimes: list[Literal["onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"]] = Field(
         default_factory=lambda: ["onnx-int8", "openvino-fp32", "onnx-fp32"],
         description="Bundles handed out round-robin across devices",
     )
-    drain_timeout_s: float = Field(default=60, gt=0)
-    faults: list[Fault] = Field(default_factory=list)
+    gateway: GatewayFilters = Field(default_factory=GatewayFilters)
+    drain_timeout_s: float = Field(default=90, gt=0)
+    #: Each: ``{at_s, kind, ...fields of that kind}``; validated by `simulators.events`.
+    events: list[Any] = Field(default_factory=list)
+
+    @field_validator("events", mode="before")
+    @classmethod
+    def _known_events(cls, value: Any) -> Any:
+        from simulators.events import parse_event
+
+        if not isinstance(value, list):
+            raise ValueError("events must be a list")
+        return [parse_event(item, index) for index, item in enumerate(value)]
 
 
 def load_scenario(path: str | Path, **overrides: object) -> Scenario:

@@ -1,0 +1,222 @@
+"""A running fleet: per site a Mosquitto, an uplink proxy and an `edge-gateway`; devices that are real agents.
+
+What events act on: `sites_for` picks sites, `devices_of` their devices, and agents can be
+stopped, started again (a reboot: same id, same outbox) and added while the fleet runs.
+Every virtual device is a real `edge_agent.Agent` with its own MQTT connection and SQLite
+outbox; all share one event loop and two small thread pools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from edge_agent.agent import Agent
+from edge_agent.config import load_settings
+from edge_agent.sources.synthetic import SyntheticSource
+from simulators.brokers import SiteBroker
+from simulators.controller import ControllerProcess
+from simulators.gateways import GatewayProcess
+from simulators.netproxy import FaultyLink
+from simulators.observer import FleetView, SiteObserver
+from simulators.scenario import Scenario
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Site:
+    index: int
+    name: str
+    broker: SiteBroker
+    uplink: FaultyLink
+    gateway: GatewayProcess
+    observer: SiteObserver
+    devices: list[str] = field(default_factory=list)
+    drift_shift: float = 0.0
+
+
+class FleetRun:
+    def __init__(
+        self,
+        scenario: Scenario,
+        run_dir: Path,
+        controller: ControllerProcess,
+        bundles: dict[str, Path],
+        key_file: Path,
+        view: FleetView,
+    ) -> None:
+        self.scenario, self.run_dir, self.controller = scenario, run_dir, controller
+        self.bundles, self.key_file, self.view = bundles, key_file, view
+        self.sites: list[Site] = []
+        self.agents: dict[str, Agent] = {}
+        self.sources: dict[str, SyntheticSource] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.retired: list[Agent] = []  # stopped agents whose counters still count
+        self.crashed: list[str] = []
+        self.started = time.monotonic()
+        self.drift_started_at: float | None = None
+        self._outbox_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="outbox")
+        self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
+        self._joined = 0
+        self.observer_tasks: list[asyncio.Task[None]] = []
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    # -- sites ---------------------------------------------------------------------------
+
+    async def add_site(self, index: int) -> Site:
+        name = f"site-{index}"
+        home = self.run_dir / name
+        broker = SiteBroker(home / "broker")
+        await asyncio.to_thread(broker.start)
+        host, port = self.controller.url.removeprefix("http://").split(":")
+        uplink = FaultyLink(host, int(port), seed=index)
+        await uplink.start()
+        filters = self.scenario.gateway
+        gateway = GatewayProcess(
+            home / "gateway",
+            {
+                "gateway_id": f"gw-{name}",
+                "site": name,
+                "trusted_keys": [str(self.key_file)],
+                "broker": {"host": "127.0.0.1", "port": broker.port},
+                "upstream": {
+                    "url": f"http://127.0.0.1:{uplink.port}",
+                    "token": await asyncio.to_thread(self.controller.gateway_token, name),
+                    "linger_s": 0.5,
+                    "retry_max_s": 2.0,
+                    "desired_poll_s": 2.0,
+                },
+                "device_classes": [
+                    {
+                        "name": "sensors",
+                        "window_s": filters.window_s,
+                        "sample_rate": filters.sample_rate,
+                        "forward_all": filters.forward_all,
+                    }
+                ],
+                "drift_window_s": filters.drift_window_s,
+            },
+        )
+        await asyncio.to_thread(gateway.start)
+        observer = SiteObserver(name, broker.port, self.view)
+        self.observer_tasks.append(asyncio.create_task(observer.run(), name=f"observer-{name}"))
+        await asyncio.wait_for(observer.ready.wait(), 10)
+        site = Site(index, name, broker, uplink, gateway, observer)
+        self.sites.append(site)
+        return site
+
+    def sites_for(self, which: int | Literal["all"]) -> list[Site]:
+        return list(self.sites) if which == "all" else [self.sites[which % len(self.sites)]]
+
+    def devices_of(self, site: Site) -> list[str]:
+        return [d for d in site.devices if d in self.agents]
+
+    # -- devices -------------------------------------------------------------------------
+
+    async def start_agent(self, site: Site, device: str) -> Agent:
+        """Start a device (again): a reboot keeps its id, its outbox and its place in the data."""
+        scenario = self.scenario
+        number = site.devices.index(device) if device in site.devices else len(site.devices)
+        if device not in site.devices:
+            site.devices.append(device)
+        runtime = scenario.runtimes[(site.index + number) % len(scenario.runtimes)]
+        seed = site.index * 10_000 + number
+        settings = load_settings(
+            None,
+            device_id=device,
+            site=site.name,
+            data_dir=str(self.run_dir / site.name / "devices" / device),
+            model_dir=str(self.bundles[runtime]),
+            trusted_keys=[str(self.key_file)],
+            source={"kind": "synthetic", "rate_hz": scenario.rate_hz, "seed": seed},
+            mqtt={
+                "port": site.broker.port,
+                "reconnect_min_s": 0.2,
+                "reconnect_max_s": 3.0,
+                "state_interval_s": 10.0,
+            },
+            inference={"executor": "inline", "micro_batch_max": 32},
+        )
+        source = SyntheticSource(rate_hz=scenario.rate_hz, seed=seed, anomaly_rate=scenario.anomaly_rate)
+        source.extra_drift = site.drift_shift
+        agent = Agent(
+            settings, source=source, outbox_executor=self._outbox_pool, inference_executor=self._infer_pool
+        )
+        self.agents[device], self.sources[device] = agent, source
+        self.tasks[device] = asyncio.create_task(agent.run(), name=device)
+        return agent
+
+    async def add_agent(self, site: Site) -> Agent:
+        self._joined += 1
+        return await self.start_agent(site, f"{site.name}-new-{self._joined:03d}")
+
+    async def stop_agent(self, device: str) -> None:
+        agent, task = self.agents.pop(device), self.tasks.pop(device)
+        self.sources.pop(device, None)
+        agent.stop()
+        await asyncio.gather(task, return_exceptions=True)
+        self._note_crash(device, task)
+        self.retired.append(agent)
+
+    def stop_producing(self) -> None:
+        for source in self.sources.values():
+            source.limit = 0
+
+    def check_crashes(self) -> None:
+        for device, task in self.tasks.items():
+            self._note_crash(device, task)
+        for site in self.sites:
+            process, name = site.gateway.process, f"gateway {site.name}"
+            # A fault restarts what it kills (-9) before the next check; any other exit is a crash.
+            if process is not None and process.returncode not in (-9, None) and name not in self.crashed:
+                self.crashed.append(name)
+        if not self.controller.alive() and "controller" not in self.crashed:
+            self.crashed.append("controller")
+
+    def _note_crash(self, device: str, task: asyncio.Task[None]) -> None:
+        if (
+            task.done()
+            and not task.cancelled()
+            and task.exception() is not None
+            and device not in self.crashed
+        ):
+            self.crashed.append(device)
+            log.error("virtual device %s crashed: %s", device, task.exception())
+
+    def drained(self) -> bool:
+        """Every running device's outbox is empty and the site broker delivered all of it."""
+        for device, agent in self.agents.items():
+            stats = agent.outbox.stats
+            if stats.depth or stats.pending or len(self.view.seqs.get(device, ())) < stats.last_seq:
+                return False
+        return True
+
+    def produced(self) -> dict[str, int]:
+        """Records each device made (its last seq), running or retired."""
+        out: dict[str, int] = {}
+        for agent in [*self.retired, *self.agents.values()]:
+            device = agent.settings.device_id
+            out[device] = max(out.get(device, 0), agent.outbox.stats.last_seq)
+        return out
+
+    async def close(self) -> None:
+        for agent in self.agents.values():
+            agent.stop()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        for task in self.observer_tasks:
+            task.cancel()
+        await asyncio.gather(*self.observer_tasks, return_exceptions=True)
+        for site in self.sites:
+            await asyncio.to_thread(site.gateway.stop)
+            await site.uplink.close()
+            await asyncio.to_thread(site.broker.stop)
+        self._outbox_pool.shutdown(wait=False)
+        self._infer_pool.shutdown(wait=False)

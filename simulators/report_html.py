@@ -1,0 +1,152 @@
+"""The run's static HTML report: one self-contained file, charts as inline SVG, no script, no CDN."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+_W, _H, _PAD = 640, 220, 40
+_COLOURS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2"]
+
+
+def line_chart(
+    title: str, x: list[float], series: dict[str, list[float]], *, marks: list[float] = (), unit: str = ""
+) -> str:
+    """An SVG line chart with a legend; ``marks`` draw vertical lines (events)."""
+    points = [(xs, ys) for ys in series.values() for xs in x[: len(ys)]]
+    if not x or not points:
+        return f'<figure class="chart"><figcaption>{html.escape(title)}</figcaption><p>no data</p></figure>'
+    x0, x1 = min(x), max(max(x), min(x) + 1e-9)
+    top = max((max(v) for v in series.values() if v), default=1.0) or 1.0
+
+    def px(v: float) -> float:
+        return _PAD + (v - x0) / (x1 - x0) * (_W - 2 * _PAD)
+
+    def py(v: float) -> float:
+        return _H - _PAD + -v / top * (_H - 2 * _PAD)
+
+    parts = [
+        f'<svg viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img"'
+        f' aria-label="{html.escape(title)}">',
+        f'<line x1="{_PAD}" y1="{_H - _PAD}" x2="{_W - _PAD}" y2="{_H - _PAD}" stroke="#888"/>',
+        f'<line x1="{_PAD}" y1="{_PAD}" x2="{_PAD}" y2="{_H - _PAD}" stroke="#888"/>',
+        f'<text x="{_PAD - 4}" y="{_PAD + 4}" text-anchor="end" font-size="10">{top:.4g}{unit}</text>',
+        f'<text x="{_PAD - 4}" y="{_H - _PAD}" text-anchor="end" font-size="10">0</text>',
+        f'<text x="{_PAD}" y="{_H - _PAD + 14}" font-size="10">{x0:.0f}s</text>',
+        f'<text x="{_W - _PAD}" y="{_H - _PAD + 14}" text-anchor="end" font-size="10">{x1:.0f}s</text>',
+    ]
+    for mark in marks:
+        if x0 <= mark <= x1:
+            parts.append(
+                f'<line class="event" x1="{px(mark):.1f}" y1="{_PAD}" x2="{px(mark):.1f}" y2="{_H - _PAD}"'
+                ' stroke="#aaa" stroke-dasharray="3,3"/>'
+            )
+    for i, (name, ys) in enumerate(series.items()):
+        colour = _COLOURS[i % len(_COLOURS)]
+        path = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(x, ys, strict=False))
+        parts.append(
+            f'<polyline class="series" fill="none" stroke="{colour}" stroke-width="1.5" points="{path}"/>'
+        )
+        parts.append(
+            f'<text x="{_W - _PAD}" y="{_PAD + 12 * i}" text-anchor="end" font-size="11" fill="{colour}">'
+            f"{html.escape(name)}</text>"
+        )
+    parts.append("</svg>")
+    return f'<figure class="chart"><figcaption>{html.escape(title)}</figcaption>{"".join(parts)}</figure>'
+
+
+def _rate(t: list[float], cumulative: list[float]) -> list[float]:
+    out = [0.0]
+    for i in range(1, len(t)):
+        dt = t[i] - t[i - 1]
+        out.append(max(0.0, (cumulative[i] - cumulative[i - 1]) / dt) if dt > 0 else 0.0)
+    return out
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    return f"<table>{cells}</table>"
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The whole page for one run's ``report.json`` content."""
+    tl = report.get("timeline", {})
+    t = tl.get("t", [])
+    marks = [float(e.split("s", 1)[0]) for e in report.get("events", []) if e.split("s", 1)[0].strip()]
+    versions = sorted({v for sample in tl.get("versions", []) for v in sample})
+    charts = [
+        line_chart(
+            "Throughput (records/s)",
+            t,
+            {
+                "delivered by site brokers": _rate(t, tl.get("delivered", [])),
+                "counted at the controller": _rate(t, tl.get("at_controller", [])),
+            },
+            marks=marks,
+        ),
+        line_chart("Devices online", t, {"online": tl.get("online", [])}, marks=marks),
+        line_chart(
+            "Model versions in the fleet (online devices)",
+            t,
+            {v: [s.get(v, 0) for s in tl.get("versions", [])] for v in versions},
+            marks=marks,
+        ),
+        line_chart(
+            "Gateways' upstream queues (items) and uplink (KB/s)",
+            t,
+            {
+                "queued": tl.get("queued", []),
+                "uplink KB/s": [r / 1024 for r in _rate(t, tl.get("uplink_bytes", []))],
+            },
+            marks=marks,
+        ),
+    ]
+    drift: dict[str, list[dict[str, Any]]] = {}
+    for row in report.get("drift_scores", []):
+        drift.setdefault(f"{row['site']} ({row['method']})", []).append(row)
+    if drift:
+        start = min(r["window_start"] for rows in drift.values() for r in rows)
+        xs = sorted({r["window_start"] - start for rows in drift.values() for r in rows})
+        series = {
+            name: [next((r["score"] or 0.0 for r in rows if r["window_start"] - start == x), 0.0) for x in xs]
+            for name, rows in drift.items()
+        }
+        charts.append(line_chart("Drift score per window (PSI; above 0.25 is a shift)", xs, series))
+    accuracy = [
+        ("training (eval set)", report.get("training_accuracy")),
+        ("devices, whole run", report.get("device_model_accuracy")),
+        ("devices, before drift", report.get("accuracy_before_drift")),
+        ("devices, after drift", report.get("accuracy_after_drift")),
+    ]
+    invariants = "".join(
+        f'<li class="{"pass" if ok else "fail"}">{"PASS" if ok else "FAIL"}'
+        f" {html.escape(name.replace('_', ' '))}</li>"
+        for name, ok in report.get("invariants", {}).items()
+    )
+    figures = {
+        k: v for k, v in report.items() if not isinstance(v, list | dict) and k not in ("scenario", "run_dir")
+    }
+    compiler = report.get("compiler", [])
+    compiler_rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(row.get(c)))}</td>" for c in _COMPILER) + "</tr>"
+        for row in compiler
+    )
+    name = html.escape(str(report.get("scenario")))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>edgefleet run {name}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}}
+.charts{{display:flex;flex-wrap:wrap;gap:1em}} figure{{margin:0}} figcaption{{font-weight:600}}
+table{{border-collapse:collapse}} th,td{{border:1px solid #ddd;padding:2px 8px;text-align:left}}
+.pass{{color:#16a34a}} .fail{{color:#dc2626;font-weight:700}}</style></head><body>
+<h1>edgefleet run: {name}</h1>
+<h2>Invariants</h2><ul id="invariants">{invariants}</ul>
+<h2>Charts</h2><div class="charts">{"".join(charts)}</div>
+<h2>Model accuracy</h2>{_table(accuracy)}
+<h2>Compiler</h2><table><tr>{"".join(f"<th>{c}</th>" for c in _COMPILER)}</tr>{compiler_rows}</table>
+<h2>Events</h2><ol>{"".join(f"<li>{html.escape(e)}</li>" for e in report.get("events", []))}</ol>
+<h2>Figures</h2>{_table(list(figures.items()))}
+</body></html>
+"""
+
+
+_COMPILER = ["target", "size_bytes", "accuracy", "accuracy_drop_pts", "latency_p50_ms", "latency_p95_ms"]
