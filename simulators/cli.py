@@ -19,11 +19,11 @@ from simulators.scenario import SimError, load_scenario
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="fleet-sim",
-        description="Simulate an edgefleet fleet on this machine: a cloud controller, and per site a Mosquitto,"
-        " an uplink proxy and an edge-gateway, all real processes; a first model trained, compiled and signed"
-        " by model-compiler and deployed; virtual devices that are real edge agents streaming through it all,"
-        " with faults and drift on the timeline the scenario declares. Ends with a report (terminal,"
-        " report.json, report.html) and its invariants.",
+        description="Simulate an edgefleet fleet on this machine: a cloud controller, and per site a"
+        " Mosquitto, an uplink proxy and an edge-gateway, all real processes; a first model trained,"
+        " compiled and signed by model-compiler and deployed; virtual devices that are real edge agents"
+        " streaming through it all, with faults and drift on the timeline the scenario declares."
+        " Ends with a report (terminal, report.json, report.html) and its invariants.",
         epilog="Event kinds: " + ", ".join(kinds()),
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             args.scenario, devices_per_site=args.devices, sites=args.sites, duration_s=args.duration
         )
     except SimError as exc:
-        console.print(f"[red]fleet-sim:[/] {exc}")
+        console.print(f"[red]fleet-sim:[/] {exc}", soft_wrap=True)
         return exc.exit_code
     run_dir = args.out or Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return asyncio.run(_run(scenario, run_dir, console))
@@ -75,7 +75,7 @@ async def _run(scenario, run_dir: Path, console: Console) -> int:  # type: ignor
         console.print("[yellow]interrupted: everything was stopped cleanly[/]")
         return 130
     except SimError as exc:
-        console.print(f"[red]fleet-sim:[/] {exc}")
+        console.print(f"[red]fleet-sim:[/] {exc}", soft_wrap=True)
         return exc.exit_code
     print_report(result, console)
     return 0 if all(result.invariants().values()) else 1

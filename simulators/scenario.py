@@ -57,7 +57,15 @@ class Scenario(_Strict):
 
         if not isinstance(value, list):
             raise ValueError("events must be a list")
-        return [parse_event(item, index) for index, item in enumerate(value)]
+        parsed, problems = [], []
+        for index, item in enumerate(value):
+            try:
+                parsed.append(parse_event(item, index))
+            except ValueError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return parsed
 
 
 def load_scenario(path: str | Path, **overrides: object) -> Scenario:
