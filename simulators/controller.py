@@ -21,8 +21,16 @@ from simulators.scenario import SimError
 
 
 class ControllerProcess:
-    def __init__(self, workdir: Path, trusted_key: Path, *, database_url: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        trusted_key: Path,
+        *,
+        database_url: str | None = None,
+        token_prefix: str = "fleet-sim",
+    ) -> None:
         self.workdir = workdir
+        self.token_prefix = token_prefix
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.database_url = database_url or f"sqlite:///{workdir / 'controller.sqlite'}"
@@ -38,15 +46,21 @@ class ControllerProcess:
         self.log = workdir / "controller.log"
         self._engine = None
 
-    def start(self) -> None:
-        """Migrate, issue the run's tokens, start serving; return once /healthz answers."""
+    def start(self, tokens: tuple[tuple[str, Role, str | None], ...] = ()) -> None:
+        """Migrate, issue tokens (operator, viewer and ``(name, role, site)``), serve; return when healthy."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.tokens:
             upgrade(self.database_url)
             engine = make_engine(self.database_url)
             with Session(engine) as session:
-                for name, role in (("operator", Role.OPERATOR), ("viewer", Role.VIEWER)):
-                    self.tokens[name] = create_token(session=session, name=f"fleet-sim-{name}", role=role)
+                for name, role, site in (
+                    ("operator", Role.OPERATOR, None),
+                    ("viewer", Role.VIEWER, None),
+                    *tokens,
+                ):
+                    self.tokens[name] = create_token(
+                        session=session, name=f"{self.token_prefix}-{name}", role=role, site_id=site
+                    )
             engine.dispose()
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
@@ -73,7 +87,7 @@ class ControllerProcess:
             engine = make_engine(self.database_url)
             with Session(engine) as session:
                 self.tokens[key] = create_token(
-                    session=session, name=f"fleet-sim-{site}", role=Role.GATEWAY, site_id=site
+                    session=session, name=f"{self.token_prefix}-{site}", role=Role.GATEWAY, site_id=site
                 )
             engine.dispose()
         return self.tokens[key]

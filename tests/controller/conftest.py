@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,13 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlmodel import Session
 
-from cloud_controller.auth import create_token
-from cloud_controller.db import make_engine
-from cloud_controller.migrate import upgrade
 from cloud_controller.models import Role
-from tests.utils.broker import free_port
+from simulators.controller import ControllerProcess
 
 PG_ADMIN_URL = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -77,43 +72,17 @@ def database_url(kind: str, tmp: Path) -> Iterator[str]:
 
 
 def start_controller(tmp: Path, db_url: str, trusted_key: Path) -> tuple[subprocess.Popen[bytes], Controller]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "EDGEFLEET_CONTROLLER__DATABASE_URL": db_url,
-        "EDGEFLEET_CONTROLLER__BUNDLE_DIR": str(tmp / "bundles"),
-        "EDGEFLEET_CONTROLLER__TRUSTED_KEYS": f'["{trusted_key}"]',
-        "EDGEFLEET_CONTROLLER__PORT": str(port),
-    }
-    controller = Controller(f"http://127.0.0.1:{port}", db_url, {}, env, tmp / "bundles")
-    # In-process (the CLI commands have tests of their own): each test gets a fresh controller fast.
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    with Session(engine) as session:
-        for name, role, site in (
-            ("operator", Role.OPERATOR, None),
-            ("viewer", Role.VIEWER, None),
+    """The simulators' controller process, with a token for every role (two site-bound gateways)."""
+    process = ControllerProcess(tmp, trusted_key, database_url=db_url, token_prefix="test")
+    process.start(
+        (
             ("gateway", Role.GATEWAY, "site-a"),
             ("device", Role.DEVICE, None),
             ("gateway-b", Role.GATEWAY, "site-b"),
-        ):
-            controller.tokens[name] = create_token(
-                session=session, name=f"test-{name}", role=role, site_id=site
-            )
-    engine.dispose()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cloud_controller.cli", "serve", "--no-migrate"], env=env
+        )
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{controller.url}/healthz", timeout=1).status_code == 200:
-                return process, controller
-        except httpx.HTTPError:
-            time.sleep(0.1)
-        if process.poll() is not None:
-            raise RuntimeError("cloud-controller serve exited at start")
-    raise RuntimeError("cloud-controller did not answer /healthz")
+    assert process.process is not None
+    return process.process, Controller(process.url, db_url, process.tokens, process.env, tmp / "bundles")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
