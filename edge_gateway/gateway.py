@@ -48,6 +48,8 @@ class Gateway:
         )
         self.pipeline = Pipeline(settings, self.metrics)
         self.broker: ManagedBroker | None = None
+        self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._retry: list[Message] = []
         broker = settings.broker
         if broker.host is None:
             self.broker = ManagedBroker(settings.data_dir / "broker", listen=broker.listen, port=broker.port)
@@ -59,6 +61,9 @@ class Gateway:
             username=broker.username,
             password=broker.password,
             keepalive_s=broker.keepalive_s,
+            # The broker sends no more than its in-flight limit before we acknowledge, which bounds
+            # this queue.
+            on_message=self._queue_message,
         )
         up = settings.upstream
         self.client = ControllerClient(up.url, up.token or "", timeout_s=up.timeout_s) if up.url else None
@@ -90,8 +95,6 @@ class Gateway:
                 metrics=self.metrics,
             )
         self.http_port: int | None = None
-        self._queue: asyncio.Queue[Message] = asyncio.Queue()
-        self._retry: list[Message] = []
         self._store_ok = True
         self._stop = asyncio.Event()
         self.started = asyncio.Event()
@@ -162,15 +165,15 @@ class Gateway:
                     self.metrics.mqtt_connected.set(1)
                     backoff.reset()
                     log.info("connected to broker %s:%d", self.link.host, self.link.port)
-                    # The broker sends no more than its in-flight limit before we acknowledge,
-                    # which bounds this queue.
-                    async for message in self.link.messages():
-                        self._queue.put_nowait(message)
+                    await self.link.until_disconnected()
             except LinkError as exc:
                 log.warning("broker link: %s", exc)
             finally:
                 self.metrics.mqtt_connected.set(0)
             await asyncio.sleep(backoff.next_delay())
+
+    def _queue_message(self, message: Message) -> None:
+        self._queue.put_nowait(message)
 
     async def _process(self) -> None:
         limit = self.settings.batch_messages

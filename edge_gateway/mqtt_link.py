@@ -10,14 +10,14 @@ nowhere else (aiomqtt is pinned at 2.5.1).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
 import aiomqtt
+import paho.mqtt.client as paho_mqtt
 
 from edge_gateway.exceptions import LinkError
 
@@ -48,20 +48,13 @@ class MqttLink:
         password: str | None = None,
         keepalive_s: int = 30,
         timeout_s: float = 10.0,
+        on_message: Callable[[Message], None] = lambda message: None,
     ) -> None:
         self.host, self.port = host, port
-        link = self
-
-        class StampedQueue(asyncio.Queue):  # type: ignore[type-arg]
-            """Stamps each message with the connection that delivered it, as it arrives."""
-
-            def put_nowait(self, item: aiomqtt.Message) -> None:
-                super().put_nowait((link.generation, item))
-
+        self.on_message = on_message
         self._client = aiomqtt.Client(
             host,
             port,
-            queue_type=StampedQueue,
             identifier=client_id,
             username=username,
             password=password,
@@ -81,6 +74,9 @@ class MqttLink:
             on_connect(*args)
 
         paho.on_connect = new_generation
+        # Messages go straight from paho to ``on_message``: aiomqtt's own message objects and its
+        # queue, iterated with a task per message, cost more than the rest of the gateway's work.
+        paho.on_message = self._deliver
         self._subscriptions: dict[str, int] = {}
         self.generation = 0
         self.connected = False
@@ -136,29 +132,30 @@ class MqttLink:
                 acked += 1
         return acked
 
-    def pending(self) -> int:
-        """Messages received and not yet taken by `messages`."""
-        return len(self._client.messages)
-
-    async def messages(self) -> AsyncIterator[Message]:
-        """Incoming messages; raises `LinkError` when the connection drops."""
+    def _deliver(self, client: object, userdata: object, message: paho_mqtt.MQTTMessage) -> None:
         try:
-            async for generation, message in self._client.messages:  # type: ignore[misc]
-                payload = message.payload
-                if isinstance(payload, str):
-                    payload = payload.encode()
-                elif not isinstance(payload, bytes | bytearray):
-                    payload = b"" if payload is None else str(payload).encode()
-                yield Message(
-                    str(message.topic),
-                    bytes(payload),
-                    bool(message.retain),
-                    message.qos,
-                    message.mid,
-                    generation,
-                )
+            topic = message.topic
+        except UnicodeDecodeError:  # not a topic of the tree: validation rejects it, with its bytes
+            topic = repr(message._topic)
+        self.on_message(
+            Message(
+                topic,
+                message.payload,
+                bool(message.retain),
+                message.qos,
+                message.mid,
+                self.generation,
+            )
+        )
+
+    async def until_disconnected(self) -> None:
+        """Return never; raise `LinkError` when the connection drops. Messages go to ``on_message``."""
+        try:
+            async for _ in self._client.messages:
+                pass
         except aiomqtt.MqttError as exc:
             raise LinkError(f"connection to broker {self.host}:{self.port} lost: {exc}") from None
+        raise LinkError(f"connection to broker {self.host}:{self.port} ended")
 
 
 @dataclass(slots=True)

@@ -9,6 +9,7 @@ messages; when a commit fails it rebuilds this from the store (`restore`) and tr
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 from edge_gateway.config import GatewaySettings
 from edge_gateway.dedup import DedupWindow
@@ -20,7 +21,7 @@ from edge_gateway.mqtt_link import Message
 from edge_gateway.store import Changes, Snapshot
 from edge_gateway.summaries import DeviceWindows
 from edge_gateway.validate import Rejection, validate
-from fleet_protocol import DeviceEvent, DriftReference, ReportedState, TelemetryBatch, decode
+from fleet_protocol import DeviceEvent, DriftReference, ReportedState, TelemetryBatch, TelemetryRecord, decode
 
 log = logging.getLogger(__name__)
 
@@ -75,50 +76,57 @@ class Pipeline:
 
     def process(self, messages: list[Message], now: float) -> Changes:
         changes = Changes()
+        kinds: Counter[str] = Counter()
+        new: list[TelemetryRecord] = []
+        entries: list[tuple[TelemetryRecord, float, bool, bool]] = []
         for message in messages:
-            self.metrics.bytes_in.inc(len(message.payload))
             parsed = validate(message.topic, message.payload, self.settings.site)
             if parsed is None:
-                self.metrics.messages.labels("ignored").inc()
+                kinds["ignored"] += 1
             elif isinstance(parsed, Rejection):
                 self.metrics.rejected.labels(parsed.reason).inc()
                 changes.dead_letters.append(
                     (now, message.topic, parsed.reason, parsed.detail, message.payload)
                 )
             elif isinstance(parsed, TelemetryBatch):
-                self.metrics.messages.labels("telemetry").inc()
-                self._telemetry(parsed, changes, now)
+                kinds["telemetry"] += 1
+                self._telemetry(parsed, changes, new, entries)
             elif isinstance(parsed, ReportedState):
-                self.metrics.messages.labels("state").inc()
+                kinds["state"] += 1
                 self._state(parsed, changes, now)
             else:
-                self.metrics.messages.labels("event").inc()
+                kinds["event"] += 1
                 self._event(parsed, changes)
+        # Counted and summarised once per batch of messages: per record it costs more than the rest.
+        if new:
+            self.windows.add(entries, now)
+            self.drift.add(new, now)
+            self.metrics.records.inc(len(new))
+            self.metrics.anomalies.inc(sum(r.anomaly for r in new))
+            self.metrics.forwarded.inc(sum(e[3] for e in entries))
+        for kind, count in kinds.items():
+            self.metrics.messages.labels(kind).inc(count)
+        self.metrics.bytes_in.inc(sum(len(m.payload) for m in messages))
         self.tick(now, changes)
         return changes
 
-    def _telemetry(self, batch: TelemetryBatch, changes: Changes, now: float) -> None:
-        new = [r for r in batch.records if self.dedup.check(r.device_id, r.seq)]
-        duplicates = len(batch.records) - len(new)
-        if duplicates:
-            self.metrics.duplicates.inc(duplicates)
-        if not new:
-            return
-        self.metrics.records.inc(len(new))
-        forwarded = 0
-        for record in new:
+    def _telemetry(
+        self,
+        batch: TelemetryBatch,
+        changes: Changes,
+        new: list[TelemetryRecord],
+        entries: list[tuple[TelemetryRecord, float, bool, bool]],
+    ) -> None:
+        fresh = [r for r in batch.records if self.dedup.check(r.device_id, r.seq)]
+        if len(fresh) < len(batch.records):
+            self.metrics.duplicates.inc(len(batch.records) - len(fresh))
+        for record in fresh:
             cls = self.reducer.class_for(record.device_id, record.model_id)
             keep = self.reducer.forward(cls, record)
-            self.windows.add(
-                record, window_s=cls.window_s, class_means=cls.class_means, forwarded=keep, now=now
-            )
+            entries.append((record, cls.window_s, cls.class_means, keep))
             if keep:
-                forwarded += 1
                 changes.upstream.append(("record", record.model_dump_json(exclude_none=True).encode()))
-            if record.anomaly:
-                self.metrics.anomalies.inc()
-        self.metrics.forwarded.inc(forwarded)
-        self.drift.add(new, now)
+        new.extend(fresh)
 
     def _state(self, state: ReportedState, changes: Changes, now: float) -> None:
         before = self.devices.get(state.device_id)

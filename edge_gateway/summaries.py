@@ -48,35 +48,45 @@ class WindowStats:
     high: np.ndarray | None = None
     classes: dict[int, _Class] = field(default_factory=dict)
 
-    def add(self, record: TelemetryRecord, forwarded: bool, now: float) -> None:
-        self.first_seq = min(self.first_seq, record.seq) if self.count else record.seq
-        self.last_seq = max(self.last_seq, record.seq)
-        self.count += 1
-        self.anomalies += record.anomaly
-        self.low_confidence += record.low_confidence
-        self.forwarded += forwarded
+    def add(
+        self, records: list[TelemetryRecord], forwarded: list[bool], now: float, moments: Moments | None
+    ) -> None:
+        """Add records of this window; ``moments`` are the sums over their features, made by `moments`."""
+        seqs = [r.seq for r in records]
+        self.first_seq = min(self.first_seq, *seqs) if self.count else min(seqs)
+        self.last_seq = max(self.last_seq, *seqs)
+        self.count += len(records)
+        self.anomalies += sum(r.anomaly for r in records)
+        self.low_confidence += sum(r.low_confidence for r in records)
+        self.forwarded += sum(forwarded)
         self.last_arrival = now
-        x = None
-        if record.features:
-            x = np.asarray(record.features, dtype=np.float64)
-            if self.total is None or len(self.total) != len(x):
-                # First features (or the device changed shape): start the statistics here.
-                self.n, self.total, self.squares = 0, np.zeros_like(x), np.zeros_like(x)
-                self.low, self.high = x.copy(), x.copy()
+        if moments is not None:
+            if self.total is not None and len(self.total) != len(moments.total):
+                self.n, self.total = 0, None  # the device changed input shape: start again from here
+            if self.total is None:
+                self.total, self.squares = np.zeros_like(moments.total), np.zeros_like(moments.total)
+                self.low, self.high = moments.low.copy(), moments.high.copy()
             assert self.squares is not None and self.low is not None and self.high is not None
-            self.n += 1
-            self.total += x
-            self.squares += x * x
-            np.minimum(self.low, x, out=self.low)
-            np.maximum(self.high, x, out=self.high)
-        if record.predicted is not None:
-            cls = self.classes.setdefault(record.predicted, _Class())
+            self.n += moments.n
+            self.total += moments.total
+            self.squares += moments.squares
+            np.minimum(self.low, moments.low, out=self.low)
+            np.maximum(self.high, moments.high, out=self.high)
+        for record in records:
+            if record.predicted is None:
+                continue
+            cls = self.classes.get(record.predicted)
+            if cls is None:
+                cls = self.classes[record.predicted] = _Class()
             cls.count += 1
             if record.confidence is not None:
                 cls.confidence_sum += record.confidence
                 cls.confidence_n += 1
-            if self.class_means and x is not None:
-                cls.feature_sum = x.copy() if cls.feature_sum is None else cls.feature_sum + x
+        if self.class_means and moments is not None:
+            for record, row in zip(moments.records, moments.rows, strict=True):
+                if record.predicted is not None:
+                    cls = self.classes[record.predicted]
+                    cls.feature_sum = row.copy() if cls.feature_sum is None else cls.feature_sum + row
 
     def summary(self, key: Key, feature_names: list[str] | None) -> WindowSummary:
         device, start, model_id, version = key
@@ -137,6 +147,45 @@ class WindowStats:
         return stats
 
 
+@dataclass(slots=True)
+class Moments:
+    """Count, sums, squares, min and max per feature of a group of records, and their rows."""
+
+    n: int
+    total: np.ndarray
+    squares: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    records: list[TelemetryRecord]
+    rows: np.ndarray
+
+
+def moments(groups: list[list[TelemetryRecord]]) -> list[Moments | None]:
+    """`Moments` of each group's features, for all groups in a few numpy calls (``reduceat``).
+
+    Per group, only the records whose features have the width of its last one count. A group
+    without features gets None.
+    """
+    out: list[Moments | None] = [None] * len(groups)
+    by_width: dict[int, list[tuple[int, list[TelemetryRecord]]]] = {}
+    for index, records in enumerate(groups):
+        featured = [r for r in records if r.features]
+        if featured:
+            width = len(featured[-1].features or ())
+            featured = [r for r in featured if len(r.features or ()) == width]
+            by_width.setdefault(width, []).append((index, featured))
+    for members in by_width.values():
+        x = np.asarray([r.features for _, featured in members for r in featured], dtype=np.float64)
+        counts = [len(featured) for _, featured in members]
+        starts = np.cumsum([0, *counts[:-1]])
+        total, squares = np.add.reduceat(x, starts), np.add.reduceat(x * x, starts)
+        low, high = np.minimum.reduceat(x, starts), np.maximum.reduceat(x, starts)
+        for j, (index, featured) in enumerate(members):
+            rows = x[starts[j] : starts[j] + counts[j]]
+            out[index] = Moments(counts[j], total[j], squares[j], low[j], high[j], featured, rows)
+    return out
+
+
 class DeviceWindows:
     """Open windows of every device, and which changed since the store last saw them."""
 
@@ -146,17 +195,27 @@ class DeviceWindows:
         self.changed: set[Key] = set()
         self.closed: set[Key] = set()
 
-    def add(
-        self, record: TelemetryRecord, *, window_s: float, class_means: bool, forwarded: bool, now: float
-    ) -> None:
-        start = math.floor(record.ts / window_s) * window_s
-        key = (record.device_id, start, record.model_id, record.model_version)
-        stats = self.open.get(key)
-        if stats is None:
-            stats = self.open[key] = WindowStats(window_s, class_means)
-            self.closed.discard(key)
-        stats.add(record, forwarded, now)
-        self.changed.add(key)
+    def add(self, entries: list[tuple[TelemetryRecord, float, bool, bool]], now: float) -> None:
+        """Add ``(record, window_s, class_means, forwarded)`` entries, grouped by window first."""
+        groups: dict[Key, tuple[list[TelemetryRecord], list[bool], float, bool]] = {}
+        for record, window_s, class_means, forwarded in entries:
+            start = math.floor(record.ts / window_s) * window_s
+            key = (record.device_id, start, record.model_id, record.model_version)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = ([], [], window_s, class_means)
+            group[0].append(record)
+            group[1].append(forwarded)
+        sums = moments([records for records, _, _, _ in groups.values()])
+        for (key, (records, forwarded_flags, window_s, class_means)), m in zip(
+            groups.items(), sums, strict=True
+        ):
+            stats = self.open.get(key)
+            if stats is None:
+                stats = self.open[key] = WindowStats(window_s, class_means)
+                self.closed.discard(key)
+            stats.add(records, forwarded_flags, now, m)
+            self.changed.add(key)
 
     def close_due(self, now: float, names: dict[tuple[str, str], list[str]]) -> list[WindowSummary]:
         """Summaries of the windows that ended and went quiet; they leave the open set."""

@@ -78,6 +78,16 @@ def decode(data: bytes, model: type[M], *, max_bytes: int = MAX_PAYLOAD_BYTES) -
     """
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"{model.__name__} payload is {len(data)} bytes, limit {max_bytes}")
+    if sniff_encoding(data) is Encoding.JSON:
+        # The fast path: pydantic parses and validates JSON in one pass. Anything it refuses
+        # (or a version this build does not read) goes the slow way below, for the precise error.
+        try:
+            message = model.model_validate_json(data)
+        except ValidationError:
+            pass
+        else:
+            if message.schema_version in model.SUPPORTED_VERSIONS:
+                return message
     raw = _parse(data, model.__name__)
     if not isinstance(raw, dict):
         raise MalformedPayload(f"{model.__name__} payload must be an object, got {type(raw).__name__}")

@@ -108,7 +108,7 @@ class IngestBatch(ProtocolModel):
     SUPPORTED_VERSIONS: ClassVar[frozenset[int]] = frozenset({1, 2})
     CURRENT_VERSION: ClassVar[int] = 2
 
-    schema_version: int = Field(default=2, description="Version of this payload's schema")
+    schema_version: int = Field(default=2, strict=True, description="Version of this payload's schema")
 
     site: SiteId
     gateway_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")

@@ -39,7 +39,8 @@ class ProtocolModel(BaseModel):
     SUPPORTED_VERSIONS: ClassVar[frozenset[int]] = frozenset({1})
     CURRENT_VERSION: ClassVar[int] = 1
 
-    schema_version: int = Field(default=1, description="Version of this payload's schema")
+    # Strict: true or 1.0 is not a version, on the fast JSON path as on the slow one.
+    schema_version: int = Field(default=1, strict=True, description="Version of this payload's schema")
 
 
 class FeatureSummary(BaseModel):

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -38,6 +39,12 @@ class DeviceTopic:
         return f"{ROOT}/{self.site}/{self.device}/{self.kind.value}"
 
 
+@functools.lru_cache(maxsize=65536)
+def _is_id(value: str) -> bool:
+    # Cached: a gateway checks the same few thousand ids on every message.
+    return _ID.match(value) is not None
+
+
 def validate_id(value: str, what: str = "id") -> str:
     """Return ``value`` if it is a valid site or device id, else raise `InvalidTopic`.
 
@@ -49,7 +56,7 @@ def validate_id(value: str, what: str = "id") -> str:
     what : str
         What the id names, for the error message ("site", "device").
     """
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _is_id(value):
         raise InvalidTopic(
             f"invalid {what} id {value!r}: use 1-64 characters of letters, digits, '_', '.',"
             " ':' or '-', starting with a letter or digit"

@@ -16,7 +16,7 @@ from edge_gateway.metrics import GatewayMetrics
 from edge_gateway.mqtt_link import Message
 from edge_gateway.pipeline import Pipeline
 from edge_gateway.store import GatewayStore
-from edge_gateway.summaries import WindowStats
+from edge_gateway.summaries import WindowStats, moments
 from edge_gateway.uplink import ingest_body
 from edge_gateway.validate import Rejection, validate
 from fleet_protocol import decode, population_stability_index
@@ -129,8 +129,10 @@ def test_window_summary_statistics_match_numpy_and_survive_a_pack_round_trip() -
     rng = np.random.default_rng(0)
     x = rng.normal(3.0, 2.0, size=(200, 4))
     stats = WindowStats(window_s=60.0, class_means=True)
-    for i, row in enumerate(x):
-        stats.add(record("dev-1", i + 1, features=row.tolist(), predicted=i % 2), forwarded=i < 5, now=T0)
+    records = [record("dev-1", i + 1, features=row.tolist(), predicted=i % 2) for i, row in enumerate(x)]
+    for chunk in (slice(0, 1), slice(1, 120), slice(120, 200)):  # added in pieces, as batches arrive
+        (m,) = moments([records[chunk]])
+        stats.add(records[chunk], [i < 5 for i in range(200)][chunk], T0, m)
     stats = WindowStats.unpack(stats.pack())
     summary = stats.summary(("dev-1", T0, "sensor-mlp", "1.0.0"), ["a", "b", "c", "d"])
     assert summary.count == 200 and summary.forwarded == 5
