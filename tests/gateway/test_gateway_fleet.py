@@ -27,6 +27,16 @@ async def _rows(controller: Controller, query: str) -> list[tuple]:  # type: ign
     return await asyncio.to_thread(controller_rows, controller.database_url, query)
 
 
+async def _count_reaches(controller: Controller, query: str, target: int, within: float = 60.0) -> int:
+    """Poll a ``SELECT`` of one number until it reaches ``target``; returns the last value."""
+    deadline = asyncio.get_running_loop().time() + within
+    while (value := int((await _rows(controller, query))[0][0])) < target:
+        if asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.25)
+    return value
+
+
 def _upstream(controller: Controller, url: str | None = None, **extra: object) -> dict[str, object]:
     return {"url": url or controller.url, "token": controller.tokens["gateway"], "linger_s": 0.3, **extra}
 
@@ -61,18 +71,11 @@ async def test_hundred_agents_reduce_upstream_bytes_and_every_anomaly_arrives(
     flagged = {(r.device_id, r.seq) for r in devices_sent.records if r.anomaly}
     assert len(flagged) > 100, "the synthetic fleet injects anomalies"
 
-    async def summarised() -> int:
-        rows = await _rows(controller, "SELECT COALESCE(SUM(count), 0) FROM window_summary")
-        return int(rows[0][0])
-
-    async def everything_up() -> bool:
-        return await summarised() == produced
-
-    for _ in range(240):  # windows close 10 s after their end, then go up within a second
-        if await everything_up():
-            break
-        await asyncio.sleep(0.25)
-    assert await summarised() == produced, "every record is counted in exactly one window summary"
+    # Windows close 5 s after their end and quiet, then go up within a second.
+    summarised = await _count_reaches(
+        controller, "SELECT COALESCE(SUM(count), 0) FROM window_summary", produced
+    )
+    assert summarised == produced, "every record is counted in exactly one window summary"
 
     stored = {
         (d, s) for d, s in await _rows(controller, "SELECT device_id, seq FROM telemetry WHERE anomaly")
@@ -129,13 +132,7 @@ async def test_partition_and_kill_minus_9_lose_nothing_and_store_each_record_onc
                 (a.settings.device_id, s) for a in fleet.agents for s in range(1, a.outbox.stats.last_seq + 1)
             }
 
-        async def stored_count() -> int:
-            return int((await _rows(controller, "SELECT COUNT(*) FROM telemetry"))[0][0])
-
-        for _ in range(240):
-            if await stored_count() >= len(produced):
-                break
-            await asyncio.sleep(0.25)
+        await _count_reaches(controller, "SELECT COUNT(*) FROM telemetry", len(produced))
         rows = await _rows(controller, "SELECT device_id, seq, received_at FROM telemetry")
     stored = [(d, s) for d, s, _ in rows]
     assert set(stored) == produced, (
@@ -188,10 +185,7 @@ async def test_a_full_store_leaves_messages_with_the_broker_and_loses_nothing(
             produced = {
                 (a.settings.device_id, s) for a in fleet.agents for s in range(1, a.outbox.stats.last_seq + 1)
             }
-        for _ in range(240):
-            if (await _rows(controller, "SELECT COUNT(*) FROM telemetry"))[0][0] >= len(produced):
-                break
-            await asyncio.sleep(0.25)
+        await _count_reaches(controller, "SELECT COUNT(*) FROM telemetry", len(produced))
     stored = await _rows(controller, "SELECT device_id, seq FROM telemetry")
     assert set(stored) == produced and len(stored) == len(produced)
     assert gateway.alive()

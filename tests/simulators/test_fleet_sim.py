@@ -89,31 +89,28 @@ def test_fleet_sim_html_report_renders_with_its_plots(ci_run) -> None:  # type: 
     assert "sensor-mlp@1.0.0" in page
 
 
-def test_fleet_sim_refuses_an_invalid_scenario(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("sites: 0\nevents: [{at_s: 1, kind: meteor}]\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "simulators.cli", "run", str(bad)],
+def _run_scenario_text(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(text)
+    return subprocess.run(
+        [sys.executable, "-m", "simulators.cli", "run", str(scenario)],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_fleet_sim_refuses_an_invalid_scenario(tmp_path: Path) -> None:
+    result = _run_scenario_text(tmp_path, "sites: 0\nevents: [{at_s: 1, kind: meteor}]\n")
     assert result.returncode == 2
     assert "sites: Input should be greater than or equal to 1" in result.stdout
     assert "events.0.kind: unknown event kind 'meteor'" in result.stdout
 
 
 def test_event_fields_are_checked_by_their_kind(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("events: [{at_s: 1, kind: uplink_slow, loss: 3}, {at_s: 2, kind: drift, colour: red}]\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "simulators.cli", "run", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    text = "events: [{at_s: 1, kind: uplink_slow, loss: 3}, {at_s: 2, kind: drift, colour: red}]\n"
+    result = _run_scenario_text(tmp_path, text)
     assert result.returncode == 2
     assert "events.0 (uplink_slow): loss: Input should be less than or equal to 1" in result.stdout
     assert "events.1 (drift): colour: Extra inputs are not permitted" in result.stdout
