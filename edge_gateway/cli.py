@@ -10,7 +10,8 @@ import sys
 
 from edge_gateway.check import check_config
 from edge_gateway.config import ENV_PREFIX, load_settings
-from edge_gateway.exceptions import GatewayError
+from edge_gateway.exceptions import ConfigError, GatewayError
+from fleet_protocol import ProtocolError
 
 _EPILOG = f"""
 Configuration is a YAML file (see fleet_configs/gateway.example.yaml); any setting can be
@@ -75,6 +76,9 @@ def _run(config_path: str) -> int:
     except GatewayError as exc:
         print(f"edge-gateway: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ProtocolError as exc:  # a trusted key that is not one
+        print(f"edge-gateway: {exc}", file=sys.stderr)
+        return ConfigError.exit_code
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from aiohttp import web
@@ -25,9 +26,12 @@ def make_app(cache: BundleCache, metrics: GatewayMetrics, health: Health) -> web
             metrics.bundle_requests.labels("unavailable").inc()
             raise web.HTTPServiceUnavailable(text=f"bundle {sha[:12]} is not available: {exc}") from None
         metrics.bundle_requests.labels("ok").inc()
-        response = web.FileResponse(path, headers={"ETag": f'"{sha}"', "Content-Type": "application/x-tar"})
-        metrics.bundle_bytes_served.inc(path.stat().st_size if request.http_range.start is None else 0)
-        return response
+        size = (await asyncio.to_thread(path.stat)).st_size
+        wanted = request.http_range
+        start = wanted.start or 0
+        start = min(size, start if start >= 0 else max(0, size + start))  # a negative start: the last bytes
+        metrics.bundle_bytes_served.inc((min(size, wanted.stop) if wanted.stop is not None else size) - start)
+        return web.FileResponse(path, headers={"ETag": f'"{sha}"', "Content-Type": "application/x-tar"})
 
     async def metrics_page(_: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

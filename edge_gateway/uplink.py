@@ -21,7 +21,7 @@ from edge_gateway.controller_client import ControllerClient
 from edge_gateway.exceptions import UpstreamError
 from edge_gateway.metrics import GatewayMetrics
 from edge_gateway.mqtt_link import Backoff
-from edge_gateway.store import GatewayStore, UpstreamBatch
+from edge_gateway.store import GatewayStore, StoreError, UpstreamBatch
 from fleet_protocol.ingest import IngestBatch
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,13 @@ class Uplink:
         except UpstreamError as exc:
             await self._failed(batch, exc)
             return
-        await self.store.sent(batch)
+        try:
+            await self.store.sent(batch)
+        except StoreError as exc:
+            # The controller has the batch; sending it again is harmless (it is idempotent).
+            log.error("%s: the batch will be sent again", exc)
+            await asyncio.sleep(self.backoff.next_delay())
+            return
         self._limit = min(self.config.max_records, self._limit * 2)
         self.backoff.reset()
         self.last_success, self.last_error = time.time(), None
@@ -138,7 +144,11 @@ class Uplink:
         else:
             log.error("%s; the item goes to the dead letters", exc)
             self.metrics.upstream_refused.inc(count)
-            await self.store.refused(batch, f"refused_{exc.status}", str(exc))
+            try:
+                await self.store.refused(batch, f"refused_{exc.status}", str(exc))
+            except StoreError as error:
+                log.error("%s: trying again later", error)
+                await asyncio.sleep(self.backoff.next_delay())
 
     def health(self) -> dict[str, object]:
         return {
