@@ -121,3 +121,60 @@ def test_an_event_kind_cannot_be_registered_twice() -> None:
 
     with pytest.raises(ValueError, match="registered twice"):
         event("drift")(lambda run, spec: None)  # type: ignore[arg-type,return-value]
+
+
+def _children_of(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_process_of_the_run_cleanly(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "simulators.cli",
+            "run",
+            str(ROOT / "fleet_configs" / "ci.yaml"),
+            "--out",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 120
+    # Wait until the fleet streams: the controller, a broker and a gateway per site are children.
+    while len(_children_of(process.pid)) < 5 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    children = _children_of(process.pid)
+    assert len(children) >= 5, "controller, brokers and gateways run as child processes"
+    time.sleep(3)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output[-3000:]
+    assert "interrupted: everything was stopped cleanly" in output
+    alive = [pid for pid in children if _running(pid)]
+    assert not alive, f"left running: {alive}"
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
