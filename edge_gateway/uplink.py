@@ -15,6 +15,7 @@ import gzip
 import json
 import logging
 import time
+from collections.abc import Callable
 
 from edge_gateway.config import UpstreamConfig
 from edge_gateway.controller_client import ControllerClient
@@ -32,21 +33,30 @@ _FIELDS = {"record": "records", "summary": "summaries", "drift": "drift", "event
 class ByteBudget:
     """A token bucket over compressed bytes per hour; a batch above the burst waits for a full bucket."""
 
-    def __init__(self, bytes_per_hour: int) -> None:
+    def __init__(self, bytes_per_hour: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = bytes_per_hour / 3600.0
         self.capacity = max(bytes_per_hour / 60.0, 4096.0)  # a minute's worth of burst
+        self._clock = clock
         self._tokens = self.capacity
-        self._stamp = time.monotonic()
+        self._stamp = clock()
 
-    async def take(self, size: int) -> None:
-        now = time.monotonic()
+    def delay_for(self, size: int) -> float:
+        """Seconds to wait before ``size`` bytes may go."""
+        now = self._clock()
         self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
         need = min(float(size), self.capacity)
-        if self._tokens < need:
-            await asyncio.sleep((need - self._tokens) / self.rate)
-            self._tokens, self._stamp = need, time.monotonic()
+        return 0.0 if self._tokens >= need else (need - self._tokens) / self.rate
+
+    def spend(self, size: int) -> None:
         self._tokens -= size
+
+    async def take(self, size: int) -> None:
+        delay = self.delay_for(size)
+        if delay > 0:
+            await asyncio.sleep(delay)  # one sender: nobody spends from the bucket meanwhile
+            self.delay_for(size)
+        self.spend(size)
 
 
 def ingest_body(batch: UpstreamBatch, *, site: str, gateway_id: str) -> bytes:

@@ -39,6 +39,7 @@ class Site:
     observer: SiteObserver
     devices: list[str] = field(default_factory=list)
     drift_shift: float = 0.0
+    relabel: dict[int, int] = field(default_factory=dict)
 
 
 class FleetRun:
@@ -146,7 +147,7 @@ class FleetRun:
             inference={"executor": "inline", "micro_batch_max": 32},
         )
         source = SyntheticSource(rate_hz=scenario.rate_hz, seed=seed, anomaly_rate=scenario.anomaly_rate)
-        source.extra_drift = site.drift_shift
+        source.extra_drift, source.relabel = site.drift_shift, site.relabel
         agent = Agent(
             settings, source=source, outbox_executor=self._outbox_pool, inference_executor=self._infer_pool
         )

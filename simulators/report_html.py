@@ -55,6 +55,23 @@ def line_chart(
     return f'<figure class="chart"><figcaption>{html.escape(title)}</figcaption>{"".join(parts)}</figure>'
 
 
+def bar_chart(title: str, bars: dict[str, float | None]) -> str:
+    """Horizontal bars of values in [0, 1] (accuracies); a missing value is said, not drawn."""
+    rows = []
+    for i, (name, value) in enumerate(bars.items()):
+        y = 10 + i * 28
+        label = f"{html.escape(name)}: {'n/a' if value is None else f'{value:.3f}'}"
+        width = 0.0 if value is None else max(0.0, min(1.0, value)) * (_W - 260)
+        colour = _COLOURS[i % len(_COLOURS)]
+        rows.append(
+            f'<text x="0" y="{y + 14}" font-size="11">{label}</text>'
+            f'<rect class="bar" x="240" y="{y}" width="{width:.1f}" height="18" fill="{colour}"/>'
+        )
+    height = 20 + 28 * len(bars)
+    svg = f'<svg viewBox="0 0 {_W} {height}" width="{_W}" height="{height}" role="img">{"".join(rows)}</svg>'
+    return f'<figure class="chart"><figcaption>{html.escape(title)}</figcaption>{svg}</figure>'
+
+
 def _rate(t: list[float], cumulative: list[float]) -> list[float]:
     out = [0.0]
     for i in range(1, len(t)):
@@ -118,6 +135,7 @@ def render_html(report: dict[str, Any]) -> str:
         ("devices, before drift", report.get("accuracy_before_drift")),
         ("devices, after drift", report.get("accuracy_after_drift")),
     ]
+    charts.append(bar_chart("Device model accuracy before and after drift", dict(accuracy)))
     invariants = "".join(
         f'<li class="{"pass" if ok else "fail"}">{"PASS" if ok else "FAIL"}'
         f" {html.escape(name.replace('_', ' '))}</li>"

@@ -79,6 +79,9 @@ class SyntheticSource(SensorSource):
         self.period_s = period_s
         #: Extra covariate shift, set by a simulator to inject drift on a schedule.
         self.extra_drift = 0.0
+        #: Concept drift, set by a simulator: a reading that looks like class k is truly class
+        #: ``relabel[k]`` now. Inputs do not change, so only labels reveal it.
+        self.relabel: dict[int, int] = {}
         self._rng = np.random.default_rng(seed)
         self._physics = SensorPhysics()
 
@@ -103,4 +106,5 @@ class SyntheticSource(SensorSource):
             phase = np.array([2 * math.pi * now / self.period_s])
             x = self._physics.sample(np.array([label]), self._rng, self.noise, phase, drift)[0]
             count += 1
-            yield Reading(ts=now, values=x.tolist(), label=label, cursor=str(count))
+            truth = self.relabel.get(label, label)
+            yield Reading(ts=now, values=x.tolist(), label=truth, cursor=str(count))

@@ -17,7 +17,7 @@ from edge_gateway.mqtt_link import Message
 from edge_gateway.pipeline import Pipeline
 from edge_gateway.store import GatewayStore
 from edge_gateway.summaries import WindowStats, moments
-from edge_gateway.uplink import ingest_body
+from edge_gateway.uplink import ByteBudget, ingest_body
 from edge_gateway.validate import Rejection, validate
 from fleet_protocol import decode, population_stability_index
 from fleet_protocol.ingest import DriftSummary, IngestBatch, WindowSummary
@@ -264,3 +264,15 @@ async def test_ingest_body_is_a_valid_ingest_batch(tmp_path: Path) -> None:
     assert len(parsed.summaries) == 1 and len(parsed.events) == 1
     assert parsed.batch_id == f"gw-1-{batch.first_id}-{batch.last_id}"
     await store.close()
+
+
+def test_uplink_budget_holds_bytes_per_hour_and_lets_a_big_batch_through_once_full() -> None:
+    now = [0.0]
+    budget = ByteBudget(360_000, clock=lambda: now[0])  # 100 bytes a second, a 6,000-byte burst
+    assert budget.delay_for(6000) == 0
+    budget.spend(6000)
+    assert budget.delay_for(1000) == pytest.approx(10.0), "an empty bucket refills at 100 B/s"
+    now[0] += 10.0
+    assert budget.delay_for(1000) == 0
+    budget.spend(1000)
+    assert budget.delay_for(50_000) == pytest.approx(60.0), "larger than the burst: wait for a full bucket"

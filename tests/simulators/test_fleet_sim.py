@@ -83,6 +83,8 @@ def test_fleet_sim_html_report_renders_with_its_plots(ci_run) -> None:  # type: 
         "Gateways&#x27; upstream queues (items) and uplink (KB/s)",
     ]
     assert any(c.startswith("Drift score") for c in captions)
+    assert "Device model accuracy before and after drift" in captions
+    assert page.count('class="bar"') == 4
     assert page.count("<polyline") >= 6 and "no data" not in page
     assert page.count('class="event"') >= 8, "events are marked on the time charts"
     assert page.count('class="pass"') == 4
