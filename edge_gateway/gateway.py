@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 _STORE_RETRY_S = 2.0
 _TICK_S = 1.0
+_LINGER_S = 0.005
 
 
 class Gateway:
@@ -214,6 +215,10 @@ class Gateway:
                     batch = [await self._queue.get()]
             except TimeoutError:
                 return []  # a tick: windows may be due
+        if self._queue.qsize() < limit:
+            # A moment for more to arrive: a transaction (and its acks) for many messages costs
+            # hardly more than for one.
+            await asyncio.sleep(_LINGER_S)
         while len(batch) < limit and not self._queue.empty():
             batch.append(self._queue.get_nowait())
         return batch
