@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_gateway.exceptions import GatewayError
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS upstream (
@@ -111,11 +114,18 @@ class GatewayStore:
 
     def _open(self) -> Snapshot:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a killed process (not a power cut): the gateway's case.
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
+        try:
+            db = self._connect()
+        except sqlite3.DatabaseError as exc:
+            # Not a database any more (a disk error, not a crash: WAL survives those). Keep the
+            # file for a post-mortem and start clean; the broker still holds what was not acked.
+            corrupt = self.path.with_name(f"{self.path.name}.corrupt.{int(time.time())}")
+            log.error("store %s is unreadable (%s): moved to %s, starting empty", self.path, exc, corrupt)
+            for suffix in ("", "-wal", "-shm"):
+                source = self.path.with_name(self.path.name + suffix)
+                if source.exists():
+                    source.replace(corrupt.with_name(corrupt.name + suffix))
+            db = self._connect()
         if self.max_bytes is not None:
             # SQLite's own bound: past it, writes fail with SQLITE_FULL, as on a full disk.
             page_size = db.execute("PRAGMA page_size").fetchone()[0]
@@ -125,6 +135,18 @@ class GatewayStore:
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM upstream"
         ).fetchone()
         return self._snapshot()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a killed process (not a power cut): the gateway's case.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
 
     async def snapshot(self) -> Snapshot:
         """The state as committed: what the gateway rebuilds from after a failed transaction."""

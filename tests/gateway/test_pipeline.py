@@ -276,3 +276,14 @@ def test_uplink_budget_holds_bytes_per_hour_and_lets_a_big_batch_through_once_fu
     assert budget.delay_for(1000) == 0
     budget.spend(1000)
     assert budget.delay_for(50_000) == pytest.approx(60.0), "larger than the burst: wait for a full bucket"
+
+
+async def test_an_unreadable_store_is_kept_aside_and_the_gateway_starts_clean(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    store = GatewayStore(path)
+    snapshot = await store.open()
+    assert snapshot.dedup == [] and store.depth == 0
+    await store.close()
+    kept = list(tmp_path.glob("gateway.sqlite.corrupt.*"))  # noqa: ASYNC240 - the store is closed
+    assert [p.read_bytes()[:22] for p in kept] == [b"this is not a database"]
