@@ -47,6 +47,7 @@ bench: install  ## benchmarks, each printing one JSON object
 	$(PY) bench/compiler.py
 	$(PY) bench/controller.py
 	$(PY) bench/gateway.py
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
