@@ -76,7 +76,7 @@ def _run(config_path: str) -> int:
     except GatewayError as exc:
         print(f"edge-gateway: {exc}", file=sys.stderr)
         return exc.exit_code
-    except ProtocolError as exc:  # a trusted key that is not one
+    except (ProtocolError, OSError) as exc:  # a trusted key that is not one, or is not there
         print(f"edge-gateway: {exc}", file=sys.stderr)
         return ConfigError.exit_code
     return 0

@@ -112,7 +112,7 @@ class RunResult:
             "training_accuracy": round(self.model_accuracy, 4),
             "compiler": self.compiler_table,
             "rejected_payloads": view.rejected,
-            "events": self.events,
+            "events": sorted(self.events, key=lambda line: float(line.split("s", 1)[0])),
             "crashed": self.crashed,
             "devices_off_model": self.devices_off_model,
             "drift_scores": self.drift_scores,
@@ -123,6 +123,8 @@ class RunResult:
 
 async def run_scenario(scenario: Scenario, run_dir: Path, console: Console | None = None) -> RunResult:
     console = console or Console()
+    # Absolute: the daemons' configs are files in the run directory, and theirs resolve against them.
+    run_dir = await asyncio.to_thread(run_dir.resolve)
     await asyncio.to_thread(run_dir.mkdir, parents=True, exist_ok=True)
     result = RunResult(scenario, run_dir, time.time())
     console.print(
