@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 import paho.mqtt.client as mqtt  # noqa: E402
 
 from bench._gateway_devices import DeviceSwarm, PayloadFactory  # noqa: E402
+from bench._output import stdout_for_json_only  # noqa: E402
 from edge_gateway.config import load_settings  # noqa: E402
 from edge_gateway.gateway import Gateway  # noqa: E402
 from fleet_protocol import site_subscription, telemetry_topic  # noqa: E402
@@ -412,26 +413,6 @@ def measure_rss(work: Path, controller: Controller, devices: int, seconds: float
 
 
 # -- main ---------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def stdout_for_json_only() -> Iterator[Callable[[str], None]]:
-    """Point fd 1 at stderr for the run (children inherit it); yield a writer to the real stdout."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        with os.fdopen(os.dup(saved), "w") as out:
-
-            def write(text: str) -> None:
-                out.write(text + "\n")
-                out.flush()
-
-            yield write
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 @contextlib.contextmanager

@@ -44,7 +44,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 import onnxruntime  # noqa: E402,F401 - imported before the RSS baseline: a fixed cost, not per device
 
+from bench._output import stdout_for_json_only  # noqa: E402
 from edge_agent.agent import Agent  # noqa: E402
 from edge_agent.config import load_settings  # noqa: E402
 from edge_agent.sources.synthetic import SyntheticSource  # noqa: E402
@@ -336,26 +336,6 @@ def step_report(devices: int, rate_hz: float, a: Snapshot, b: Snapshot, baseline
 
 
 # -- main -----------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def stdout_for_json_only() -> Iterator[Callable[[str], None]]:
-    """Point fd 1 at stderr for the run (children inherit it); yield a writer to the real stdout."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        with os.fdopen(os.dup(saved), "w") as out:
-
-            def write(text: str) -> None:
-                out.write(text + "\n")
-                out.flush()
-
-            yield write
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def start_processes(work: Path, key_file: Path, with_controller: bool) -> Processes:
