@@ -24,7 +24,7 @@ from simulators.controller import ControllerProcess
 from simulators.gateways import GatewayProcess
 from simulators.netproxy import FaultyLink
 from simulators.observer import FleetView, SiteObserver
-from simulators.scenario import Scenario
+from simulators.scenario import Scenario, device_class
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,9 @@ class FleetRun:
             site.devices.append(device)
         runtime = scenario.runtimes[(site.index + number) % len(scenario.runtimes)]
         seed = site.index * 10_000 + number
+        cls = device_class(scenario, number)
+        rate_hz = cls.rate_hz or scenario.rate_hz
+        anomaly_rate = scenario.anomaly_rate if cls.anomaly_rate is None else cls.anomaly_rate
         settings = load_settings(
             None,
             device_id=device,
@@ -137,7 +140,7 @@ class FleetRun:
             data_dir=str(self.run_dir / site.name / "devices" / device),
             model_dir=str(self.bundles[runtime]),
             trusted_keys=[str(self.key_file)],
-            source={"kind": "synthetic", "rate_hz": scenario.rate_hz, "seed": seed},
+            source={"kind": "synthetic", "rate_hz": rate_hz, "seed": seed},
             mqtt={
                 "port": site.broker.port,
                 "reconnect_min_s": 0.2,
@@ -146,7 +149,9 @@ class FleetRun:
             },
             inference={"executor": "inline", "micro_batch_max": 32},
         )
-        source = SyntheticSource(rate_hz=scenario.rate_hz, seed=seed, anomaly_rate=scenario.anomaly_rate)
+        source = SyntheticSource(
+            rate_hz=rate_hz, seed=seed, anomaly_rate=anomaly_rate, noise=cls.noise, period_s=cls.period_s
+        )
         source.extra_drift, source.relabel = site.drift_shift, site.relabel
         agent = Agent(
             settings, source=source, outbox_executor=self._outbox_pool, inference_executor=self._infer_pool

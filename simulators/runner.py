@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from simulators.controller import ControllerProcess
 from simulators.events import Event, apply
 from simulators.fleet import FleetRun
 from simulators.observer import FleetView
-from simulators.scenario import Scenario, SimError
+from simulators.scenario import Scenario, SimError, device_class
 from simulators.timeline import Timeline
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ class RunResult:
             "scenario": self.scenario.name,
             "sites": self.scenario.sites,
             "devices": len(self.produced),
+            # Ids are site-N-<class>-NNNN; devices that joined during the run are of class "new".
+            "devices_by_class": dict(Counter(device.split("-")[2] for device in self.produced)),
             "seconds": round(self.seconds, 1),
             "records_produced": sum(self.produced.values()),
             "records_delivered_unique": delivered,
@@ -153,7 +156,8 @@ async def run_scenario(scenario: Scenario, run_dir: Path, console: Console | Non
                 await fleet.add_site(index)
         for site in fleet.sites:
             for number in range(scenario.devices_per_site):
-                await fleet.start_agent(site, f"{site.name}-dev-{number:04d}")
+                kind = device_class(scenario, number).name
+                await fleet.start_agent(site, f"{site.name}-{kind}-{number:04d}")
         fleet.started = time.monotonic()
         await _stream(fleet, result, console)
     finally:

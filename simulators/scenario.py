@@ -34,6 +34,17 @@ class GatewayFilters(_Strict):
     forward_all: bool = False
 
 
+class DeviceClass(_Strict):
+    """A kind of device: how its sensor behaves. Devices of a site are split between classes by share."""
+
+    name: str = Field(default="dev", pattern=r"^[a-z][a-z0-9]{0,15}$", description="Part of each device id")
+    share: float = Field(default=1.0, gt=0, description="Relative number of devices of this class")
+    rate_hz: float | None = Field(default=None, gt=0, description="Default: the scenario's rate_hz")
+    noise: float = Field(default=0.6, gt=0, description="Sensor noise (the model was trained on 0.6)")
+    anomaly_rate: float | None = Field(default=None, ge=0, le=1, description="Default: the scenario's")
+    period_s: float = Field(default=60.0, gt=0, description="Period of the machine's slow cycle")
+
+
 class Scenario(_Strict):
     name: str = "fleet"
     sites: int = Field(default=2, ge=1, le=100)
@@ -45,6 +56,7 @@ class Scenario(_Strict):
         default_factory=lambda: ["onnx-int8", "openvino-fp32", "onnx-fp32"],
         description="Bundles handed out round-robin across devices",
     )
+    device_classes: list[DeviceClass] = Field(default_factory=lambda: [DeviceClass()], min_length=1)
     gateway: GatewayFilters = Field(default_factory=GatewayFilters)
     drain_timeout_s: float = Field(default=90, gt=0)
     #: Each: ``{at_s, kind, ...fields of that kind}``; validated by `simulators.events`.
@@ -84,3 +96,14 @@ def load_scenario(path: str | Path, **overrides: object) -> Scenario:
     except ValidationError as exc:
         problems = describe_validation_error(exc, limit=None, separator="\n  - ")
         raise SimError(f"{path} is invalid:\n  - {problems}") from None
+
+
+def device_class(scenario: Scenario, number: int) -> DeviceClass:
+    """The class of a site's device ``number``: classes take consecutive blocks, by share."""
+    total = sum(c.share for c in scenario.device_classes)
+    position = (number % scenario.devices_per_site + 0.5) / scenario.devices_per_site * total
+    for cls in scenario.device_classes:
+        if position < cls.share:
+            return cls
+        position -= cls.share
+    return scenario.device_classes[-1]

@@ -55,6 +55,7 @@ def test_fleet_sim_ci_scenario_holds_every_invariant_under_every_kind_of_event(c
     assert len(report["events"]) == len(scenario.events)
     assert not any("failed" in line for line in report["events"])
     assert report["devices"] == 11, "10 devices and one that joined"
+    assert report["devices_by_class"] == {"press": 6, "pump": 4, "new": 1}
     assert (
         report["records_counted_at_controller"]
         == report["records_delivered_unique"]
