@@ -10,14 +10,19 @@ _COLOURS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2"]
 
 
 def line_chart(
-    title: str, x: list[float], series: dict[str, list[float]], *, marks: list[float] = (), unit: str = ""
+    title: str,
+    x: list[float],
+    series: dict[str, list[float | None]],
+    *,
+    marks: list[float] = (),
+    unit: str = "",
 ) -> str:
-    """An SVG line chart with a legend; ``marks`` draw vertical lines (events)."""
-    points = [(xs, ys) for ys in series.values() for xs in x[: len(ys)]]
-    if not x or not points:
+    """An SVG line chart with a legend; None is a gap, not a zero; ``marks`` draw vertical lines (events)."""
+    values = [v for ys in series.values() for v in ys if v is not None]
+    if not x or not values:
         return f'<figure class="chart"><figcaption>{html.escape(title)}</figcaption><p>no data</p></figure>'
     x0, x1 = min(x), max(max(x), min(x) + 1e-9)
-    top = max((max(v) for v in series.values() if v), default=1.0) or 1.0
+    top = max(values) or 1.0
 
     def px(v: float) -> float:
         return _PAD + (v - x0) / (x1 - x0) * (_W - 2 * _PAD)
@@ -43,7 +48,7 @@ def line_chart(
             )
     for i, (name, ys) in enumerate(series.items()):
         colour = _COLOURS[i % len(_COLOURS)]
-        path = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(x, ys, strict=False))
+        path = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(x, ys, strict=False) if b is not None)
         parts.append(
             f'<polyline class="series" fill="none" stroke="{colour}" stroke-width="1.5" points="{path}"/>'
         )
@@ -125,7 +130,7 @@ def render_html(report: dict[str, Any]) -> str:
         start = min(r["window_start"] for rows in drift.values() for r in rows)
         xs = sorted({r["window_start"] - start for rows in drift.values() for r in rows})
         series = {
-            name: [next((r["score"] or 0.0 for r in rows if r["window_start"] - start == x), 0.0) for x in xs]
+            name: [next((r["score"] for r in rows if r["window_start"] - start == x), None) for x in xs]
             for name, rows in drift.items()
         }
         charts.append(line_chart("Drift score per window (PSI; above 0.25 is a shift)", xs, series))
