@@ -37,6 +37,28 @@ async def _count_reaches(controller: Controller, query: str, target: int, within
     return value
 
 
+def _uplink(controller: Controller) -> FaultyLink:
+    """A fault-injecting proxy between the gateway and the controller."""
+    host, port = controller.url.removeprefix("http://").split(":")
+    return FaultyLink(host, int(port))
+
+
+def _forward_all_through(
+    broker: Mosquitto, controller: Controller, uplink: FaultyLink, **extra: object
+) -> dict:  # type: ignore[type-arg]
+    """A gateway config sending every record whole through ``uplink``: so that each one can be checked."""
+    return {
+        "broker": {"host": "127.0.0.1", "port": broker.port},
+        "upstream": _upstream(controller, f"http://127.0.0.1:{uplink.port}", retry_max_s=1.0),
+        "device_classes": [{"name": "all", "forward_all": True}],
+        **extra,
+    }
+
+
+def _produced(fleet: Fleet) -> set[tuple[str, int]]:
+    return {(a.settings.device_id, s) for a in fleet.agents for s in range(1, a.outbox.stats.last_seq + 1)}
+
+
 def _upstream(controller: Controller, url: str | None = None, **extra: object) -> dict[str, object]:
     return {"url": url or controller.url, "token": controller.tokens["gateway"], "linger_s": 0.3, **extra}
 
@@ -98,15 +120,8 @@ async def test_hundred_agents_reduce_upstream_bytes_and_every_anomaly_arrives(
 async def test_partition_and_kill_minus_9_lose_nothing_and_store_each_record_once_in_order(
     tmp_path: Path, broker: Mosquitto, controller: Controller, bundles, public_key_file: Path, gateway_factory
 ) -> None:  # type: ignore[no-untyped-def]
-    host, port = controller.url.removeprefix("http://").split(":")
-    async with FaultyLink(host, int(port)) as uplink:
-        gateway: GatewayProcess = gateway_factory(
-            {
-                "broker": {"host": "127.0.0.1", "port": broker.port},
-                "upstream": _upstream(controller, f"http://127.0.0.1:{uplink.port}", retry_max_s=1.0),
-                "device_classes": [{"name": "all", "forward_all": True}],
-            }
-        )
+    async with _uplink(controller) as uplink:
+        gateway: GatewayProcess = gateway_factory(_forward_all_through(broker, controller, uplink))
         fleet = Fleet(
             tmp_path / "agents",
             devices=20,
@@ -128,9 +143,7 @@ async def test_partition_and_kill_minus_9_lose_nothing_and_store_each_record_onc
             await asyncio.sleep(2)
             uplink.restore()
             await wait_until(fleet.drained, 120, "agents drained their outboxes")
-            produced = {
-                (a.settings.device_id, s) for a in fleet.agents for s in range(1, a.outbox.stats.last_seq + 1)
-            }
+            produced = _produced(fleet)
 
         await _count_reaches(controller, "SELECT COUNT(*) FROM telemetry", len(produced))
         rows = await _rows(controller, "SELECT device_id, seq, received_at FROM telemetry")
@@ -153,18 +166,10 @@ async def test_partition_and_kill_minus_9_lose_nothing_and_store_each_record_onc
 async def test_a_full_store_leaves_messages_with_the_broker_and_loses_nothing(
     tmp_path: Path, broker: Mosquitto, controller: Controller, bundles, public_key_file: Path, gateway_factory
 ) -> None:  # type: ignore[no-untyped-def]
-    host, port = controller.url.removeprefix("http://").split(":")
-    async with FaultyLink(host, int(port)) as uplink:
+    async with _uplink(controller) as uplink:
         uplink.cut()
-        gateway: GatewayProcess = await asyncio.to_thread(
-            gateway_factory,
-            {
-                "broker": {"host": "127.0.0.1", "port": broker.port},
-                "upstream": _upstream(controller, f"http://127.0.0.1:{uplink.port}", retry_max_s=1.0),
-                "device_classes": [{"name": "all", "forward_all": True}],
-                "store_max_bytes": 256 * 1024,
-            },
-        )
+        config = _forward_all_through(broker, controller, uplink, store_max_bytes=256 * 1024)
+        gateway: GatewayProcess = await asyncio.to_thread(gateway_factory, config)
         fleet = Fleet(
             tmp_path / "agents",
             devices=10,
@@ -182,9 +187,7 @@ async def test_a_full_store_leaves_messages_with_the_broker_and_loses_nothing(
             assert health.status_code == 503 and health.json()["store_ok"] is False
             uplink.restore()
             await wait_until(fleet.drained, 120, "agents drained their outboxes")
-            produced = {
-                (a.settings.device_id, s) for a in fleet.agents for s in range(1, a.outbox.stats.last_seq + 1)
-            }
+            produced = _produced(fleet)
         await _count_reaches(controller, "SELECT COUNT(*) FROM telemetry", len(produced))
     stored = await _rows(controller, "SELECT device_id, seq FROM telemetry")
     assert set(stored) == produced and len(stored) == len(produced)
