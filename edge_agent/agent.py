@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from edge_agent import __version__
-from edge_agent.bandwidth import ByteBudget
 from edge_agent.config import AgentSettings
 from edge_agent.exceptions import ModelLoadError
 from edge_agent.metrics import AgentMetrics, serve_metrics
@@ -27,7 +26,8 @@ from edge_agent.records import rows_as_bytes
 from edge_agent.sources import Reading, SensorSource, build_source
 from edge_agent.state_store import JsonStore
 from edge_agent.sync import Syncer
-from fleet_protocol import DesiredState, DeviceEvent, Health, ReportedState, Severity
+from fleet_protocol import DesiredState, DeviceEvent, Health, ModelReason, ReportedState, Severity
+from fleet_protocol.pacing import ByteBudget
 
 log = logging.getLogger(__name__)
 
@@ -295,9 +295,11 @@ class Agent:
                 f"outbox bound dropped records: {stats.evicted_routine} routine, {stats.evicted_flagged}"
                 f" flagged evicted, {stats.dropped_disk_full} lost to a full disk"
             )
+        model_reason = None
         if self.desired is not None and self.desired.model is not None and manifest is not None:
             want = self.desired.model
             if (want.model_id, want.version) != (manifest.model_id, manifest.version):
+                model_reason = ModelReason.OTA_UNSUPPORTED
                 reason = (
                     f"desired model {want.model_id}@{want.version} is not installed: this agent"
                     " version cannot download models yet"
@@ -317,6 +319,7 @@ class Agent:
             outbox_bytes=stats.bytes,
             evicted=stats.evicted_routine + stats.evicted_flagged,
             desired_revision=self.desired.revision if self.desired else None,
+            model_reason=model_reason,
         )
 
     async def apply_desired(self, desired: DesiredState) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge_agent.exceptions import ConfigError
@@ -50,6 +50,14 @@ class MqttTopicSourceConfig(_Section):
     topic: str
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _backoff_ordered(self) -> Self:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must not be below reconnect_min_s")
+        return self
 
 
 SourceConfig = Annotated[
@@ -74,6 +82,12 @@ class MqttConfig(_Section):
     reconnect_max_s: float = Field(default=30.0, gt=0)
     state_interval_s: float = Field(default=30.0, gt=0)
     encoding: Encoding = Encoding.JSON
+
+    @model_validator(mode="after")
+    def _backoff_ordered(self) -> Self:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must not be below reconnect_min_s")
+        return self
 
 
 class OutboxConfig(_Section):

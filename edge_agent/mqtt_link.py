@@ -1,15 +1,15 @@
 """The agent's one MQTT adapter: aiomqtt (paho-mqtt on the asyncio loop, no thread per client).
 
 Nothing else in edge_agent imports aiomqtt or paho; a simulator runs thousands of links
-on one loop. Reconnection lives outside the client, in the caller's loop, with `Backoff`.
+on one loop. Reconnection lives outside the client, in the caller's loop, with
+`fleet_protocol.pacing.Backoff`.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 
 import aiomqtt
@@ -127,22 +127,3 @@ class MqttLink:
                 yield Message(str(message.topic), bytes(payload), bool(message.retain))
         except aiomqtt.MqttError as exc:
             raise LinkError(f"connection to {self.settings.host}:{self.settings.port} lost: {exc}") from None
-
-
-@dataclass(slots=True)
-class Backoff:
-    """Exponential backoff with full jitter and a cap; `reset` after a good connection."""
-
-    minimum: float = 0.5
-    maximum: float = 30.0
-    attempt: int = 0
-    rng: random.Random = field(default_factory=random.Random)
-
-    def next_delay(self) -> float:
-        ceiling = min(self.maximum, self.minimum * (2**self.attempt))
-        self.attempt += 1
-        # Full jitter keeps a thousand devices from reconnecting in lockstep after an outage.
-        return self.rng.uniform(self.minimum, max(self.minimum, ceiling))
-
-    def reset(self) -> None:
-        self.attempt = 0

@@ -18,11 +18,10 @@ from collections.abc import Awaitable, Callable
 
 import msgpack
 
-from edge_agent.bandwidth import ByteBudget
 from edge_agent.config import MqttConfig
 from edge_agent.exceptions import LinkError
 from edge_agent.metrics import AgentMetrics
-from edge_agent.mqtt_link import Backoff, LastWill, LinkSettings, MqttLink
+from edge_agent.mqtt_link import LastWill, LinkSettings, MqttLink
 from edge_agent.outbox import Outbox, OutboxRow
 from edge_agent.records import to_wire
 from fleet_protocol import (
@@ -40,6 +39,7 @@ from fleet_protocol import (
     state_topic,
     telemetry_topic,
 )
+from fleet_protocol.pacing import Backoff, ByteBudget
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,13 @@ class Syncer:
                     await self._session()
             except* LinkError as group:
                 self.metrics.link_errors.inc()
-                log.warning("MQTT link: %s", "; ".join(str(e) for e in group.exceptions))
+                # Once per doubling of the attempts: a device offline for days must not fill its log.
+                if backoff.attempt & (backoff.attempt + 1) == 0:
+                    log.warning(
+                        "MQTT link: %s (attempt %d)",
+                        "; ".join(str(e) for e in group.exceptions),
+                        backoff.attempt + 1,
+                    )
             except* _SessionOver:
                 pass
             finally:
@@ -134,7 +140,7 @@ class Syncer:
             if self._stopping.is_set():
                 break
             delay = backoff.next_delay()
-            log.info("reconnecting in %.1fs", delay)
+            log.debug("reconnecting in %.3fs", delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,6 +30,14 @@ class BrokerConfig(_Section):
     password: str | None = None
     keepalive_s: int = Field(default=30, ge=5)
     client_id: str | None = Field(default=None, description="Default gateway-<gateway_id>")
+    reconnect_min_s: float = Field(default=0.2, gt=0)
+    reconnect_max_s: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _backoff_ordered(self) -> Self:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must not be below reconnect_min_s")
+        return self
 
 
 class DeviceClass(_Section):
@@ -73,6 +81,8 @@ class UpstreamConfig(_Section):
     def _token_with_url(self) -> UpstreamConfig:
         if self.url and not self.token:
             raise ValueError("upstream.token is required when upstream.url is set")
+        if self.retry_max_s < self.retry_min_s:
+            raise ValueError("retry_max_s must not be below retry_min_s")
         return self
 
 

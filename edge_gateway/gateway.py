@@ -9,7 +9,6 @@ processor changes the in-memory state, so none of it needs a lock.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -22,12 +21,13 @@ from edge_gateway.controller_client import ControllerClient
 from edge_gateway.desired import DesiredRelay
 from edge_gateway.exceptions import LinkError
 from edge_gateway.metrics import GatewayMetrics
-from edge_gateway.mqtt_link import Backoff, Message, MqttLink
+from edge_gateway.mqtt_link import Message, MqttLink
 from edge_gateway.pipeline import Pipeline
 from edge_gateway.site_http import make_app, serve
 from edge_gateway.store import GatewayStore, StoreError
 from edge_gateway.uplink import Uplink
 from fleet_protocol import site_subscription
+from fleet_protocol.pacing import Backoff
 from fleet_protocol.signing import load_public_key
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,8 @@ class Gateway:
     # -- MQTT in --------------------------------------------------------------------------
 
     async def _read_mqtt(self) -> None:
-        backoff = Backoff(0.2, 5.0)
+        broker = self.settings.broker
+        backoff = Backoff(broker.reconnect_min_s, broker.reconnect_max_s)
         while True:
             try:
                 async with self.link:
@@ -168,7 +169,9 @@ class Gateway:
                     log.info("connected to broker %s:%d", self.link.host, self.link.port)
                     await self.link.until_disconnected()
             except LinkError as exc:
-                log.warning("broker link: %s", exc)
+                # Once per doubling of the attempts: a broker down for days must not fill the log.
+                if backoff.attempt & (backoff.attempt + 1) == 0:
+                    log.warning("broker link: %s (attempt %d)", exc, backoff.attempt + 1)
             finally:
                 self.metrics.mqtt_connected.set(0)
             await asyncio.sleep(backoff.next_delay())
@@ -196,8 +199,7 @@ class Gateway:
                 )
                 await asyncio.sleep(_STORE_RETRY_S)
                 # The failed transaction left memory ahead of the store: start again from the store.
-                with contextlib.suppress(StoreError):
-                    self.pipeline.restore(await self.store.snapshot())
+                await self._restore_from_store()
                 continue
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
             self._store_ok = True
@@ -205,6 +207,20 @@ class Gateway:
             self._gauge_queue()
             # Only now: what the broker forgets, the store has.
             self.link.ack(batch)
+
+    async def _restore_from_store(self) -> None:
+        """Rebuild the pipeline from what the store committed; process nothing until that worked.
+
+        Going on with memory ahead of the store would drop the broker's redelivery of the
+        failed batch as duplicates of records that were never committed.
+        """
+        while True:
+            try:
+                self.pipeline.restore(await self.store.snapshot())
+                return
+            except StoreError as exc:
+                log.error("%s: cannot reload the committed state; retrying in %.0fs", exc, _STORE_RETRY_S)
+                await asyncio.sleep(_STORE_RETRY_S)
 
     async def _take(self, limit: int) -> list[Message]:
         """Messages to process: those of a failed commit first, then whatever is waiting."""

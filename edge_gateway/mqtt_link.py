@@ -11,9 +11,8 @@ nowhere else (aiomqtt is pinned at 2.5.1).
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 
 import aiomqtt
@@ -156,22 +155,3 @@ class MqttLink:
         except aiomqtt.MqttError as exc:
             raise LinkError(f"connection to broker {self.host}:{self.port} lost: {exc}") from None
         raise LinkError(f"connection to broker {self.host}:{self.port} ended")
-
-
-@dataclass(slots=True)
-class Backoff:
-    """Exponential backoff with full jitter and a cap; `reset` after a success."""
-
-    minimum: float = 0.5
-    maximum: float = 30.0
-    attempt: int = 0
-    rng: random.Random = field(default_factory=random.Random)
-
-    def next_delay(self) -> float:
-        ceiling = min(self.maximum, self.minimum * (2**self.attempt))
-        self.attempt += 1
-        # Full jitter: gateways of many sites do not retry the cloud in lockstep after an outage.
-        return self.rng.uniform(self.minimum, max(self.minimum, ceiling))
-
-    def reset(self) -> None:
-        self.attempt = 0

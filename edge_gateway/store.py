@@ -107,7 +107,11 @@ class GatewayStore:
         self.has_upstream = asyncio.Event()
 
     async def _call(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:  # a read, or a write outside `_transaction`
+            full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+            raise StoreError(f"store: {exc!r}", full=full) from exc
 
     async def open(self) -> Snapshot:
         return await self._call(self._open)
@@ -194,16 +198,20 @@ class GatewayStore:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; on any failure, back to what was committed."""
         db = self._conn()
         try:
             db.execute("BEGIN IMMEDIATE")
             yield db
             db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+        except BaseException as exc:
+            # Whatever failed (SQLite, a bad value, a bug), no transaction may stay open: the
+            # next one would fail on BEGIN, or commit half of this one.
+            _rollback(db)
+            if not isinstance(exc, Exception):
+                raise
             full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-            raise StoreError(f"store transaction failed: {exc}", full=full) from None
+            raise StoreError(f"store transaction failed: {exc!r}", full=full) from exc
 
     def _trim_dead_letters(self, db: sqlite3.Connection) -> None:
         # Bounded: a hostile publisher fills the table's budget, not the disk.
@@ -218,16 +226,24 @@ class GatewayStore:
 
     def _next_batch(self, max_items: int, max_bytes: int) -> UpstreamBatch | None:
         db = self._conn()
-        items, total = [], 0
-        for row in db.execute("SELECT id, kind, body FROM upstream ORDER BY id LIMIT ?", (max_items,)):
-            if items and total + len(row[2]) > max_bytes:
+        changed = db.execute(
+            "SELECT device_id, version, state FROM devices WHERE version > sent_version LIMIT ?", (max_items,)
+        ).fetchall()
+        # Up to half the batch is kept for device states: presence must reach the controller
+        # within ``state_refresh_s`` even while a backlog of hours drains behind it.
+        reserved = changed[: max_items // 2]
+        total = sum(len(state) for _, _, state in reserved)
+        items: list[tuple[int, str, bytes]] = []
+        full = False
+        for row in db.execute(
+            "SELECT id, kind, body FROM upstream ORDER BY id LIMIT ?", (max_items - len(reserved),)
+        ):
+            if (items or reserved) and total + len(row[2]) > max_bytes:
+                full = True
                 break
             items.append(row)
             total += len(row[2])
-        room = max(0, max_items - len(items))
-        devices = db.execute(
-            "SELECT device_id, version, state FROM devices WHERE version > sent_version LIMIT ?", (room,)
-        ).fetchall()
+        devices = reserved if full else changed[: max_items - len(items)]
         if not items and not devices:
             return None
         first = items[0][0] if items else 0
@@ -292,3 +308,12 @@ class GatewayStore:
         if self._db is None:
             raise StoreError("store is not open")
         return self._db
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    if not db.in_transaction:
+        return  # SQLite rolled back by itself (it does after SQLITE_FULL, among others)
+    try:
+        db.execute("ROLLBACK")
+    except sqlite3.Error as exc:  # the connection is broken: nothing more to undo through it
+        log.error("rollback failed: %s", exc)

@@ -17,7 +17,7 @@ import msgpack
 import numpy as np
 
 from fleet_protocol import TelemetryRecord
-from fleet_protocol.ingest import ClassStats, WindowSummary
+from fleet_protocol.ingest import MAX_SEQ_RANGES, ClassStats, WindowSummary
 
 Key = tuple[str, float, str, str]  # device, window start, model id, model version
 
@@ -47,6 +47,20 @@ class WindowStats:
     low: np.ndarray | None = None
     high: np.ndarray | None = None
     classes: dict[int, _Class] = field(default_factory=dict)
+    #: Inclusive runs ``[first, last]`` of the seqs counted, in arrival order; None for a piece
+    #: restored from a store written before runs were kept (it cannot list its seqs).
+    runs: list[list[int]] | None = field(default_factory=list)
+
+    def runs_after(self, records: list[TelemetryRecord]) -> int:
+        """How many runs the piece would list with ``records`` added."""
+        if self.runs is None:
+            return 0
+        count, last = len(self.runs), self.runs[-1][1] if self.runs else None
+        for record in records:
+            if record.seq != (None if last is None else last + 1):
+                count += 1
+            last = record.seq
+        return count
 
     def add(
         self, records: list[TelemetryRecord], forwarded: list[bool], now: float, moments: Moments | None
@@ -60,6 +74,13 @@ class WindowStats:
         self.low_confidence += sum(r.low_confidence for r in records)
         self.forwarded += sum(forwarded)
         self.last_arrival = now
+        if self.runs is not None:
+            runs = self.runs
+            for seq in seqs:
+                if runs and runs[-1][1] + 1 == seq:
+                    runs[-1][1] = seq
+                else:
+                    runs.append([seq, seq])
         if moments is not None:
             if self.total is not None and len(self.total) != len(moments.total):
                 self.n, self.total = 0, None  # the device changed input shape: start again from here
@@ -124,6 +145,7 @@ class WindowStats:
             mean=mean,
             std=std,
             classes=classes,
+            seq_ranges=[(low, high) for low, high in self.runs] if self.runs is not None else None,
         )
 
     def pack(self) -> bytes:
@@ -134,12 +156,15 @@ class WindowStats:
         ]
         head = [self.window_s, self.class_means, self.first_seq, self.last_seq, self.count]
         tail = [self.anomalies, self.low_confidence, self.forwarded, self.last_arrival, self.n]
-        return msgpack.packb([*head, *tail, arrays, classes], use_bin_type=True)
+        return msgpack.packb([*head, *tail, arrays, classes, self.runs], use_bin_type=True)
 
     @classmethod
     def unpack(cls, body: bytes) -> WindowStats:
-        *scalars, arrays, classes = msgpack.unpackb(body, raw=False)
-        stats = cls(*scalars)
+        fields = msgpack.unpackb(body, raw=False)
+        # Twelve fields: written before runs were kept; the piece goes on without them.
+        runs = fields.pop() if len(fields) == 13 else None
+        *scalars, arrays, classes = fields
+        stats = cls(*scalars, runs=runs)
         for name, blob in arrays.items():
             setattr(stats, name, _array(blob))
         for p, count, conf_sum, conf_n, blob in classes:
@@ -194,6 +219,8 @@ class DeviceWindows:
         self.open: dict[Key, WindowStats] = {}
         self.changed: set[Key] = set()
         self.closed: set[Key] = set()
+        #: Pieces closed early (too many runs of seqs), summarised at the next `close_due`.
+        self._full: list[tuple[Key, WindowStats]] = []
 
     def add(self, entries: list[tuple[TelemetryRecord, float, bool, bool]], now: float) -> None:
         """Add ``(record, window_s, class_means, forwarded)`` entries, grouped by window first."""
@@ -210,12 +237,28 @@ class DeviceWindows:
         for (key, (records, forwarded_flags, window_s, class_means)), m in zip(
             groups.items(), sums, strict=True
         ):
-            stats = self.open.get(key)
-            if stats is None:
-                stats = self.open[key] = WindowStats(window_s, class_means)
-                self.closed.discard(key)
-            stats.add(records, forwarded_flags, now, m)
+            stats = self._piece(key, window_s, class_means)
+            if stats.runs_after(records) <= MAX_SEQ_RANGES:
+                stats.add(records, forwarded_flags, now, m)
+            else:
+                # Rare (seqs arriving badly out of order): record by record, closing the piece
+                # when it cannot list another run, so every summary still says which seqs it counts.
+                for record, forwarded in zip(records, forwarded_flags, strict=True):
+                    stats = self._piece(key, window_s, class_means)
+                    if stats.runs_after([record]) > MAX_SEQ_RANGES:
+                        self._full.append((key, self.open.pop(key)))
+                        self.closed.add(key)
+                        stats = self._piece(key, window_s, class_means)
+                    stats.add([record], [forwarded], now, moments([[record]])[0])
             self.changed.add(key)
+
+    def _piece(self, key: Key, window_s: float, class_means: bool) -> WindowStats:
+        """The open piece of ``key``'s window, a new one if none is open."""
+        stats = self.open.get(key)
+        if stats is None:
+            stats = self.open[key] = WindowStats(window_s, class_means)
+            self.closed.discard(key)
+        return stats
 
     def close_due(self, now: float, names: dict[tuple[str, str], list[str]]) -> list[WindowSummary]:
         """Summaries of the windows that ended and went quiet; they leave the open set."""
@@ -224,7 +267,8 @@ class DeviceWindows:
             for key, s in self.open.items()
             if now >= max(key[1] + s.window_s, s.last_arrival) + self.grace_s
         ]
-        out = []
+        out = [stats.summary(key, names.get((key[2], key[3]))) for key, stats in self._full]
+        self._full.clear()
         for key in due:
             stats = self.open.pop(key)
             out.append(stats.summary(key, names.get((key[2], key[3]))))

@@ -15,48 +15,18 @@ import gzip
 import json
 import logging
 import time
-from collections.abc import Callable
 
 from edge_gateway.config import UpstreamConfig
 from edge_gateway.controller_client import ControllerClient
 from edge_gateway.exceptions import UpstreamError
 from edge_gateway.metrics import GatewayMetrics
-from edge_gateway.mqtt_link import Backoff
 from edge_gateway.store import GatewayStore, StoreError, UpstreamBatch
 from fleet_protocol.ingest import IngestBatch
+from fleet_protocol.pacing import Backoff, ByteBudget
 
 log = logging.getLogger(__name__)
 
 _FIELDS = {"record": "records", "summary": "summaries", "drift": "drift", "event": "events"}
-
-
-class ByteBudget:
-    """A token bucket over compressed bytes per hour; a batch above the burst waits for a full bucket."""
-
-    def __init__(self, bytes_per_hour: int, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = bytes_per_hour / 3600.0
-        self.capacity = max(bytes_per_hour / 60.0, 4096.0)  # a minute's worth of burst
-        self._clock = clock
-        self._tokens = self.capacity
-        self._stamp = clock()
-
-    def delay_for(self, size: int) -> float:
-        """Seconds to wait before ``size`` bytes may go."""
-        now = self._clock()
-        self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        need = min(float(size), self.capacity)
-        return 0.0 if self._tokens >= need else (need - self._tokens) / self.rate
-
-    def spend(self, size: int) -> None:
-        self._tokens -= size
-
-    async def take(self, size: int) -> None:
-        delay = self.delay_for(size)
-        if delay > 0:
-            await asyncio.sleep(delay)  # one sender: nobody spends from the bucket meanwhile
-            self.delay_for(size)
-        self.spend(size)
 
 
 def ingest_body(batch: UpstreamBatch, *, site: str, gateway_id: str) -> bytes:
@@ -103,7 +73,13 @@ class Uplink:
 
     async def run(self) -> None:
         while True:
-            batch = await self.store.next_batch(self._limit, self.config.max_bytes)
+            try:
+                batch = await self.store.next_batch(self._limit, self.config.max_bytes)
+            except StoreError as exc:
+                self.last_error = str(exc)
+                log.error("%s: reading the queue again later", exc)
+                await asyncio.sleep(self.backoff.next_delay())
+                continue
             if batch is None:
                 self.store.has_upstream.clear()
                 await self.store.has_upstream.wait()
@@ -144,8 +120,13 @@ class Uplink:
         self.metrics.upstream_failures.labels(str(exc.status or "network")).inc()
         count = len(batch.items) + len(batch.devices)
         if exc.retry:
+            attempt = self.backoff.attempt + 1
             delay = self.backoff.next_delay()
-            log.warning("%s; retrying in %.1fs (%d items wait)", exc, delay, self.store.depth)
+            # Once per doubling of the attempts: a cloud link down for days must not fill the log.
+            if attempt & (attempt - 1) == 0:
+                log.warning(
+                    "%s; attempt %d, retrying in %.1fs (%d items wait)", exc, attempt, delay, self.store.depth
+                )
             await asyncio.sleep(delay)
         elif count > 1:
             # Refused for its content: find the bad item by halving the batch.

@@ -5,7 +5,8 @@ The controller stores each record once, keyed by ``(device_id, seq)``: a batch s
 a lost response is answered with the same counts moved to ``duplicates``.
 
 Schema version 2 adds ``summaries``: per-device window statistics, which a gateway sends in
-place of the routine records it does not forward whole. Version 1 batches are still accepted.
+place of the routine records it does not forward whole. Version 3 adds each summary's
+``seq_ranges``: which records it counts. Versions 1 and 2 are still accepted.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from fleet_protocol.messages import (
 )
 
 MAX_INGEST_RECORDS = 5000
+#: Runs of seqs one summary piece may list; a piece with more gaps is closed early by the gateway.
+MAX_SEQ_RANGES = 256
+
+Seq = Annotated[int, Field(ge=1, le=INT64_MAX)]
 
 
 class DriftSummary(BaseModel):
@@ -89,6 +94,10 @@ class WindowSummary(BaseModel):
     mean: list[float] = Field(default_factory=list, max_length=4096)
     std: list[float] = Field(default_factory=list, max_length=4096)
     classes: list[ClassStats] = Field(default_factory=list, max_length=1024)
+    #: The seqs the piece counts, as inclusive ``[first, last]`` runs in arrival order (schema
+    #: version 3): which records a summary covers, not only how many, so that one record lost
+    #: and another counted twice cannot pass for a right count.
+    seq_ranges: list[tuple[Seq, Seq]] | None = Field(default=None, max_length=MAX_SEQ_RANGES)
 
     @model_validator(mode="after")
     def _consistent(self) -> WindowSummary:
@@ -96,6 +105,14 @@ class WindowSummary(BaseModel):
             raise ValueError("window_end is before window_start")
         if self.last_seq < self.first_seq:
             raise ValueError("last_seq is below first_seq")
+        if self.seq_ranges is not None:
+            covered = 0
+            for low, high in self.seq_ranges:
+                if not self.first_seq <= low <= high <= self.last_seq:
+                    raise ValueError(f"seq range [{low}, {high}] is outside [first_seq, last_seq]")
+                covered += high - low + 1
+            if covered != self.count:
+                raise ValueError(f"seq_ranges cover {covered} seqs, count is {self.count}")
         lengths = {len(self.min), len(self.max), len(self.mean), len(self.std)}
         if len(lengths) != 1:
             raise ValueError("min, max, mean and std must have one value per feature")
@@ -105,10 +122,10 @@ class WindowSummary(BaseModel):
 class IngestBatch(ProtocolModel):
     """One upload from a site gateway. ``batch_id`` is unique per gateway (for logs and retries)."""
 
-    SUPPORTED_VERSIONS: ClassVar[frozenset[int]] = frozenset({1, 2})
-    CURRENT_VERSION: ClassVar[int] = 2
+    SUPPORTED_VERSIONS: ClassVar[frozenset[int]] = frozenset({1, 2, 3})
+    CURRENT_VERSION: ClassVar[int] = 3
 
-    schema_version: int = Field(default=2, strict=True, description="Version of this payload's schema")
+    schema_version: int = Field(default=3, strict=True, description="Version of this payload's schema")
 
     site: SiteId
     gateway_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -124,6 +141,8 @@ class IngestBatch(ProtocolModel):
     def _summaries_need_v2(self) -> IngestBatch:
         if self.schema_version < 2 and self.summaries:
             raise ValueError("summaries need schema_version 2")
+        if self.schema_version < 3 and any(s.seq_ranges is not None for s in self.summaries):
+            raise ValueError("summaries with seq_ranges need schema_version 3")
         return self
 
 

@@ -96,8 +96,50 @@ class Health(StrEnum):
     UNKNOWN = "unknown"  # set by the Last Will: the device went away
 
 
+class ModelReason(StrEnum):
+    """Why a device does not run the model its desired state names: a closed list.
+
+    Free text goes in ``ReportedState.reason``; this code is what fleets, rollouts and the
+    simulators' invariants act on. Every value but `UPDATE_PENDING` is final for the
+    desired revision it answers: the device stays on the model it runs until a new one comes.
+    """
+
+    #: The update is under way (download, verification, shadow): not an answer yet.
+    UPDATE_PENDING = "update_pending"
+    #: This agent cannot install models over the air (an older agent).
+    OTA_UNSUPPORTED = "ota_unsupported"
+    #: The bundle could not be fetched from the gateway or the controller.
+    DOWNLOAD_FAILED = "download_failed"
+    #: The manifest is not the one the desired state names (its sha256 differs).
+    MANIFEST_MISMATCH = "manifest_mismatch"
+    #: The manifest's signature does not verify with any trusted key.
+    SIGNATURE_INVALID = "signature_invalid"
+    #: A file of the bundle does not match the digest its manifest gives.
+    DIGEST_MISMATCH = "digest_mismatch"
+    #: The bundle needs a runtime this device does not have.
+    RUNTIME_UNSUPPORTED = "runtime_unsupported"
+    #: The runtime could not load the model.
+    LOAD_FAILED = "load_failed"
+    #: A smoke inference gave non-finite outputs or the wrong shape.
+    SMOKE_TEST_FAILED = "smoke_test_failed"
+    #: The runtime raised while running the new model.
+    RUNTIME_ERROR = "runtime_error"
+    #: The new model broke a gate on the device during its shadow period.
+    SHADOW_GATE_FAILED = "shadow_gate_failed"
+    #: No space left for the new bundle beside the active one.
+    DISK_FULL = "disk_full"
+
+
 class ReportedState(ProtocolModel):
-    """Retained on ``fleet/{site}/{device}/state``; the Last Will publishes ``online=False``."""
+    """Retained on ``fleet/{site}/{device}/state``; the Last Will publishes ``online=False``.
+
+    Version 2 adds ``model_reason``; version 1 states are still read.
+    """
+
+    SUPPORTED_VERSIONS: ClassVar[frozenset[int]] = frozenset({1, 2})
+    CURRENT_VERSION: ClassVar[int] = 2
+
+    schema_version: int = Field(default=2, strict=True, description="Version of this payload's schema")
 
     device_id: DeviceId
     site: SiteId
@@ -117,6 +159,15 @@ class ReportedState(ProtocolModel):
         default=None, ge=0, le=INT64_MAX, description="Last desired state applied"
     )
     encodings: list[Encoding] = Field(default_factory=lambda: list(Encoding))
+    model_reason: ModelReason | None = Field(
+        default=None, description="Why the device does not run its desired model (schema version 2)"
+    )
+
+    @model_validator(mode="after")
+    def _reason_needs_v2(self) -> ReportedState:
+        if self.schema_version < 2 and self.model_reason is not None:
+            raise ValueError("model_reason needs schema_version 2")
+        return self
 
 
 class ModelAssignment(BaseModel):

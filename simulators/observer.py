@@ -10,8 +10,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from edge_agent.exceptions import LinkError
-from edge_agent.mqtt_link import Backoff, LinkSettings, MqttLink
+from edge_agent.mqtt_link import LinkSettings, MqttLink
 from fleet_protocol import ProtocolError, ReportedState, TelemetryBatch, TopicKind, decode, parse_topic
+from fleet_protocol.pacing import Backoff
 
 log = logging.getLogger(__name__)
 

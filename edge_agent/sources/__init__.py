@@ -28,7 +28,13 @@ def build_source(config: ReplaySourceConfig | SyntheticSourceConfig | MqttTopicS
             drift_per_hour=config.drift_per_hour,
             limit=config.limit,
         )
-    return MqttTopicSource(host=config.host, port=config.port, topic=config.topic)
+    return MqttTopicSource(
+        host=config.host,
+        port=config.port,
+        topic=config.topic,
+        reconnect_min_s=config.reconnect_min_s,
+        reconnect_max_s=config.reconnect_max_s,
+    )
 
 
 __all__ = ["Reading", "SensorSource", "build_source"]

@@ -10,8 +10,9 @@ import uuid
 from collections.abc import AsyncIterator
 
 from edge_agent.exceptions import LinkError
-from edge_agent.mqtt_link import Backoff, LinkSettings, MqttLink
+from edge_agent.mqtt_link import LinkSettings, MqttLink
 from edge_agent.sources.base import Reading, SensorSource
+from fleet_protocol.pacing import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -23,13 +24,22 @@ class MqttTopicSource(SensorSource):
     and counts: the stream goes on.
     """
 
-    def __init__(self, *, host: str, port: int, topic: str) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        topic: str,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
+    ) -> None:
         self.topic = topic
+        self.backoff = Backoff(reconnect_min_s, reconnect_max_s)
         client_id = f"sensor-{uuid.uuid4().hex[:12]}"
         self._link = MqttLink(LinkSettings(host=host, port=port, client_id=client_id, clean_session=True))
 
     async def readings(self, start_cursor: str | None = None) -> AsyncIterator[Reading]:
-        backoff = Backoff()
+        backoff = self.backoff
         await self._link.subscribe(self.topic, qos=1)
         while True:
             try:
@@ -39,7 +49,15 @@ class MqttTopicSource(SensorSource):
                         yield _reading(message.payload)
             except LinkError as exc:
                 delay = backoff.next_delay()
-                log.warning("sensor topic %s: %s; retrying in %.1fs", self.topic, exc, delay)
+                # Once per doubling, not on every attempt: a sensor bus down for days must not fill the log.
+                if backoff.attempt & (backoff.attempt - 1) == 0:
+                    log.warning(
+                        "sensor topic %s: %s; attempt %d, retrying in %.1fs",
+                        self.topic,
+                        exc,
+                        backoff.attempt,
+                        delay,
+                    )
                 await asyncio.sleep(delay)
 
 

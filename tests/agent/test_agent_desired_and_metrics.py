@@ -9,8 +9,8 @@ import aiohttp
 import aiomqtt
 
 from edge_agent.agent import Agent
-from edge_agent.bandwidth import ByteBudget
 from fleet_protocol import DesiredState, Encoding, ModelAssignment, desired_topic, encode
+from fleet_protocol.pacing import ByteBudget
 from tests.agent.factories import agent_config, settings
 from tests.utils.broker import Mosquitto, free_port
 from tests.utils.subscriber import FleetSubscriber
@@ -130,7 +130,7 @@ class FakeClock:
 
 def test_byte_budget_allows_a_burst_then_the_hourly_rate() -> None:
     clock = FakeClock()
-    budget = ByteBudget(3600 * 100, burst_bytes=1000, clock=clock)  # 100 bytes/s
+    budget = ByteBudget(3600 * 100, burst_bytes=1000, clock=clock.monotonic)  # 100 bytes/s
     assert budget.delay_for(1000) == 0
     budget.spend(1000)
     assert budget.delay_for(500) == 5.0
@@ -145,5 +145,5 @@ def test_byte_budget_allows_a_burst_then_the_hourly_rate() -> None:
 
 def test_byte_budget_lets_an_oversized_message_through_once_full() -> None:
     clock = FakeClock()
-    budget = ByteBudget(3600 * 100, burst_bytes=1000, clock=clock)
+    budget = ByteBudget(3600 * 100, burst_bytes=1000, clock=clock.monotonic)
     assert budget.delay_for(50_000) == 0, "a message larger than the burst waits for a full bucket only"

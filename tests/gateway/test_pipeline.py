@@ -17,10 +17,11 @@ from edge_gateway.mqtt_link import Message
 from edge_gateway.pipeline import Pipeline
 from edge_gateway.store import GatewayStore
 from edge_gateway.summaries import WindowStats, moments
-from edge_gateway.uplink import ByteBudget, ingest_body
+from edge_gateway.uplink import ingest_body
 from edge_gateway.validate import Rejection, validate
 from fleet_protocol import decode, population_stability_index
 from fleet_protocol.ingest import DriftSummary, IngestBatch, WindowSummary
+from fleet_protocol.pacing import ByteBudget
 from model_compiler.reference import drift_reference
 from tests.gateway.factories import record, telemetry
 
@@ -259,7 +260,8 @@ async def test_ingest_body_is_a_valid_ingest_batch(tmp_path: Path) -> None:
     assert batch is not None
     body = ingest_body(batch, site="site-a", gateway_id="gw-1")
     parsed = decode(gzip.decompress(gzip.compress(body)), IngestBatch)
-    assert parsed.schema_version == 2
+    assert parsed.schema_version == 3
+    assert parsed.summaries[0].seq_ranges == [(1, 3)], "the summary lists the seqs it counts"
     assert [r.seq for r in parsed.records] == [1, 2, 3]
     assert len(parsed.summaries) == 1 and len(parsed.events) == 1
     assert parsed.batch_id == f"gw-1-{batch.first_id}-{batch.last_id}"
