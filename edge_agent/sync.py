@@ -89,6 +89,8 @@ class Syncer:
                 max_inflight=max(20, config.max_inflight),
             )
         )
+        #: Failed attempts since the last good connection (a device offline for days counts up).
+        self.backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
         self._events: asyncio.Queue[DeviceEvent] = asyncio.Queue(maxsize=_EVENT_QUEUE)
         self._state_changed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -113,7 +115,7 @@ class Syncer:
 
     async def run(self) -> None:
         """Connect, sync, reconnect on failure, until `stop`."""
-        backoff = Backoff(self.config.reconnect_min_s, self.config.reconnect_max_s)
+        backoff = self.backoff
         while not self._stopping.is_set():
             try:
                 async with self.link:

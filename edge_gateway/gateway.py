@@ -169,6 +169,7 @@ class Gateway:
                     log.info("connected to broker %s:%d", self.link.host, self.link.port)
                     await self.link.until_disconnected()
             except LinkError as exc:
+                self.metrics.mqtt_link_errors.inc()
                 # Once per doubling of the attempts: a broker down for days must not fill the log.
                 if backoff.attempt & (backoff.attempt + 1) == 0:
                     log.warning("broker link: %s (attempt %d)", exc, backoff.attempt + 1)

@@ -63,6 +63,9 @@ class GatewayMetrics:
         self.mqtt_connects = Counter(
             "edge_gateway_mqtt_connects", "Successful broker connections", registry=r
         )
+        self.mqtt_link_errors = Counter(
+            "edge_gateway_mqtt_link_errors", "Failed broker connections and dropped links", registry=r
+        )
         self.broker_restarts = Counter(
             "edge_gateway_broker_restarts", "Times the managed broker was restarted", registry=r
         )

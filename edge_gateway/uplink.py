@@ -91,13 +91,20 @@ class Uplink:
     async def _send(self, batch: UpstreamBatch) -> None:
         body = ingest_body(batch, site=self.site, gateway_id=self.gateway_id)
         compressed = await asyncio.to_thread(gzip.compress, body, self.config.compression)
-        if self.budget is not None:
-            await self.budget.take(len(compressed))
-        try:
-            result = await self.client.ingest(compressed)
-        except UpstreamError as exc:
-            await self._failed(batch, exc)
-            return
+        while True:
+            if self.budget is not None:
+                await self.budget.take(len(compressed))
+            try:
+                result = await self.client.ingest(compressed)
+                break
+            except UpstreamError as exc:
+                self.last_error = str(exc)
+                self.metrics.upstream_failures.labels(str(exc.status or "network")).inc()
+                if not exc.retry:
+                    await self._refused(batch, exc)
+                    return
+                # The same bytes go again: a backlog is not read and compressed anew per attempt.
+                await self._wait_to_retry(exc)
         try:
             await self.store.sent(batch)
         except StoreError as exc:
@@ -115,31 +122,30 @@ class Uplink:
         self.metrics.upstream_last_success.set(self.last_success)
         log.debug("batch %s: %d new, %d duplicates", result.batch_id, result.accepted, result.duplicates)
 
-    async def _failed(self, batch: UpstreamBatch, exc: UpstreamError) -> None:
-        self.last_error = str(exc)
-        self.metrics.upstream_failures.labels(str(exc.status or "network")).inc()
+    async def _wait_to_retry(self, exc: UpstreamError) -> None:
+        attempt = self.backoff.attempt + 1
+        delay = self.backoff.next_delay()
+        # Once per doubling of the attempts: a cloud link down for days must not fill the log.
+        if attempt & (attempt - 1) == 0:
+            log.warning(
+                "%s; attempt %d, retrying in %.1fs (%d items wait)", exc, attempt, delay, self.store.depth
+            )
+        await asyncio.sleep(delay)
+
+    async def _refused(self, batch: UpstreamBatch, exc: UpstreamError) -> None:
+        """The controller refused the batch for its content: halve it, or dead-letter its one item."""
         count = len(batch.items) + len(batch.devices)
-        if exc.retry:
-            attempt = self.backoff.attempt + 1
-            delay = self.backoff.next_delay()
-            # Once per doubling of the attempts: a cloud link down for days must not fill the log.
-            if attempt & (attempt - 1) == 0:
-                log.warning(
-                    "%s; attempt %d, retrying in %.1fs (%d items wait)", exc, attempt, delay, self.store.depth
-                )
-            await asyncio.sleep(delay)
-        elif count > 1:
-            # Refused for its content: find the bad item by halving the batch.
+        if count > 1:
             self._limit = max(1, count // 2)
             log.warning("%s; sending in batches of %d to find the refused item", exc, self._limit)
-        else:
-            log.error("%s; the item goes to the dead letters", exc)
-            self.metrics.upstream_refused.inc(count)
-            try:
-                await self.store.refused(batch, f"refused_{exc.status}", str(exc))
-            except StoreError as error:
-                log.error("%s: trying again later", error)
-                await asyncio.sleep(self.backoff.next_delay())
+            return
+        log.error("%s; the item goes to the dead letters", exc)
+        self.metrics.upstream_refused.inc(count)
+        try:
+            await self.store.refused(batch, f"refused_{exc.status}", str(exc))
+        except StoreError as error:
+            log.error("%s: trying again later", error)
+            await asyncio.sleep(self.backoff.next_delay())
 
     def health(self) -> dict[str, object]:
         return {
