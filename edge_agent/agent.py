@@ -32,6 +32,11 @@ from fleet_protocol.pacing import ByteBudget
 log = logging.getLogger(__name__)
 
 _HOUSEKEEPING_S = 1.0
+#: Readings are judged over windows this long: most of a window refused degrades health.
+_INPUT_WINDOW_S = 10.0
+_INPUT_WINDOW_MIN = 10
+#: At most one log line per this many seconds about refused input.
+_INPUT_LOG_EVERY_S = 60.0
 
 
 class Agent:
@@ -80,6 +85,15 @@ class Agent:
         self.desired: DesiredState | None = None
         self.rejected: Counter[str] = Counter()
         self._rejected_reported: Counter[str] = Counter()
+        #: One refused reading per reason (its detail: which feature, which keys came).
+        self._rejected_example: dict[str, str] = {}
+        self._window_seen = 0
+        self._window_refused: Counter[str] = Counter()
+        self._window_example: dict[str, str] = {}
+        self._window_started = time.monotonic()
+        #: Set while most of the last window's readings were refused: why, with an example.
+        self.input_problem: str | None = None
+        self._input_logged_at = -_INPUT_LOG_EVERY_S
         self._dropped_reported: dict[str, int] = {}
         self._stop = asyncio.Event()
         self.started = asyncio.Event()
@@ -103,9 +117,14 @@ class Agent:
             self._event("model.load_failed", Severity.ERROR, str(exc))
         stored = await self._desired_store.load()
         if stored is not None:
-            with contextlib.suppress(ValueError):
+            try:
                 self.desired = DesiredState.model_validate(stored)
                 self.syncer.encoding = self.desired.telemetry_encoding
+            except ValueError as exc:
+                # Not fatal: the broker's retained desired state brings it again on connect.
+                message = f"stored desired state is invalid, ignored until the broker sends it again: {exc}"
+                log.warning("%s", message)
+                self._event("desired.invalid_stored", Severity.WARNING, message[:4000])
         metrics_runner = None
         if self.settings.metrics.port is not None:
             metrics_runner = await serve_metrics(
@@ -218,9 +237,13 @@ class Agent:
         assert self.model is not None
         model = self.model
         raw, kept_index, rejected = model.preprocessor.batch([r.values for r in readings])
+        self._window_seen += len(readings)
         for exc in rejected:
             self.rejected[exc.reason] += 1
+            self._window_refused[exc.reason] += 1
             self.metrics.rejected.labels(exc.reason).inc()
+            self._rejected_example.setdefault(exc.reason, str(exc))
+            self._window_example.setdefault(exc.reason, str(exc))
             log.debug("rejected reading: %s", exc)
         if not kept_index:
             return []
@@ -287,7 +310,12 @@ class Agent:
         stats = self.outbox.stats
         manifest = self.model.manifest if self.model else None
         health, reason = self.health, self.reason
-        if health is Health.OK and (
+        if health is Health.OK and stats.dropped_write_error:
+            health = Health.DEGRADED
+            reason = f"outbox write errors lost {stats.dropped_write_error} records; last: {stats.last_error}"
+        elif health is Health.OK and self.input_problem is not None:
+            health, reason = Health.DEGRADED, self.input_problem
+        elif health is Health.OK and (
             stats.evicted_routine or stats.evicted_flagged or stats.dropped_disk_full
         ):
             health = Health.DEGRADED
@@ -347,27 +375,68 @@ class Agent:
                 "routine": stats.evicted_routine,
                 "flagged": stats.evicted_flagged,
                 "disk_full": stats.dropped_disk_full,
+                "write_error": stats.dropped_write_error,
             }
             delta = {k: v - self._dropped_reported.get(k, 0) for k, v in dropped.items()}
             if any(delta.values()):
                 for kind, count in delta.items():
                     if count:
                         self.metrics.evicted.labels(kind).inc(count)
-                self._event(
-                    "outbox.evicted",
-                    Severity.WARNING,
-                    f"outbox bound reached: {sum(delta.values())} more records dropped",
-                    **dropped,
-                )
+                if delta["write_error"]:
+                    self._event(
+                        "outbox.write_failed",
+                        Severity.ERROR,
+                        f"outbox write failed: {delta['write_error']} more records lost ({stats.last_error})",
+                        error=stats.last_error,
+                        **dropped,
+                    )
+                if delta["routine"] or delta["flagged"] or delta["disk_full"]:
+                    self._event(
+                        "outbox.evicted",
+                        Severity.WARNING,
+                        f"outbox bound reached: {sum(delta.values()) - delta['write_error']} more records"
+                        " dropped",
+                        **dropped,
+                    )
                 self._dropped_reported = dropped
                 self.syncer.state_changed()
             new = self.rejected - self._rejected_reported
             if new:
+                top, _ = new.most_common(1)[0]
+                example = self._rejected_example.get(top, "")
                 self._event(
                     "input.rejected",
                     Severity.WARNING,
-                    f"{sum(new.values())} readings refused",
+                    f"{sum(new.values())} readings refused, most for {top}: {example}",
                     **{k: int(v) for k, v in new.items()},
+                    example={"reason": top, "detail": example},
                 )
                 self._rejected_reported = self.rejected.copy()
+                self._rejected_example.clear()
+            self._judge_input_window()
             await asyncio.sleep(_HOUSEKEEPING_S)
+
+    def _judge_input_window(self) -> None:
+        """Degrade health while most readings of a window are refused; recover when they fit again."""
+        now = time.monotonic()
+        if now - self._window_started < _INPUT_WINDOW_S:
+            return
+        seen, reasons, examples = self._window_seen, self._window_refused, self._window_example
+        refused = sum(reasons.values())
+        self._window_seen, self._window_refused, self._window_example = 0, Counter(), {}
+        self._window_started = now
+        before = self.input_problem
+        if seen >= _INPUT_WINDOW_MIN and refused * 2 > seen:
+            top = reasons.most_common(1)[0][0]
+            example = examples.get(top, "")
+            self.input_problem = (
+                f"{refused} of {seen} readings refused in the last {_INPUT_WINDOW_S:.0f} s, most for {top}:"
+                f" {example}"
+            )
+            if now - self._input_logged_at >= _INPUT_LOG_EVERY_S:
+                log.warning("input does not fit the model: %s", self.input_problem)
+                self._input_logged_at = now
+        elif seen >= _INPUT_WINDOW_MIN:
+            self.input_problem = None
+        if before != self.input_problem and (before is None or self.input_problem is None):
+            self.syncer.state_changed()

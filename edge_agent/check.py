@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from collections import Counter
 
-from edge_agent.config import ReplaySourceConfig, load_settings
+from edge_agent.config import AgentSettings, MqttTopicSourceConfig, ReplaySourceConfig, load_settings
 from edge_agent.exceptions import AgentError, ModelLoadError
-from edge_agent.model import load_model, load_trusted_keys
+from edge_agent.model import LoadedModel, load_model, load_trusted_keys
+from edge_agent.sources import Reading, SensorSource, build_source
+
+#: Rows of the source read to see whether they fit the model.
+SAMPLE_ROWS = 20
 
 
 def check_config(path: str) -> int:
@@ -32,10 +38,50 @@ def check_config(path: str) -> int:
         return ModelLoadError.exit_code if model is None else 1
     assert model is not None
     manifest = model.manifest
+    fit = _sample_fit(settings, model)
     model.close()
+    if fit is not None:
+        print(f"error: source: {fit}", file=sys.stderr)
+        return 1
     print(
         f"ok: device {settings.device_id} at site {settings.site}, model {manifest.ref}"
         f" ({manifest.runtime.value}), broker {settings.mqtt.host}:{settings.mqtt.port},"
         f" source {settings.source.kind}"
     )
     return 0
+
+
+def _sample_fit(settings: AgentSettings, model: LoadedModel) -> str | None:
+    """Why the source's first rows do not fit the model, or None when most of them do."""
+    source = settings.source
+    if isinstance(source, MqttTopicSourceConfig):
+        return None  # a live topic: nothing to read before the sensor publishes
+    if isinstance(source, ReplaySourceConfig):
+        if not source.path.is_file():
+            return None  # said above
+        source = source.model_copy(update={"rate_hz": None, "loop": False})
+    else:
+        source = source.model_copy(update={"rate_hz": None, "limit": SAMPLE_ROWS})
+    readings = asyncio.run(_first_readings(build_source(source)))
+    if not readings:
+        return "it yielded no readings"
+    _, kept, refused = model.preprocessor.batch([r.values for r in readings])
+    if len(kept) * 2 > len(readings):
+        return None
+    reasons = Counter(exc.reason for exc in refused)
+    top = reasons.most_common(1)[0][0]
+    example = next(str(exc) for exc in refused if exc.reason == top)
+    return (
+        f"{len(refused)} of its first {len(readings)} rows do not fit model {model.manifest.ref},"
+        f" most for {top}: {example}; the model reads {', '.join(model.preprocessor.feature_names)}"
+    )
+
+
+async def _first_readings(source: SensorSource) -> list[Reading]:
+    out: list[Reading] = []
+    async for reading in source.readings():
+        out.append(reading)
+        if len(out) >= SAMPLE_ROWS:
+            break
+    await source.aclose()
+    return out

@@ -27,7 +27,10 @@ class AgentMetrics:
         self.outbox_depth = Gauge("edge_agent_outbox_records", "Records waiting for a PUBACK", registry=r)
         self.outbox_bytes = Gauge("edge_agent_outbox_bytes", "Bytes of records in the outbox", registry=r)
         self.evicted = Counter(
-            "edge_agent_outbox_evicted", "Records evicted by the bound", ["kind"], registry=r
+            "edge_agent_outbox_evicted",
+            "Records the outbox dropped: evicted by its bound (routine, flagged), disk_full, write_error",
+            ["kind"],
+            registry=r,
         )
         self.records_sent = Counter("edge_agent_records_acked", "Records the broker acknowledged", registry=r)
         self.bytes_sent = Counter("edge_agent_sent_bytes", "Telemetry payload bytes acknowledged", registry=r)

@@ -9,6 +9,9 @@
   (anomalies, low confidence) only when nothing routine is left; every eviction is counted.
 - A full disk (``SQLITE_FULL``) evicts harder; a batch that still does not fit is dropped
   and counted, and the agent goes on.
+- Any other write error is retried when it is transient (``SQLITE_BUSY``/``SQLITE_LOCKED`` a
+  few times, ``SQLITE_IOERR`` once); otherwise the batch is dropped, counted in
+  ``dropped_write_error`` with the error kept in ``last_error``, for the agent to report.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from collections.abc import Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,7 +45,11 @@ CREATE TABLE IF NOT EXISTS outbox (
 DROP INDEX IF EXISTS outbox_by_priority;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
 """
-_COUNTERS = ("last_seq", "evicted_routine", "evicted_flagged", "dropped_disk_full")
+_COUNTERS = ("last_seq", "evicted_routine", "evicted_flagged", "dropped_disk_full", "dropped_write_error")
+#: Tries of one transaction while another process holds the database (each after SQLite's own
+#: busy timeout), and the pause between them.
+_BUSY_TRIES = 4
+_BUSY_PAUSE_S = 0.05
 
 
 @dataclass(slots=True)
@@ -71,7 +79,10 @@ class OutboxStats:
     evicted_routine: int
     evicted_flagged: int
     dropped_disk_full: int
+    dropped_write_error: int
     pending: int
+    #: The last write error that lost records, for the device's reported state.
+    last_error: str | None
 
 
 class Outbox:
@@ -101,6 +112,8 @@ class Outbox:
         self._bytes = 0
         self._counters = dict.fromkeys(_COUNTERS, 0)
         self.saved_cursor: str | None = None
+        self.last_error: str | None = None
+        self._drops = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -162,8 +175,9 @@ class Outbox:
                 self._changed.notify_all()
             try:
                 await self._run(self._write, batch)
-            except Exception:
-                log.exception("outbox write of %d records failed; they are lost", len(batch))
+            except Exception as exc:  # not SQLite's (those `_write` handles): still counted, never silent
+                log.exception("outbox write of %d records failed", len(batch))
+                self._dropped(len(batch), f"{exc.__class__.__name__}: {exc}")
             finally:
                 async with self._changed:
                     self._writing -= 1
@@ -198,21 +212,50 @@ class Outbox:
                 cursor = item.cursor
         incoming = sum(r[2] for r in rows)
         try:
-            self._insert(rows, incoming, seq, cursor)
-        except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
-                raise
-            # The disk (or the database's page limit) is full: make room and try once more.
-            log.warning("outbox disk is full; evicting routine records to make room")
-            with contextlib.suppress(sqlite3.OperationalError):
-                self._shrink(max(incoming * 4, self._bytes // 4))
+            self._insert_retrying(rows, incoming, seq, cursor)
+            return
+        except sqlite3.Error as exc:
+            if _primary_code(exc) != sqlite3.SQLITE_FULL:
+                self._dropped(len(rows), f"{exc.__class__.__name__}: {exc}")
+                return
+        # The disk (or the database's page limit) is full: make room and try once more.
+        log.warning("outbox disk is full; evicting routine records to make room")
+        with contextlib.suppress(sqlite3.Error):
+            self._shrink(max(incoming * 4, self._bytes // 4))
+        try:
+            self._insert_retrying(rows, incoming, seq, cursor)
+        except sqlite3.Error as again:
+            if _primary_code(again) != sqlite3.SQLITE_FULL:
+                self._dropped(len(rows), f"{again.__class__.__name__}: {again}")
+                return
+            self._counters["dropped_disk_full"] += len(rows)
+            log.error("outbox disk is full: dropped %d records (counted)", len(rows))
+
+    def _insert_retrying(
+        self, rows: list[tuple[int, int, int, bytes]], incoming: int, seq: int, cursor: str | None
+    ) -> None:
+        """`_insert`, tried again on errors that pass: a lock held elsewhere, one I/O error."""
+        for attempt in range(_BUSY_TRIES):
             try:
                 self._insert(rows, incoming, seq, cursor)
-            except sqlite3.OperationalError as again:
-                if getattr(again, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                return
+            except sqlite3.Error as exc:
+                code = _primary_code(exc)
+                busy = code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) and attempt < _BUSY_TRIES - 1
+                if not (busy or (code == sqlite3.SQLITE_IOERR and attempt == 0)):
                     raise
-                self._counters["dropped_disk_full"] += len(rows)
-                log.error("outbox disk is full: dropped %d records (counted)", len(rows))
+                log.warning("outbox write: %s; trying again", exc)
+                time.sleep(_BUSY_PAUSE_S * (attempt + 1))  # an executor thread: the loop runs on
+
+    def _dropped(self, count: int, error: str) -> None:
+        """Count records lost to a write error; the next good transaction persists the count."""
+        self._counters["dropped_write_error"] += count
+        self.last_error = error
+        self._drops += 1
+        if self._drops & (self._drops - 1) == 0:  # once per doubling: a broken disk must not fill the log
+            log.error(
+                "outbox write failed, %d records dropped (counted; failure %d): %s", count, self._drops, error
+            )
 
     def _insert(
         self, rows: list[tuple[int, int, int, bytes]], incoming: int, seq: int, cursor: str | None
@@ -298,8 +341,17 @@ class Outbox:
         return out
 
     async def ack(self, seqs: list[int]) -> None:
-        """The broker has these records: delete them."""
-        await self._run(self._ack, seqs)
+        """The broker has these records: delete them.
+
+        A delete that fails loses nothing: the records stay and go again after the next
+        reconnect, and downstream stores each ``(device_id, seq)`` once.
+        """
+        try:
+            await self._run(self._ack, seqs)
+        except sqlite3.Error as exc:
+            log.error(
+                "outbox: could not delete %d acknowledged records (%s); they will be resent", len(seqs), exc
+            )
 
     def _ack(self, seqs: list[int]) -> None:
         conn = self._require_conn()
@@ -352,7 +404,9 @@ class Outbox:
             evicted_routine=c["evicted_routine"],
             evicted_flagged=c["evicted_flagged"],
             dropped_disk_full=c["dropped_disk_full"],
+            dropped_write_error=c["dropped_write_error"],
             pending=len(self._pending),
+            last_error=self.last_error,
         )
 
     def _require_conn(self) -> sqlite3.Connection:
@@ -365,7 +419,17 @@ class Outbox:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
 
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    """SQLite's primary result code (``SQLITE_IOERR_WRITE`` is an ``SQLITE_IOERR``)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
 def _rollback(conn: sqlite3.Connection) -> None:
     # SQLite has already rolled back by itself after some errors (SQLITE_FULL among them).
-    if conn.in_transaction:
+    if not conn.in_transaction:
+        return
+    try:
         conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:  # the connection is broken; the original error is what to report
+        log.error("outbox rollback failed: %s", exc)

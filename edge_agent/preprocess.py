@@ -79,7 +79,11 @@ class Preprocessor:
             try:
                 raw = [values[name] for name in names]
             except KeyError as exc:
-                raise InvalidReading("missing_feature", f"reading lacks feature {exc.args[0]!r}") from None
+                came = ", ".join(repr(k) for k in list(values)[:8]) or "none"
+                more = f" and {len(values) - 8} more" if len(values) > 8 else ""
+                raise InvalidReading(
+                    "missing_feature", f"reading lacks feature {exc.args[0]!r} (it has {came}{more})"
+                ) from None
         elif isinstance(values, Sequence) and not isinstance(values, str | bytes):
             if len(values) != len(names):
                 raise InvalidReading(

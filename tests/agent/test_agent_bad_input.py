@@ -16,6 +16,7 @@ from edge_agent.config import load_settings
 from edge_agent.exceptions import ConfigError, InvalidReading
 from edge_agent.preprocess import Preprocessor
 from edge_agent.sources.synthetic import FEATURE_NAMES, make_dataset
+from edge_agent.state_store import JsonStore
 from fleet_protocol import Health, Preprocessing
 from tests.agent.factories import agent_config, settings, write_config
 from tests.utils.broker import Mosquitto
@@ -86,7 +87,124 @@ async def test_bad_readings_are_counted_and_the_stream_goes_on(
     assert agent.rejected == {"not_a_number": 10, "missing_feature": 2}
     assert agent.metrics.rejected.labels("not_a_number")._value.get() == 10
     event = next(e for e in sub.events if e.kind == "input.rejected")
+    example = event.data.pop("example")
     assert event.data == {"not_a_number": 10, "missing_feature": 2}
+    assert example["reason"] == "not_a_number" and "feature 'f05' is 'NaN-ish'" in example["detail"]
+    assert sub.states["dev-1"].health is Health.OK, "a tenth refused is no reason to degrade"
+
+
+def _rows_without_the_models_features(path: Path, n: int = 300) -> Path:
+    """JSON lines from another sensor: keys the model does not read."""
+    path.write_text(
+        "".join(json.dumps({"ts": 1000.0 + i, "temp": 20.5, "rpm": 1200 + i}) + "\n" for i in range(n))
+    )
+    return path
+
+
+async def test_most_readings_refused_degrades_health_with_the_reason_and_an_example(
+    tmp_path: Path, broker: Mosquitto, bundles, public_key_file, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    config = agent_config(
+        tmp_path,
+        port=broker.port,
+        bundle=bundles["onnx-fp32"],
+        public_key=public_key_file,
+        source={"kind": "replay", "path": str(_rows_without_the_models_features(tmp_path / "r.jsonl"))},
+    )
+    agent = Agent(settings(config))
+    async with FleetSubscriber(broker.port) as sub:
+        task = asyncio.create_task(agent.run())
+        await wait_until(
+            lambda: "dev-1" in sub.states and sub.states["dev-1"].health is Health.DEGRADED,
+            20,
+            "degraded health reported",
+        )
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+    state = sub.states["dev-1"]
+    assert state.reason is not None
+    assert "300 of 300 readings refused" in state.reason and "missing_feature" in state.reason
+    assert "lacks feature 'f00' (it has 'temp', 'rpm')" in state.reason, "which feature, which keys came"
+    event = next(e for e in sub.events if e.kind == "input.rejected")
+    assert event.data["missing_feature"] == 300
+    assert (
+        "lacks feature 'f00'" in event.data["example"]["detail"]
+        and "'rpm'" in event.data["example"]["detail"]
+    )
+    warnings = [r for r in caplog.records if "input does not fit the model" in r.getMessage()]
+    assert len(warnings) == 1, "logged, once per minute at most"
+
+
+def test_check_config_reads_the_sources_first_rows_and_says_they_do_not_fit(
+    tmp_path: Path, bundles, public_key_file
+) -> None:  # type: ignore[no-untyped-def]
+    rows = _rows_without_the_models_features(tmp_path / "r.jsonl")
+    config = write_config(
+        tmp_path / "a.yaml",
+        agent_config(
+            tmp_path,
+            port=1883,
+            bundle=bundles["onnx-fp32"],
+            public_key=public_key_file,
+            source={"kind": "replay", "path": str(rows)},
+        ),
+    )
+    result = _cli("check-config", "--config", str(config))
+    assert result.returncode == 1
+    assert "source: 20 of its first 20 rows do not fit model sensor-mlp@1.0.0" in result.stderr
+    assert "lacks feature 'f00' (it has 'temp', 'rpm')" in result.stderr
+    assert "the model reads f00, f01" in result.stderr
+
+
+async def test_an_invalid_stored_desired_state_is_logged_and_reported(
+    tmp_path: Path, broker: Mosquitto, bundles, public_key_file, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    config = agent_config(tmp_path, port=broker.port, bundle=bundles["onnx-fp32"], public_key=public_key_file)
+    store = JsonStore(Path(config["data_dir"]) / "desired.json", "desired_state")
+    await store.save({"device_id": "dev-1", "revision": -3})
+    agent = Agent(settings(config))
+    async with FleetSubscriber(broker.port) as sub:
+        task = asyncio.create_task(agent.run())
+        await wait_until(lambda: any(e.kind == "desired.invalid_stored" for e in sub.events), 10, "event")
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+    assert agent.desired is None
+    assert any("stored desired state is invalid" in r.getMessage() for r in caplog.records)
+    event = next(e for e in sub.events if e.kind == "desired.invalid_stored")
+    assert "revision" in event.message
+
+
+async def test_records_lost_to_an_outbox_write_error_degrade_health_and_raise_an_event(
+    tmp_path: Path, broker: Mosquitto, bundles, public_key_file
+) -> None:  # type: ignore[no-untyped-def]
+    config = agent_config(
+        tmp_path,
+        port=broker.port,
+        bundle=bundles["onnx-fp32"],
+        public_key=public_key_file,
+        source={"kind": "synthetic", "rate_hz": 50, "seed": 2},
+    )
+    agent = Agent(settings(config))
+    async with FleetSubscriber(broker.port) as sub:
+        task = asyncio.create_task(agent.run())
+        await wait_until(lambda: len(sub.records) >= 10, 20, "records flowing")
+        conn = agent.outbox._conn
+        assert conn is not None
+        await agent.outbox._run(conn.execute, "PRAGMA query_only = ON")  # SQLite now refuses writes
+        await wait_until(lambda: any(e.kind == "outbox.write_failed" for e in sub.events), 10, "event")
+        await wait_until(lambda: sub.states["dev-1"].health is Health.DEGRADED, 10, "degraded")
+        assert not task.done(), "the agent goes on"
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+    lost = agent.outbox.stats.dropped_write_error
+    assert lost > 0
+    assert 0 < agent.metrics.evicted.labels("write_error")._value.get() <= lost, "counted in /metrics"
+    state = sub.states["dev-1"]
+    assert (
+        state.reason is not None and "outbox write errors lost" in state.reason and "readonly" in state.reason
+    )
+    event = next(e for e in sub.events if e.kind == "outbox.write_failed")
+    assert "readonly" in event.data["error"]
 
 
 async def test_agent_without_a_valid_model_reports_failed_health_and_keeps_running(

@@ -158,3 +158,45 @@ async def test_newer_outbox_schema_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(RuntimeError, match="schema 99, newer than this agent's"):
         await _open(path)
+
+
+async def test_a_write_waits_out_another_process_holding_the_database(tmp_path: Path) -> None:
+    """SQLITE_BUSY is transient: the batch is tried again, nothing is lost or counted as lost."""
+    path = tmp_path / "o.sqlite"
+    outbox = await _open(path)
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # longer than SQLite's 5 s busy timeout
+    release = asyncio.get_running_loop().call_later(6.0, holder.execute, "ROLLBACK")
+    try:
+        await outbox.put(_records(10))
+        await outbox.flush()
+    finally:
+        release.cancel()
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+    assert await _all_seqs(outbox) == list(range(1, 11))
+    assert outbox.stats.dropped_write_error == 0
+    await outbox.close()
+
+
+async def test_records_lost_to_a_write_error_are_counted_and_the_count_survives(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    outbox = await _open(path)
+    conn = outbox._conn
+    assert conn is not None
+    # A database that refuses writes (SQLITE_READONLY): not transient, not a full disk.
+    await outbox._run(conn.execute, "PRAGMA query_only = ON")
+    await outbox.put(_records(7))
+    await outbox.flush()
+    assert outbox.stats.dropped_write_error == 7
+    assert outbox.stats.last_error is not None and "readonly" in outbox.stats.last_error
+    assert await _all_seqs(outbox) == []
+    await outbox._run(conn.execute, "PRAGMA query_only = OFF")
+    await outbox.put(_records(2))
+    await outbox.flush()
+    assert await _all_seqs(outbox) == [1, 2], "the lost records never took a seq"
+    await outbox.close()
+    reopened = await _open(path)
+    assert reopened.stats.dropped_write_error == 7, "persisted with the next good transaction"
+    await reopened.close()
