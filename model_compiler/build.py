@@ -45,7 +45,12 @@ class BuildRequest:
     key: Ed25519PrivateKey
     weights: Path | None = None
     calibration: Path | None = None
+    #: Data for the pruning fine-tune; its digest is the lineage's training data when no other is given.
     train_data: Path | None = None
+    #: sha256 of the data set the weights were trained on, as the trainer knows it (a training job,
+    #: ``--trained-on``). The compiler never sees that set otherwise, so without it the lineage says
+    #: nothing rather than name the calibration or eval set as training data.
+    training_data_sha256: str | None = None
     targets: list[str] = field(
         default_factory=lambda: ["onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"]
     )
@@ -249,42 +254,50 @@ def _bundle(
     metrics.update(artifact.notes)
     if pruning:
         metrics["pruning"] = pruning
+    # What the model was measured and calibrated on, named for what it is.
+    metrics["eval_data_sha256"] = data.sha256
+    if calibration is not None:
+        metrics["calibration_data_sha256"] = calibration.sha256
     files: dict[str, str | Path] = dict(artifact.files)
-    staging = Path(tempfile.mkdtemp(prefix="reference-"))
-    if data.x.ndim == 2 and len(names) == data.x.shape[1]:
-        # Tabular inputs: ship the training distribution so gateways can measure drift.
-        source = calibration or data
-        raw = source.x * np.asarray(scale or 1.0) + np.asarray(mean or 0.0)
-        files[DRIFT_REFERENCE_FILE] = write_reference(
-            drift_reference(raw, names), staging / DRIFT_REFERENCE_FILE
+    # A context manager: a bundle that fails to write leaves no staging directory behind.
+    with tempfile.TemporaryDirectory(prefix="reference-") as staging:
+        if data.x.ndim == 2 and len(names) == data.x.shape[1]:
+            # Tabular inputs: ship the training distribution so gateways can measure drift.
+            source = calibration or data
+            raw = source.x * np.asarray(scale or 1.0) + np.asarray(mean or 0.0)
+            files[DRIFT_REFERENCE_FILE] = write_reference(
+                drift_reference(raw, names), Path(staging) / DRIFT_REFERENCE_FILE
+            )
+        write_bundle(
+            out,
+            files,
+            request.key,
+            model_id=request.model_id,
+            version=request.version,
+            runtime=artifact.runtime,
+            entrypoint=artifact.entrypoint,
+            inputs=[TensorSpec(name="input", shape=[batch, *data.x.shape[1:]], dtype=artifact.input_dtype)],
+            outputs=[TensorSpec(name="output", shape=[batch, n_out], dtype=artifact.output_dtype)],
+            preprocessing=Preprocessing(feature_names=names, mean=mean, scale=scale),
+            postprocessing=Postprocessing(
+                task="classification" if data.y is not None else "regression",
+                labels=request.labels,
+                anomaly_classes=request.anomaly_classes,
+            ),
+            opset=OPSET if artifact.runtime.value == "onnxruntime" else None,
+            metrics=metrics,
+            lineage=Lineage(
+                parent=request.parent,
+                training_data_sha256=request.training_data_sha256 or _digest(request.train_data),
+                compiler_version=__version__,
+            ),
         )
-    write_bundle(
-        out,
-        files,
-        request.key,
-        model_id=request.model_id,
-        version=request.version,
-        runtime=artifact.runtime,
-        entrypoint=artifact.entrypoint,
-        inputs=[TensorSpec(name="input", shape=[batch, *data.x.shape[1:]], dtype=artifact.input_dtype)],
-        outputs=[TensorSpec(name="output", shape=[batch, n_out], dtype=artifact.output_dtype)],
-        preprocessing=Preprocessing(feature_names=names, mean=mean, scale=scale),
-        postprocessing=Postprocessing(
-            task="classification" if data.y is not None else "regression",
-            labels=request.labels,
-            anomaly_classes=request.anomaly_classes,
-        ),
-        opset=OPSET if artifact.runtime.value == "onnxruntime" else None,
-        metrics=metrics,
-        lineage=Lineage(
-            parent=request.parent,
-            training_data_sha256=(calibration or data).sha256,
-            compiler_version=__version__,
-        ),
-    )
-    shutil.rmtree(staging, ignore_errors=True)
     pack(out)
     return out
+
+
+def _digest(path: Path | None) -> str | None:
+    return load_dataset(path).sha256 if path is not None else None
 
 
 def row_outputs(artifact: Artifact, data: DataSet) -> int:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from fleet_protocol.signing import load_private_key
 from model_compiler.build import BuildReport, BuildRequest, build
+from model_compiler.inputs import load_dataset
 from model_compiler.profiles import load_profile
 
 
@@ -28,6 +29,12 @@ def add(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--calibration", type=Path, help="calibration .npz for int8 (without: dynamic int8)")
     p.add_argument("--eval", dest="eval_data", required=True, type=Path, help="evaluation .npz")
     p.add_argument("--train", dest="train_data", type=Path, help="training .npz (for the pruning fine-tune)")
+    p.add_argument(
+        "--trained-on",
+        type=Path,
+        help="the .npz the weights were trained on: its sha256 becomes the lineage's training data"
+        " (default: the --train set if given, else none)",
+    )
     p.add_argument(
         "--targets",
         default="onnx-fp32,onnx-int8,openvino-fp32,openvino-int8,tflite-fp32,tflite-int8",
@@ -59,6 +66,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         calibration=args.calibration,
         eval_data=args.eval_data,
         train_data=args.train_data,
+        training_data_sha256=load_dataset(args.trained_on).sha256 if args.trained_on else None,
         targets=[t.strip() for t in args.targets.split(",") if t.strip()],
         out=args.out,
         key=load_private_key(args.key),

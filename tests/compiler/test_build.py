@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from edge_agent.model import load_model as agent_load_model
 from fleet_protocol import MANIFEST_FILE, Runtime
 from fleet_protocol.signing import verify_bundle
+from model_compiler.build import BuildRequest, build
 from model_compiler.evaluate import open_runner
+from model_compiler.inputs import load_dataset
 from model_compiler.targets.base import Artifact
-from tests.compiler.conftest import ALL_TARGETS, Built
+from tests.compiler.conftest import ALL_TARGETS, ROOT, Built
+from tests.compiler.data import sensor_npz, train
+from tests.compiler.models import mlp
 
 FP32_TOLERANCE = 1e-3  # max |logit difference| of fp32 engines against torch
 
@@ -62,8 +69,41 @@ def test_report_and_manifests_carry_the_table_and_lineage(cnn_build: Built) -> N
     assert manifest["metrics"]["accuracy"] == _rows(cnn_build)["onnx-int8"]["accuracy"]
     assert "static QDQ" in manifest["metrics"]["quantization"]
     assert manifest["lineage"]["parent"] == "vibration-cnn@2.0.0"
-    assert len(manifest["lineage"]["training_data_sha256"]) == 64
+    assert manifest["lineage"]["training_data_sha256"] is None, "the compiler was not told the training set"
+    assert manifest["metrics"]["eval_data_sha256"] == load_dataset(cnn_build.data["eval"]).sha256
+    assert (
+        manifest["metrics"]["calibration_data_sha256"] == load_dataset(cnn_build.data["calibration"]).sha256
+    )
     assert manifest["lineage"]["compiler_version"]
+
+
+def test_lineage_names_the_training_set_it_was_given_and_a_failed_bundle_leaves_no_staging(
+    tmp_path: Path, signing_key, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    data = sensor_npz(tmp_path)
+    weights = tmp_path / "mlp.pt"
+    torch.save(train(mlp(), data["train"], epochs=1).state_dict(), weights)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the build's temporary files go
+    request = BuildRequest(
+        model=f"{ROOT}/tests/compiler/models.py:mlp",
+        weights=weights,
+        eval_data=data["eval"],
+        out=tmp_path / "out",
+        key=signing_key,
+        targets=["onnx-fp32"],
+        training_data_sha256=load_dataset(data["train"]).sha256,
+    )
+    report = build(request)
+    manifest = json.loads((report.bundles["onnx-fp32"] / MANIFEST_FILE).read_text())
+    assert manifest["lineage"]["training_data_sha256"] == load_dataset(data["train"]).sha256
+    assert list(scratch.iterdir()) == []
+
+    request.version = "not-a-version"  # the manifest refuses it: writing the bundle fails
+    with pytest.raises(ValueError, match="version"):
+        build(request)
+    assert list(scratch.iterdir()) == [], "no staging directory left behind"
 
 
 def test_int8_tflite_falls_back_to_weight_only_when_full_int8_loses_accuracy(cnn_build: Built) -> None:
