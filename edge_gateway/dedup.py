@@ -49,6 +49,26 @@ class DedupWindow:
         self.dirty.add(device_id)
         return True
 
+    def check_many(self, device_id: str, seqs: list[int]) -> list[bool]:
+        """`check` for each seq in turn, with one step for the usual case: a run above the highest."""
+        seen = self._devices.get(device_id)
+        first, last = seqs[0], seqs[-1]
+        if (
+            seen is not None
+            and first > seen.hwm
+            and last - first == len(seqs) - 1
+            and seqs == list(range(first, last + 1))
+        ):
+            # What `check` does seq by seq: shift by each step, set the new low bit, mask.
+            shift = last - seen.hwm
+            run = (1 << len(seqs)) - 1
+            seen.bits = ((seen.bits << shift) | run) & self._mask if shift < self.size else run & self._mask
+            seen.hwm = last
+            self.dirty.add(device_id)
+            return [True] * len(seqs)
+        check = self.check
+        return [check(device_id, seq) for seq in seqs]
+
     def export(self, device_id: str) -> tuple[int, bytes]:
         seen = self._devices[device_id]
         return seen.hwm, seen.bits.to_bytes(self.size // 8 + 1, "little")

@@ -67,16 +67,32 @@ class DriftWindows:
     def feature_names(self) -> dict[tuple[str, str], list[str]]:
         return {key: ref.names for key, ref in self.references.items()}
 
-    def add(self, records: list[TelemetryRecord], now: float) -> None:
-        """Add the features of new records (those without features are not counted)."""
+    def add(self, records: list[TelemetryRecord], now: float, features: np.ndarray | None = None) -> None:
+        """Add the features of new records (those without features are not counted).
+
+        ``features``: `edge_gateway.summaries.feature_matrix` of ``records``, when there is one.
+        """
         start = math.floor(now / self.window_s) * self.window_s
-        groups: dict[tuple[str, str], list[list[float]]] = {}
-        for r in records:
-            if r.features:
-                groups.setdefault((r.model_id, r.model_version), []).append(r.features)
-        for (model_id, version), rows in groups.items():
-            width = len(rows[0])
-            x = np.asarray([row for row in rows if len(row) == width], dtype=np.float64)
+        if features is not None:
+            model = (records[0].model_id, records[0].model_version)
+            if all((r.model_id, r.model_version) == model for r in records):
+                arrays = {model: features}
+            else:
+                indices: dict[tuple[str, str], list[int]] = {}
+                for i, r in enumerate(records):
+                    indices.setdefault((r.model_id, r.model_version), []).append(i)
+                arrays = {m: features[idx] for m, idx in indices.items()}
+        else:
+            groups: dict[tuple[str, str], list[list[float]]] = {}
+            for r in records:
+                if r.features:
+                    groups.setdefault((r.model_id, r.model_version), []).append(r.features)
+            arrays = {}
+            for m, rows in groups.items():
+                width = len(rows[0])
+                arrays[m] = np.asarray([row for row in rows if len(row) == width], dtype=np.float64)
+        for (model_id, version), x in arrays.items():
+            width = x.shape[1]
             key = (model_id, version, start)
             stats = self.open.get(key)
             if stats is None or len(stats.total) != width:

@@ -40,6 +40,17 @@ class Reducer:
             self._class_of[key] = found
         return found
 
+    def forward_many(self, cls: DeviceClass, records: list[TelemetryRecord]) -> list[bool]:
+        """`forward` for each record in turn; without sampling, deadband or class changes, in one pass."""
+        if cls.sample_rate > 0 or cls.on_class_change or cls.deadband is not None:
+            return [self.forward(cls, record) for record in records]
+        last_class = self._last_class
+        for record in records:
+            last_class[record.device_id] = record.predicted
+        if cls.forward_all:
+            return [True] * len(records)
+        return [record.anomaly or record.low_confidence for record in records]
+
     def forward(self, cls: DeviceClass, record: TelemetryRecord) -> bool:
         """Should this record go up whole? Updates the device's deadband memory."""
         device = record.device_id

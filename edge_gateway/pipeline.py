@@ -19,7 +19,7 @@ from edge_gateway.filters import Reducer
 from edge_gateway.metrics import GatewayMetrics
 from edge_gateway.mqtt_link import Message
 from edge_gateway.store import Changes, Snapshot
-from edge_gateway.summaries import DeviceWindows
+from edge_gateway.summaries import DeviceWindows, feature_matrix
 from edge_gateway.validate import Rejection, validate
 from fleet_protocol import DeviceEvent, DriftReference, ReportedState, TelemetryBatch, TelemetryRecord, decode
 
@@ -78,7 +78,7 @@ class Pipeline:
         changes = Changes()
         kinds: Counter[str] = Counter()
         new: list[TelemetryRecord] = []
-        entries: list[tuple[TelemetryRecord, float, bool, bool]] = []
+        chunks: list[tuple[list[TelemetryRecord], float, bool, list[bool]]] = []
         for message in messages:
             parsed = validate(message.topic, message.payload, self.settings.site)
             if parsed is None:
@@ -90,7 +90,7 @@ class Pipeline:
                 )
             elif isinstance(parsed, TelemetryBatch):
                 kinds["telemetry"] += 1
-                self._telemetry(parsed, changes, new, entries)
+                self._telemetry(parsed, changes, new, chunks)
             elif isinstance(parsed, ReportedState):
                 kinds["state"] += 1
                 self._state(parsed, changes, now)
@@ -99,11 +99,13 @@ class Pipeline:
                 self._event(parsed, changes)
         # Counted and summarised once per batch of messages: per record it costs more than the rest.
         if new:
-            self.windows.add(entries, now)
-            self.drift.add(new, now)
+            # One float matrix of all the features, for the window summaries and drift alike.
+            features = feature_matrix(new)
+            self.windows.add(chunks, now, features)
+            self.drift.add(new, now, features)
             self.metrics.records.inc(len(new))
             self.metrics.anomalies.inc(sum(r.anomaly for r in new))
-            self.metrics.forwarded.inc(sum(e[3] for e in entries))
+            self.metrics.forwarded.inc(sum(sum(c[3]) for c in chunks))
         for kind, count in kinds.items():
             self.metrics.messages.labels(kind).inc(count)
         self.metrics.bytes_in.inc(sum(len(m.payload) for m in messages))
@@ -115,16 +117,29 @@ class Pipeline:
         batch: TelemetryBatch,
         changes: Changes,
         new: list[TelemetryRecord],
-        entries: list[tuple[TelemetryRecord, float, bool, bool]],
+        chunks: list[tuple[list[TelemetryRecord], float, bool, list[bool]]],
     ) -> None:
-        fresh = [r for r in batch.records if self.dedup.check(r.device_id, r.seq)]
-        if len(fresh) < len(batch.records):
-            self.metrics.duplicates.inc(len(batch.records) - len(fresh))
-        for record in fresh:
-            cls = self.reducer.class_for(record.device_id, record.model_id)
-            keep = self.reducer.forward(cls, record)
-            entries.append((record, cls.window_s, cls.class_means, keep))
-            if keep:
+        records = batch.records
+        # Every record of a batch is from its device (validated).
+        seen = self.dedup.check_many(batch.device_id, [r.seq for r in records])
+        fresh = records if all(seen) else [r for r, new_seq in zip(records, seen, strict=True) if new_seq]
+        if len(fresh) < len(records):
+            self.metrics.duplicates.inc(len(records) - len(fresh))
+        if not fresh:
+            return
+        model_id = fresh[0].model_id
+        if all(r.model_id == model_id for r in fresh):
+            cls = self.reducer.class_for(batch.device_id, model_id)
+            keep = self.reducer.forward_many(cls, fresh)
+            chunks.append((fresh, cls.window_s, cls.class_means, keep))
+        else:
+            keep = []
+            for record in fresh:
+                cls = self.reducer.class_for(record.device_id, record.model_id)
+                keep.append(self.reducer.forward(cls, record))
+                chunks.append(([record], cls.window_s, cls.class_means, keep[-1:]))
+        for record, whole in zip(fresh, keep, strict=True):
+            if whole:
                 changes.upstream.append(("record", record.model_dump_json(exclude_none=True).encode()))
         new.extend(fresh)
 

@@ -56,6 +56,10 @@ class WindowStats:
         if self.runs is None:
             return 0
         count, last = len(self.runs), self.runs[-1][1] if self.runs else None
+        first, final = records[0].seq, records[-1].seq
+        if final - first == len(records) - 1 and [r.seq for r in records] == list(range(first, final + 1)):
+            # One run of consecutive seqs (the usual case): it extends the last run or adds one.
+            return count if last is not None and first == last + 1 else count + 1
         for record in records:
             if record.seq != (None if last is None else last + 1):
                 count += 1
@@ -67,20 +71,38 @@ class WindowStats:
     ) -> None:
         """Add records of this window; ``moments`` are the sums over their features, made by `moments`."""
         seqs = [r.seq for r in records]
-        self.first_seq = min(self.first_seq, *seqs) if self.count else min(seqs)
-        self.last_seq = max(self.last_seq, *seqs)
+        low_seq, high_seq = min(seqs), max(seqs)
+        self.first_seq = min(self.first_seq, low_seq) if self.count else low_seq
+        self.last_seq = max(self.last_seq, high_seq)
         self.count += len(records)
-        self.anomalies += sum(r.anomaly for r in records)
-        self.low_confidence += sum(r.low_confidence for r in records)
         self.forwarded += sum(forwarded)
         self.last_arrival = now
-        if self.runs is not None:
-            runs = self.runs
-            for seq in seqs:
+        # One pass for the counts, the runs of seqs and the classes, in arrival order (so that
+        # the float sums come out exactly as record by record).
+        runs, classes = self.runs, self.classes
+        anomalies = low_confidence = 0
+        for record in records:
+            if record.anomaly:
+                anomalies += 1
+            if record.low_confidence:
+                low_confidence += 1
+            if runs is not None:
+                seq = record.seq
                 if runs and runs[-1][1] + 1 == seq:
                     runs[-1][1] = seq
                 else:
                     runs.append([seq, seq])
+            predicted = record.predicted
+            if predicted is not None:
+                cls = classes.get(predicted)
+                if cls is None:
+                    cls = classes[predicted] = _Class()
+                cls.count += 1
+                if record.confidence is not None:
+                    cls.confidence_sum += record.confidence
+                    cls.confidence_n += 1
+        self.anomalies += anomalies
+        self.low_confidence += low_confidence
         if moments is not None:
             if self.total is not None and len(self.total) != len(moments.total):
                 self.n, self.total = 0, None  # the device changed input shape: start again from here
@@ -93,16 +115,6 @@ class WindowStats:
             self.squares += moments.squares
             np.minimum(self.low, moments.low, out=self.low)
             np.maximum(self.high, moments.high, out=self.high)
-        for record in records:
-            if record.predicted is None:
-                continue
-            cls = self.classes.get(record.predicted)
-            if cls is None:
-                cls = self.classes[record.predicted] = _Class()
-            cls.count += 1
-            if record.confidence is not None:
-                cls.confidence_sum += record.confidence
-                cls.confidence_n += 1
         if self.class_means and moments is not None:
             for record, row in zip(moments.records, moments.rows, strict=True):
                 if record.predicted is not None:
@@ -185,6 +197,34 @@ class Moments:
     rows: np.ndarray
 
 
+def feature_matrix(records: list[TelemetryRecord]) -> np.ndarray | None:
+    """The features of all ``records`` as one float64 matrix, when every one has features of one width.
+
+    Otherwise None: `moments` and `DriftWindows.add` then sort the widths out themselves.
+    """
+    if not records:
+        return None
+    width = len(records[0].features or ())
+    if not width or any(len(r.features or ()) != width for r in records):
+        return None
+    return np.asarray([r.features for r in records], dtype=np.float64)
+
+
+def moments_of_rows(x: np.ndarray, groups: list[tuple[list[TelemetryRecord], list[int]]]) -> list[Moments]:
+    """`moments` of groups of records whose feature rows are ``x[indices]``, one width for all."""
+    order = [i for _, indices in groups for i in indices]
+    rows = x[order] if order != list(range(len(x))) else x
+    counts = [len(indices) for _, indices in groups]
+    starts = np.cumsum([0, *counts[:-1]])
+    total, squares = np.add.reduceat(rows, starts), np.add.reduceat(rows * rows, starts)
+    low, high = np.minimum.reduceat(rows, starts), np.maximum.reduceat(rows, starts)
+    out = []
+    for j, (records, _) in enumerate(groups):
+        part = rows[starts[j] : starts[j] + counts[j]]
+        out.append(Moments(counts[j], total[j], squares[j], low[j], high[j], records, part))
+    return out
+
+
 def moments(groups: list[list[TelemetryRecord]]) -> list[Moments | None]:
     """`Moments` of each group's features, for all groups in a few numpy calls (``reduceat``).
 
@@ -221,20 +261,49 @@ class DeviceWindows:
         self.closed: set[Key] = set()
         #: Pieces closed early (too many runs of seqs), summarised at the next `close_due`.
         self._full: list[tuple[Key, WindowStats]] = []
+        #: `encode_key` of the open windows: the store names them on every change.
+        self._names: dict[Key, str] = {}
 
-    def add(self, entries: list[tuple[TelemetryRecord, float, bool, bool]], now: float) -> None:
-        """Add ``(record, window_s, class_means, forwarded)`` entries, grouped by window first."""
-        groups: dict[Key, tuple[list[TelemetryRecord], list[bool], float, bool]] = {}
-        for record, window_s, class_means, forwarded in entries:
-            start = math.floor(record.ts / window_s) * window_s
-            key = (record.device_id, start, record.model_id, record.model_version)
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = ([], [], window_s, class_means)
-            group[0].append(record)
-            group[1].append(forwarded)
-        sums = moments([records for records, _, _, _ in groups.values()])
-        for (key, (records, forwarded_flags, window_s, class_means)), m in zip(
+    def add(
+        self,
+        chunks: list[tuple[list[TelemetryRecord], float, bool, list[bool]]],
+        now: float,
+        features: np.ndarray | None = None,
+    ) -> None:
+        """Add ``(records, window_s, class_means, forwarded flags)`` chunks, grouped by window first.
+
+        ``features``: `feature_matrix` of all the chunks' records, in order, when there is one.
+        """
+        groups: dict[Key, tuple[list[TelemetryRecord], list[bool], float, bool, list[int]]] = {}
+        floor = math.floor
+        at = 0
+        for records, window_s, class_means, flags in chunks:
+            keys = [
+                (r.device_id, floor(r.ts / window_s) * window_s, r.model_id, r.model_version) for r in records
+            ]
+            if keys.count(keys[0]) == len(keys):
+                # A device's batch falls in one window (the usual case): one group update.
+                group = groups.get(keys[0])
+                if group is None:
+                    group = groups[keys[0]] = ([], [], window_s, class_means, [])
+                group[0].extend(records)
+                group[1].extend(flags)
+                group[4].extend(range(at, at + len(records)))
+            else:
+                for i, (key, record, forwarded) in enumerate(zip(keys, records, flags, strict=True)):
+                    group = groups.get(key)
+                    if group is None:
+                        group = groups[key] = ([], [], window_s, class_means, [])
+                    group[0].append(record)
+                    group[1].append(forwarded)
+                    group[4].append(at + i)
+            at += len(records)
+        if features is not None:
+            members = [(records, indices) for records, _, _, _, indices in groups.values()]
+            sums: list[Moments | None] = list(moments_of_rows(features, members))
+        else:
+            sums = moments([records for records, _, _, _, _ in groups.values()])
+        for (key, (records, forwarded_flags, window_s, class_means, _)), m in zip(
             groups.items(), sums, strict=True
         ):
             stats = self._piece(key, window_s, class_means)
@@ -278,8 +347,14 @@ class DeviceWindows:
 
     def take_changes(self) -> tuple[dict[str, bytes], list[str]]:
         """``(key -> packed stats, keys to delete)`` for the store."""
-        upserts = {encode_key(k): self.open[k].pack() for k in self.changed}
-        deletes = [encode_key(k) for k in self.closed]
+        names = self._names
+        upserts = {}
+        for k in self.changed:
+            name = names.get(k)
+            if name is None:
+                name = names[k] = encode_key(k)
+            upserts[name] = self.open[k].pack()
+        deletes = [names.pop(k, None) or encode_key(k) for k in self.closed]
         self.changed.clear()
         self.closed.clear()
         return upserts, deletes
@@ -305,7 +380,7 @@ def _round(values: np.ndarray | None) -> list[float]:
 
 
 def _bytes(array: np.ndarray | None) -> bytes | None:
-    return None if array is None else array.astype(np.float64).tobytes()
+    return None if array is None else np.asarray(array, dtype=np.float64).tobytes()
 
 
 def _array(blob: bytes | None) -> np.ndarray | None:
