@@ -3,8 +3,17 @@
 - ``ingest_vs_bare_paho``: MQTT messages per second the gateway ingests (validation, dedup on
   ``(device_id, seq)``, window summaries, one SQLite transaction per batch, acknowledgement after
   the commit) over a bare paho subscriber draining the same queued messages, same broker, same run.
-  Both persistent sessions are created first, then N QoS 1 telemetry batches are published and
-  queued for both; each subscriber is timed from connect until it has received all N.
+  A persistent session per side and round is created first, then N QoS 1 telemetry batches are
+  published and queued for all; then, round after round, each side drains its session in a fresh
+  process of its own (``bench/_ingest_drain.py``, no imports but its own). The bare subscriber is
+  timed from connect until it received all N (paho sends each PUBACK as its callback returns);
+  the gateway from its start (store open, about to connect) until it acknowledged all N, each
+  after the transaction that stored it committed; afterwards the broker must have nothing left
+  for the gateway's session (``ingest_left_unacknowledged``). The figure is total bare seconds
+  over total gateway seconds (``_rounds``: each round's); ``ingest_cpu_vs_bare_paho`` is the same
+  with the processes' CPU seconds, less sensitive to a busy machine.
+  ``ingest_vs_bare_paho_until_counted`` keeps the earlier clock: from before `Gateway.run()` until
+  the gateway's messages counter reached N, before the last transaction committed.
 - ``upstream_bytes_ratio`` and ``anomaly_recall``: real agents (synthetic sensor, 16 features,
   signed int8 ONNX MLP) -> Mosquitto -> an ``edge-gateway run`` process with the default filter
   (flagged records go up whole, the rest as 60 s window summaries) -> a real controller on SQLite.
@@ -28,6 +37,7 @@ import logging
 import math
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -42,9 +52,8 @@ sys.path.insert(0, str(ROOT))
 import paho.mqtt.client as mqtt  # noqa: E402
 
 from bench._gateway_devices import DeviceSwarm, PayloadFactory  # noqa: E402
+from bench._machine import machine  # noqa: E402
 from bench._output import stdout_for_json_only  # noqa: E402
-from edge_gateway.config import load_settings  # noqa: E402
-from edge_gateway.gateway import Gateway  # noqa: E402
 from fleet_protocol import site_subscription, telemetry_topic  # noqa: E402
 from fleet_protocol.signing import generate_private_key, public_key_pem  # noqa: E402
 from simulators.brokers import SiteBroker  # noqa: E402
@@ -110,102 +119,85 @@ def _ingest_messages(n: int, devices: int, records: int) -> list[tuple[str, byte
     return out
 
 
-def _bare_drain(port: int, client_id: str, n: int) -> float:
-    """Seconds from connect until a bare paho client of session ``client_id`` received ``n`` messages."""
-    done = threading.Event()
+def _drain(kind: str, port: int, client_id: str, n: int, work: Path) -> dict[str, Any]:
+    """Run one side (``bare`` or ``gateway``) in a process of its own; its clocks and counters."""
+    script = str(ROOT / "bench" / "_ingest_drain.py")
+    args = [sys.executable, script, kind, str(port), client_id, str(n), SITE, str(work)]
+    done = subprocess.run(args, stdout=subprocess.PIPE, text=True, timeout=300, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _left_for(port: int, client_id: str, wait_s: float = 1.0) -> int:
+    """Messages the broker still had for session ``client_id``: it sends them on connect."""
     received = [0]
-
-    def on_message(_c: mqtt.Client, _u: object, _m: mqtt.MQTTMessage) -> None:
-        received[0] += 1
-        if received[0] >= n:
-            done.set()
-
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
-    client.on_message = on_message
-    client.on_connect = lambda c, *_: c.subscribe(site_subscription(SITE), qos=1)
-    started = time.perf_counter()
+    client.on_message = lambda *_: received.__setitem__(0, received[0] + 1)
     client.connect("127.0.0.1", port)
     client.loop_start()
-    if not done.wait(180):
-        raise RuntimeError(f"bare subscriber got {received[0]} of {n} messages in 180 s")
-    elapsed = time.perf_counter() - started
+    time.sleep(wait_s)
     client.disconnect()
     client.loop_stop()
-    return elapsed
+    return received[0]
 
 
-async def _gateway_drain(work: Path, port: int, client_id: str, n: int) -> tuple[float, dict[str, float]]:
-    """Seconds from `Gateway.run()` until it counted ``n`` telemetry messages, and its counters."""
-    settings = load_settings(
-        None,
-        gateway_id="gw-ingest",
-        site=SITE,
-        data_dir=str(work / "gw-ingest"),
-        broker={"host": "127.0.0.1", "port": port, "client_id": client_id},
-        http={"host": "127.0.0.1", "port": 0},
-    )
-    # Built inside the loop: the MQTT client binds to the running loop.
-    gateway = Gateway(settings)
-    telemetry = gateway.metrics.messages.labels("telemetry")
-    started = time.perf_counter()
-    task = asyncio.create_task(gateway.run())
-    try:
-        deadline = started + 180
-        while telemetry._value.get() < n:  # the gateway's tasks advance it
-            if task.done():
-                task.result()
-                raise RuntimeError("the gateway stopped before ingesting everything")
-            if time.perf_counter() > deadline:
-                raise RuntimeError(f"the gateway ingested {telemetry._value.get():.0f} of {n} in 180 s")
-            await asyncio.sleep(0.005)
-        elapsed = time.perf_counter() - started
-    finally:
-        gateway.stop()
-        await task
-    m = gateway.metrics
-    counters = {
-        "records": m.records._value.get(),
-        "duplicates": m.duplicates._value.get(),
-        "commit_count": _histogram_count(m.commit_seconds),
-    }
-    return elapsed, counters
-
-
-def _histogram_count(histogram: Any) -> float:
-    return next(s.value for s in histogram.collect()[0].samples if s.name.endswith("_count"))
-
-
-def measure_ingest(work: Path, n: int, devices: int, records: int) -> dict[str, Any]:
+def measure_ingest(work: Path, n: int, devices: int, records: int, rounds: int) -> dict[str, Any]:
     say(f"ingest: building {n} telemetry batches of {records} records from {devices} devices")
     messages = _ingest_messages(n, devices, records)
     payload_bytes = sum(len(p) for _, p in messages)
     broker = SiteBroker(work / "broker-ingest")
     broker.start()
+    bare: list[dict[str, Any]] = []
+    gateway: list[dict[str, Any]] = []
+    left = 0
     try:
-        bare_id, gateway_id = "bench-bare-sub", "bench-gateway-sub"
-        for client_id in (bare_id, gateway_id):
-            _session(broker.port, client_id, site_subscription(SITE))
-        say(f"ingest: publishing {n} QoS 1 messages ({payload_bytes / 1e6:.1f} MB), queued for both sessions")
+        # A session per side and round: the broker queues every message for each.
+        sessions = [(f"bench-bare-{i}", f"bench-gateway-{i}") for i in range(rounds)]
+        for pair in sessions:
+            for client_id in pair:
+                _session(broker.port, client_id, site_subscription(SITE))
+        say(
+            f"ingest: publishing {n} QoS 1 messages ({payload_bytes / 1e6:.1f} MB), queued for"
+            f" {2 * rounds} sessions"
+        )
         _publish_queued(broker.port, messages)
         del messages
-        say("ingest: bare paho subscriber draining")
-        bare_s = _bare_drain(broker.port, bare_id, n)
-        say("ingest: gateway draining")
-        gateway_s, counters = asyncio.run(_gateway_drain(work, broker.port, gateway_id, n))
+        # Alternating, so that both sides see the same share of the machine's noise.
+        for i, (bare_id, gateway_id) in enumerate(sessions):
+            say(f"ingest: round {i + 1} of {rounds}, bare paho subscriber draining")
+            bare.append(_drain("bare", broker.port, bare_id, n, work))
+            say(f"ingest: round {i + 1} of {rounds}, gateway draining")
+            gateway.append(_drain("gateway", broker.port, gateway_id, n, work / f"gw-ingest-{i}"))
+            left += _left_for(broker.port, gateway_id)
     finally:
         broker.stop()
-    if counters["records"] != n * records:
-        raise RuntimeError(f"the gateway counted {counters['records']:.0f} new records, not {n * records}")
+    for gw in gateway:
+        if gw["records"] != n * records:
+            raise RuntimeError(f"the gateway counted {gw['records']:.0f} new records, not {n * records}")
+    if left:
+        say(f"ingest: WARNING the broker still had {left} messages for the gateway's sessions")
+    ratios = [b["seconds"] / g["seconds"] for b, g in zip(bare, gateway, strict=True)]
+    bare_s = sum(b["seconds"] for b in bare)
+    gateway_s = sum(g["seconds"] for g in gateway)
+    counted_s = sum(g["counted_seconds"] for g in gateway)
     return {
-        "ingest_vs_bare_paho": round((n / gateway_s) / (n / bare_s), 3),
-        "gateway_ingest_msgs_per_s": round(n / gateway_s),
-        "gateway_ingest_records_per_s": round(n * records / gateway_s),
-        "bare_paho_msgs_per_s": round(n / bare_s),
+        "ingest_vs_bare_paho": round(bare_s / gateway_s, 3),
+        "ingest_vs_bare_paho_rounds": [round(r, 3) for r in ratios],
+        "ingest_vs_bare_paho_until_counted": round(bare_s / counted_s, 3),
+        "ingest_cpu_vs_bare_paho": round(
+            sum(b["cpu_seconds"] for b in bare) / sum(g["cpu_seconds"] for g in gateway), 3
+        ),
+        "gateway_ingest_msgs_per_s": round(rounds * n / gateway_s),
+        "gateway_ingest_records_per_s": round(rounds * n * records / gateway_s),
+        "gateway_ingest_msgs_per_s_until_counted": round(rounds * n / counted_s),
+        "gateway_startup_s": round(max(g["startup_seconds"] for g in gateway), 3),
+        "bare_paho_msgs_per_s": round(rounds * n / bare_s),
+        "ingest_rounds": rounds,
         "ingest_messages": n,
         "ingest_records_per_message": records,
         "ingest_devices": devices,
         "ingest_payload_mb": round(payload_bytes / 1e6, 1),
-        "ingest_store_transactions": int(counters["commit_count"]),
+        "ingest_store_transactions": int(sum(g["commits"] for g in gateway) / rounds),
+        "ingest_left_unacknowledged": left,
     }
 
 
@@ -441,6 +433,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000, help="ingest: QoS 1 messages (20000)")
     parser.add_argument("--ingest-devices", type=int, default=100, help="ingest: devices (100)")
     parser.add_argument("--records-per-message", type=int, default=5, help="ingest: records a batch (5)")
+    parser.add_argument("--ingest-rounds", type=int, default=3, help="ingest: bare, gateway, ... rounds (3)")
     parser.add_argument("--fleet-devices", type=int, default=50, help="upstream: real agents (50)")
     parser.add_argument("--fleet-rate", type=float, default=5.0, help="upstream: readings/s per agent (5)")
     parser.add_argument(
@@ -464,7 +457,11 @@ def main() -> None:
     with stdout_for_json_only() as emit, tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         work = Path(tmp)
         if "ingest" not in args.skip:
-            out.update(measure_ingest(work, args.messages, args.ingest_devices, args.records_per_message))
+            out.update(
+                measure_ingest(
+                    work, args.messages, args.ingest_devices, args.records_per_message, args.ingest_rounds
+                )
+            )
             say(f"ingest: {json.dumps({k: v for k, v in out.items() if 'per_s' in k or 'vs' in k})}")
         if {"upstream", "rss"} - set(args.skip):
             from simulators.model_factory import build_bundles, train_mlp
@@ -501,7 +498,7 @@ def main() -> None:
                 except Exception:
                     process.kill()
                     process.wait()
-        out["cpu_count"] = os.cpu_count()
+        out.update(machine())
         out["bench_seconds"] = round(time.perf_counter() - started)
         emit(json.dumps(out))
 
