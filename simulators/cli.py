@@ -30,7 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser(
         "run",
         help="run a scenario YAML (e.g. fleet_configs/demo.yaml)",
-        description="Run a scenario and print the report; exit 1 if an invariant fails.",
+        description="Run a scenario and print the report (terminal, report.json, report.html).",
+        epilog="Exit codes: 0 every invariant holds; 1 an invariant failed; 2 the scenario is invalid"
+        " or cannot run; 4 the simulator itself fell behind (its event loop stalled, an event fired"
+        " late, or the sensors lagged their schedule by more than the scenario's lag_limit_s, or the"
+        " observer could not read everything the brokers accepted): the report says so at the top,"
+        " names about how many devices this machine kept up with, and marks the verdicts it could"
+        " not judge NOT JUDGED; rerun with fewer devices; 130 interrupted (Ctrl-C).",
     )
     run.add_argument("scenario", help="scenario YAML")
     run.add_argument("--devices", type=int, help="devices per site (overrides the file)")
@@ -78,7 +84,7 @@ async def _run(scenario, run_dir: Path, console: Console) -> int:  # type: ignor
         console.print(f"[red]fleet-sim:[/] {exc}", soft_wrap=True)
         return exc.exit_code
     print_report(result, console)
-    return 0 if all(result.invariants().values()) else 1
+    return result.exit_code()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from cloud_controller.db import make_engine
 from cloud_controller.migrate import upgrade
 from cloud_controller.models import Device, Role, Summary, Telemetry
 from simulators.brokers import free_port
+from simulators.ledger import Ledger, read_ledger
 from simulators.scenario import SimError
 
 
@@ -136,12 +137,12 @@ class ControllerProcess:
                 out[device]["summarised"] = int(count or 0)
         return out
 
-    def anomalies(self) -> set[tuple[str, int]]:
+    def ledger(self) -> Ledger:
+        """Every ``(device_id, seq)`` the window summaries count, and those stored whole."""
         if self._engine is None:
             self._engine = make_engine(self.database_url)
         with Session(self._engine) as session:
-            rows = session.exec(select(Telemetry.device_id, Telemetry.seq).where(Telemetry.anomaly)).all()
-        return {(d, int(s)) for d, s in rows}
+            return read_ledger(session)
 
     def devices(self) -> dict[str, Device]:
         if self._engine is None:

@@ -3,12 +3,14 @@
 What events act on: `sites_for` picks sites, `devices_of` their devices, and agents can be
 stopped, started again (a reboot: same id, same outbox) and added while the fleet runs.
 Every virtual device is a real `edge_agent.Agent` with its own MQTT connection and SQLite
-outbox; all share one event loop and two small thread pools.
+outbox; all share one event loop and two small thread pools. What the brokers deliver is
+followed by the observer, a process of its own (`simulators.observer`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,12 +20,13 @@ from typing import Literal
 
 from edge_agent.agent import Agent
 from edge_agent.config import load_settings
-from edge_agent.sources.synthetic import SyntheticSource
 from simulators.brokers import SiteBroker
 from simulators.controller import ControllerProcess
 from simulators.gateways import GatewayProcess
+from simulators.lag import FleetPace
 from simulators.netproxy import FaultyLink
-from simulators.observer import FleetView, SiteObserver
+from simulators.observer_process import ObserverProcess
+from simulators.paced_source import PacedSource
 from simulators.scenario import Scenario, device_class
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,6 @@ class Site:
     broker: SiteBroker
     uplink: FaultyLink
     gateway: GatewayProcess
-    observer: SiteObserver
     devices: list[str] = field(default_factory=list)
     drift_shift: float = 0.0
     relabel: dict[int, int] = field(default_factory=dict)
@@ -50,13 +52,13 @@ class FleetRun:
         controller: ControllerProcess,
         bundles: dict[str, Path],
         key_file: Path,
-        view: FleetView,
+        observer: ObserverProcess,
     ) -> None:
         self.scenario, self.run_dir, self.controller = scenario, run_dir, controller
-        self.bundles, self.key_file, self.view = bundles, key_file, view
+        self.bundles, self.key_file, self.observer = bundles, key_file, observer
         self.sites: list[Site] = []
         self.agents: dict[str, Agent] = {}
-        self.sources: dict[str, SyntheticSource] = {}
+        self.sources: dict[str, PacedSource] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.retired: list[Agent] = []  # stopped agents whose counters still count
         self.crashed: list[str] = []
@@ -65,7 +67,6 @@ class FleetRun:
         self._outbox_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="outbox")
         self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
         self._joined = 0
-        self.observer_tasks: list[asyncio.Task[None]] = []
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -107,10 +108,8 @@ class FleetRun:
             },
         )
         await asyncio.to_thread(gateway.start)
-        observer = SiteObserver(name, broker.port, self.view)
-        self.observer_tasks.append(asyncio.create_task(observer.run(), name=f"observer-{name}"))
-        await asyncio.wait_for(observer.ready.wait(), 10)
-        site = Site(index, name, broker, uplink, gateway, observer)
+        await self.observer.watch(name, broker.port)
+        site = Site(index, name, broker, uplink, gateway)
         self.sites.append(site)
         return site
 
@@ -149,7 +148,7 @@ class FleetRun:
             },
             inference={"executor": "inline", "micro_batch_max": 32},
         )
-        source = SyntheticSource(
+        source = PacedSource(
             rate_hz=rate_hz, seed=seed, anomaly_rate=anomaly_rate, noise=cls.noise, period_s=cls.period_s
         )
         source.extra_drift, source.relabel = site.drift_shift, site.relabel
@@ -159,6 +158,22 @@ class FleetRun:
         self.agents[device], self.sources[device] = agent, source
         self.tasks[device] = asyncio.create_task(agent.run(), name=device)
         return agent
+
+    async def wait_running(self, within_s: float) -> int:
+        """Until every agent runs its pipeline (its model loaded) or has ended; returns how many run.
+
+        Agents load their models in threads: a large fleet takes a while to be all there, and
+        the scenario's clock starts when it is.
+        """
+
+        async def one(device: str) -> None:
+            started = asyncio.create_task(self.agents[device].started.wait())
+            await asyncio.wait({started, self.tasks[device]}, return_when=asyncio.FIRST_COMPLETED)
+            started.cancel()
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(one(d) for d in self.agents)), within_s)
+        return sum(agent.started.is_set() for agent in self.agents.values())
 
     async def add_agent(self, site: Site) -> Agent:
         self._joined += 1
@@ -197,13 +212,24 @@ class FleetRun:
             self.crashed.append(device)
             log.error("virtual device %s crashed: %s", device, task.exception())
 
-    def drained(self) -> bool:
-        """Every running device's outbox is empty and the site broker delivered all of it."""
-        for device, agent in self.agents.items():
+    def outboxes_empty(self) -> bool:
+        """Every running device stopped reading and its broker acknowledged all it stored."""
+        for agent in self.agents.values():
             stats = agent.outbox.stats
-            if stats.depth or stats.pending or len(self.view.seqs.get(device, ())) < stats.last_seq:
+            if not agent.source_done.is_set() or stats.depth or stats.pending:
                 return False
         return True
+
+    def pace(self) -> FleetPace:
+        """How the running sensors keep their declared rates (for `simulators.lag`)."""
+        now = time.monotonic()
+        running = [s for s in self.sources.values() if s.started_at is not None and not s.done]
+        return FleetPace(
+            devices=len(running),
+            due_per_s=sum(s.rate_hz or 0.0 for s in running),
+            behind=sum(s.behind(now) for s in running),
+            given=sum(s.given for s in running),
+        )
 
     def produced(self) -> dict[str, int]:
         """Records each device made (its last seq), running or retired."""
@@ -217,9 +243,6 @@ class FleetRun:
         for agent in self.agents.values():
             agent.stop()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-        for task in self.observer_tasks:
-            task.cancel()
-        await asyncio.gather(*self.observer_tasks, return_exceptions=True)
         for site in self.sites:
             await asyncio.to_thread(site.gateway.stop)
             await site.uplink.close()

@@ -1,104 +1,155 @@
-"""Follows a site's topic tree like any MQTT client would, and keeps what the report needs."""
+"""The fleet's observer: a process of its own following every site's ``fleet/{site}/#``.
+
+Why a process: on the simulator's loop, beside hundreds of agents, it fell behind, and a
+verdict judged on what it had seen so far reported records lost that the controller had.
+Here it has its own interpreter; each site is a persistent session (QoS 1), so what it has
+not read yet waits at the broker. `sync` tells when it has read everything: it publishes a
+marker to each broker and waits for it to come back. A broker queues a client's messages in
+the order it accepted them, so the marker comes after every record a device had been
+acknowledged for before the sync began.
+
+Commands, one JSON object a line on stdin; each answer is a line on stdout with the same ``id``:
+
+- ``{"op": "watch", "site", "port"}``: subscribe to a site; answers once subscribed.
+- ``{"op": "stats"}``: records seen, devices online, online devices per model version.
+- ``{"op": "sync", "timeout_s"}``: ``{"synced": true}`` once every site's marker came back.
+- ``{"op": "view"}``: the whole view (`FleetView.to_wire`).
+
+End of stdin or SIGTERM ends it; SIGINT is the runner's to handle (it closes stdin).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import logging
+import signal
+import sys
 import uuid
-from collections import defaultdict
-from dataclasses import dataclass, field
+from typing import Any
 
 from edge_agent.exceptions import LinkError
 from edge_agent.mqtt_link import LinkSettings, MqttLink
-from fleet_protocol import ProtocolError, ReportedState, TelemetryBatch, TopicKind, decode, parse_topic
 from fleet_protocol.pacing import Backoff
+from simulators.fleet_view import FleetView
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class FleetView:
-    seqs: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
-    stamps: dict[tuple[str, int], float] = field(default_factory=dict)
-    duplicates: int = 0
-    seq_reused: int = 0  # the same (device, seq) for two different readings: must stay 0
-    records: int = 0
-    anomalies: int = 0
-    correct: int = 0
-    labelled: int = 0
-    bytes: int = 0
-    states: dict[str, ReportedState] = field(default_factory=dict)
-    rejected: int = 0
-    flagged: set[tuple[str, int]] = field(default_factory=set)
-    #: Per second of reading time: [correct, labelled], for accuracy before and after drift.
-    accuracy: dict[int, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
-
-    def accuracy_between(self, start: float, end: float) -> float | None:
-        correct = labelled = 0
-        for second, (c, n) in self.accuracy.items():
-            if start <= second < end:
-                correct, labelled = correct + c, labelled + n
-        return round(correct / labelled, 4) if labelled else None
-
-
 class SiteObserver:
-    """Subscribes to ``fleet/{site}/#`` with a persistent session: nothing the broker took is missed."""
+    """One site's broker: ``fleet/{site}/#`` and this observer's marker topic, persistent session."""
 
     def __init__(self, site: str, port: int, view: FleetView) -> None:
         self.view = view
+        client_id = f"observer-{site}-{uuid.uuid4().hex[:6]}"
         self.topic = f"fleet/{site}/#"
-        self.link = MqttLink(
-            LinkSettings(host="127.0.0.1", port=port, client_id=f"observer-{site}-{uuid.uuid4().hex[:6]}")
-        )
+        self.marker_topic = f"fleet-sim/observer/{client_id}/sync"
+        self.link = MqttLink(LinkSettings(host="127.0.0.1", port=port, client_id=client_id))
         self.ready = asyncio.Event()
+        self._markers: dict[str, asyncio.Future[None]] = {}
 
     async def run(self) -> None:
         backoff = Backoff(0.1, 1.0)
         await self.link.subscribe(self.topic, qos=1)
+        await self.link.subscribe(self.marker_topic, qos=1)
         while True:
             try:
                 async with self.link:
                     self.ready.set()
                     backoff.reset()
                     async for message in self.link.messages():
-                        self._handle(message.topic, message.payload)
+                        if message.topic == self.marker_topic:
+                            self._marker_back(message.payload.decode())
+                        else:
+                            self.view.add(message.topic, message.payload)
             except LinkError as exc:
                 log.debug("observer: %s", exc)
                 await asyncio.sleep(backoff.next_delay())
 
-    def _handle(self, topic: str, payload: bytes) -> None:
-        if not payload:
-            return
-        view = self.view
-        with contextlib.suppress(ProtocolError):
-            kind = parse_topic(topic).kind
-            if kind is TopicKind.TELEMETRY:
-                batch = decode(payload, TelemetryBatch)
-                view.bytes += len(payload)
-                seen = view.seqs[batch.device_id]
-                for record in batch.records:
-                    key = (batch.device_id, record.seq)
-                    if record.seq in seen:
-                        view.duplicates += 1
-                        view.seq_reused += view.stamps[key] != record.ts
-                        continue
-                    view.stamps[key] = record.ts
-                    seen.add(record.seq)
-                    view.records += 1
-                    if record.anomaly:
-                        view.anomalies += 1
-                        view.flagged.add(key)
-                    if record.label is not None:
-                        view.labelled += 1
-                        view.correct += record.predicted == record.label
-                        bucket = view.accuracy[int(record.ts)]
-                        bucket[0] += record.predicted == record.label
-                        bucket[1] += 1
-                return
-            if kind is TopicKind.STATE:
-                state = decode(payload, ReportedState)
-                view.states[state.device_id] = state
-                return
-            return
-        view.rejected += 1
+    async def sync(self) -> None:
+        """Return once a marker published now has come back: all that was queued before is read."""
+        token = uuid.uuid4().hex
+        back = self._markers[token] = asyncio.get_running_loop().create_future()
+        try:
+            while True:
+                try:
+                    await self.link.publish(self.marker_topic, token.encode(), qos=1)
+                    break
+                except LinkError:
+                    await asyncio.sleep(0.2)  # the broker is restarting: try again
+            await back
+        finally:
+            self._markers.pop(token, None)
+
+    def _marker_back(self, token: str) -> None:
+        back = self._markers.get(token)
+        if back is not None and not back.done():
+            back.set_result(None)
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.view = FleetView()
+        self.sites: dict[str, SiteObserver] = {}
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def answer(self, command: dict[str, Any]) -> dict[str, Any]:
+        op = command.get("op")
+        if op == "watch":
+            site = SiteObserver(command["site"], int(command["port"]), self.view)
+            self.sites[command["site"]] = site
+            self.tasks.append(asyncio.create_task(site.run(), name=f"observe-{command['site']}"))
+            await asyncio.wait_for(site.ready.wait(), 10)
+            return {"ok": True}
+        if op == "stats":
+            return self.view.stats()
+        if op == "sync":
+            try:
+                async with asyncio.timeout(float(command.get("timeout_s", 30))):
+                    await asyncio.gather(*(site.sync() for site in self.sites.values()))
+            except TimeoutError:
+                return {"synced": False}
+            return {"synced": True}
+        if op == "view":
+            return {"view": self.view.to_wire()}
+        return {"error": f"unknown op {op!r}"}
+
+
+async def _serve() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout)
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    loop.add_signal_handler(signal.SIGTERM, reader.feed_eof)
+    observer = Observer()
+    pending: set[asyncio.Task[None]] = set()
+
+    async def handle(command: dict[str, Any]) -> None:
+        try:
+            reply = await observer.answer(command)
+        except Exception as exc:  # an answer that fails is reported to the runner, which decides
+            log.exception("observer: %s failed", command.get("op"))
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        writer.write(json.dumps({"id": command.get("id"), **reply}).encode() + b"\n")
+        await writer.drain()
+
+    while line := await reader.readline():
+        # Commands run concurrently: a sync waiting on a slow broker must not hold up stats.
+        task = asyncio.create_task(handle(json.loads(line)))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    for task in [*pending, *observer.tasks]:
+        task.cancel()
+    # Cancelling a site's task leaves its `async with link`: a clean disconnect, the session kept.
+    await asyncio.gather(*pending, *observer.tasks, return_exceptions=True)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    asyncio.run(_serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.table import Table
 
-from simulators.runner import RunResult
+from simulators.result import RunResult
 
 _SHOWN = (
     "sites",
@@ -15,6 +17,8 @@ _SHOWN = (
     "records_delivered_unique",
     "records_counted_at_controller",
     "records_stored_whole",
+    "records_lost",
+    "records_counted_twice",
     "records_per_s",
     "anomalies_delivered",
     "anomalies_missing_at_controller",
@@ -27,27 +31,67 @@ _SHOWN = (
     "accuracy_after_drift",
     "rejected_payloads",
 )
+_LAG_SHOWN = (
+    ("event loop delay, p95 / max (s)", ("loop_delay_p95_s", "loop_delay_max_s")),
+    ("events fired late, max (s)", ("event_lateness_max_s",)),
+    ("sensors behind schedule, max (s)", ("readings_behind_max_s",)),
+)
+
+
+def verdict_word(ok: bool | None) -> str:
+    return {True: "PASS", False: "FAIL", None: "NOT JUDGED"}[ok]
+
+
+def _examples(summary: dict[str, Any], what: str) -> str:
+    return ", ".join(summary[f"records_{what}_examples"])
+
+
+def _lost_label(summary: dict[str, Any]) -> str:
+    """Delivered and not counted is a loss only if the run waited long enough to tell."""
+    if summary["invariants"]["no_acknowledged_record_lost"] is None:
+        return "records not counted at the controller when the run ended (not judged)"
+    if not summary["drained"]:
+        timeout = summary["drain_timeout_s"]
+        return f"records not counted at the controller within the drain timeout of {timeout:g} s"
+    return "records lost"
 
 
 def print_report(result: RunResult, console: Console) -> None:
     summary = result.summary()
+    lag: dict[str, Any] = summary["simulator"]
+    if lag.get("behind"):
+        # First: every figure below comes from a run that did not keep its schedule.
+        console.print(f"[bold red]SIMULATOR FELL BEHIND:[/] {lag['message']}", soft_wrap=True)
     table = Table(title=f"edgefleet run: {summary['scenario']}", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
     for key in _SHOWN:
         table.add_row(key.replace("_", " "), str(summary[key]))
+    for label, keys in _LAG_SHOWN:
+        table.add_row(label, " / ".join(str(lag.get(k, "n/a")) for k in keys))
     for line in summary["events"]:
         table.add_row("event", line)
     scores = [d["score"] for d in summary["drift_scores"] if d["score"] is not None]
     if scores:
         table.add_row("drift score, first / highest", f"{scores[0]:.3f} / {max(scores):.3f}")
     console.print(table)
+    colour = {True: "green", False: "red", None: "yellow"}
     for name, ok in summary["invariants"].items():
-        console.print(f"  {'[green]PASS[/]' if ok else '[red]FAIL[/]'} {name.replace('_', ' ')}")
+        console.print(f"  [{colour[ok]}]{verdict_word(ok)}[/] {name.replace('_', ' ')}")
+    if summary["records_lost"]:
+        console.print(
+            f"  {_lost_label(summary)}: {summary['records_lost']}, e.g. {_examples(summary, 'lost')}"
+        )
+    if summary["records_counted_twice"]:
+        twice = summary["records_counted_twice"]
+        console.print(f"  records counted twice: {twice}, e.g. {_examples(summary, 'counted_twice')}")
     if summary["crashed"]:
         console.print(f"  crashed: {', '.join(summary['crashed'])}")
     if summary["devices_off_model"]:
         console.print(
-            f"  off their desired model without a reason: {', '.join(summary['devices_off_model'])}"
+            "  off their desired model without a final model_reason:"
+            f" {', '.join(summary['devices_off_model'])}"
         )
+    if lag.get("behind"):
+        console.print(f"  [bold red]exit {summary['exit_code']}[/]: the simulator fell behind (see the top)")
     console.print(f"report: {result.run_dir / 'report.json'}, {result.run_dir / 'report.html'}")

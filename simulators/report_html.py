@@ -141,11 +141,27 @@ def render_html(report: dict[str, Any]) -> str:
         ("devices, after drift", report.get("accuracy_after_drift")),
     ]
     charts.append(bar_chart("Device model accuracy before and after drift", dict(accuracy)))
+    lag = report.get("simulator", {})
+    series = lag.get("series", {})
+    charts.append(
+        line_chart(
+            f"The simulator's own lag (s; limit {lag.get('lag_limit_s', 'n/a')})",
+            series.get("t", []),
+            {
+                "event loop delay": series.get("loop_delay_s", []),
+                "sensors behind schedule": series.get("readings_behind_s", []),
+            },
+            marks=marks,
+        )
+    )
     invariants = "".join(
-        f'<li class="{"pass" if ok else "fail"}">{"PASS" if ok else "FAIL"}'
-        f" {html.escape(name.replace('_', ' '))}</li>"
+        f'<li class="{_VERDICT[ok][1]}">{_VERDICT[ok][0]} {html.escape(name.replace("_", " "))}</li>'
         for name, ok in report.get("invariants", {}).items()
     )
+    banner = ""
+    if lag.get("behind"):
+        banner = f'<p class="behind">Simulator fell behind: {html.escape(str(lag.get("message")))}</p>'
+    lag_rows = [(k, v) for k, v in lag.items() if k not in ("series", "message")]
     figures = {
         k: v for k, v in report.items() if not isinstance(v, list | dict) and k not in ("scenario", "run_dir")
     }
@@ -160,16 +176,19 @@ def render_html(report: dict[str, Any]) -> str:
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}}
 .charts{{display:flex;flex-wrap:wrap;gap:1em}} figure{{margin:0}} figcaption{{font-weight:600}}
 table{{border-collapse:collapse}} th,td{{border:1px solid #ddd;padding:2px 8px;text-align:left}}
-.pass{{color:#16a34a}} .fail{{color:#dc2626;font-weight:700}}</style></head><body>
-<h1>edgefleet run: {name}</h1>
+.pass{{color:#16a34a}} .fail{{color:#dc2626;font-weight:700}} .unjudged{{color:#ca8a04;font-weight:700}}
+.behind{{background:#fee2e2;border:2px solid #dc2626;padding:0.5em 1em;font-weight:600}}</style></head><body>
+<h1>edgefleet run: {name}</h1>{banner}
 <h2>Invariants</h2><ul id="invariants">{invariants}</ul>
 <h2>Charts</h2><div class="charts">{"".join(charts)}</div>
 <h2>Model accuracy</h2>{_table(accuracy)}
 <h2>Compiler</h2><table><tr>{"".join(f"<th>{c}</th>" for c in _COMPILER)}</tr>{compiler_rows}</table>
 <h2>Events</h2><ol>{"".join(f"<li>{html.escape(e)}</li>" for e in report.get("events", []))}</ol>
 <h2>Figures</h2>{_table(list(figures.items()))}
+<h2>The simulator's own lag</h2>{_table(lag_rows)}
 </body></html>
 """
 
 
+_VERDICT = {True: ("PASS", "pass"), False: ("FAIL", "fail"), None: ("NOT JUDGED", "unjudged")}
 _COMPILER = ["target", "size_bytes", "accuracy", "accuracy_drop_pts", "latency_p50_ms", "latency_p95_ms"]

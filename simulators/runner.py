@@ -1,25 +1,27 @@
 """Runs a scenario end to end: controller, sites, a first model, devices, the timeline, a report.
 
-1. A controller process; per site a Mosquitto, an uplink proxy and an `edge-gateway` process.
+1. A controller process, the observer process; per site a Mosquitto, an uplink proxy and an
+   `edge-gateway` process.
 2. A first model trained on generated data, compiled, measured and signed by `model_compiler`,
    uploaded to the controller, deployed to every device and provisioned on each of them.
-3. Devices stream; events fire on the scenario's timeline; a sample is taken every second.
-4. Devices stop producing; the run drains until every record is at the controller (whole or
-   in a window summary) or the drain times out; then the invariants are checked against what
-   the controller stored.
+3. Devices stream; events fire on the scenario's timeline; a sample is taken every second, and
+   the simulator's own lag is measured (`simulators.lag`).
+4. Devices stop producing; the run drains: every outbox empty, the observer has read all the
+   brokers accepted, every record is at the controller (or the drain times out). Then the
+   invariants are judged against what the controller stored (`simulators.result`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -28,100 +30,18 @@ from model_compiler.archive import pack
 from simulators.controller import ControllerProcess
 from simulators.events import Event, apply
 from simulators.fleet import FleetRun
-from simulators.observer import FleetView
+from simulators.lag import LagMonitor
+from simulators.observer_process import ObserverProcess
+from simulators.result import RunResult, off_model
 from simulators.scenario import Scenario, SimError, device_class
-from simulators.timeline import Timeline
 
 log = logging.getLogger(__name__)
 
 MODEL_ID, MODEL_VERSION = "sensor-mlp", "1.0.0"
-
-
-@dataclass
-class RunResult:
-    scenario: Scenario
-    run_dir: Path
-    started: float
-    seconds: float = 0.0
-    model_accuracy: float = 0.0
-    compiler_table: list[dict[str, Any]] = field(default_factory=list)
-    view: FleetView = field(default_factory=FleetView)
-    produced: dict[str, int] = field(default_factory=dict)
-    stored: dict[str, dict[str, int]] = field(default_factory=dict)
-    missing_flagged: int = 0
-    devices_off_model: list[str] = field(default_factory=list)
-    events: list[str] = field(default_factory=list)
-    crashed: list[str] = field(default_factory=list)
-    drained: bool = False
-    upstream_bytes: float = 0.0
-    timeline: Timeline = field(default_factory=Timeline)
-    drift_started_at: float | None = None
-    drift_scores: list[dict[str, Any]] = field(default_factory=list)
-
-    def record_counts(self) -> tuple[int, int, int]:
-        """(delivered by devices, lost on the way, counted twice), against the controller."""
-        delivered = lost = doubled = 0
-        for device, seqs in self.view.seqs.items():
-            counted = self.stored.get(device, {}).get("summarised", 0)
-            delivered += len(seqs)
-            lost += max(0, len(seqs) - counted)
-            doubled += max(0, counted - len(seqs))
-        return delivered, lost, doubled
-
-    def invariants(self) -> dict[str, bool]:
-        _, lost, doubled = self.record_counts()
-        unacked = sum(self.produced.values()) - sum(len(s) for s in self.view.seqs.values())
-        return {
-            "no_acknowledged_record_lost": self.drained
-            and lost == 0
-            and unacked == 0
-            and not self.missing_flagged,
-            "no_record_stored_twice": doubled == 0 and self.view.seq_reused == 0,
-            "every_device_on_its_desired_model_or_says_why": not self.devices_off_model,
-            "no_daemon_crashed": not self.crashed,
-        }
-
-    def summary(self) -> dict[str, Any]:
-        view = self.view
-        delivered, lost, doubled = self.record_counts()
-        stored_whole = sum(s.get("whole", 0) for s in self.stored.values())
-        before = after = None
-        if self.drift_started_at is not None:
-            before = view.accuracy_between(0, self.drift_started_at)
-            after = view.accuracy_between(self.drift_started_at, float("inf"))
-        return {
-            "scenario": self.scenario.name,
-            "sites": self.scenario.sites,
-            "devices": len(self.produced),
-            # Ids are site-N-<class>-NNNN; devices that joined during the run are of class "new".
-            "devices_by_class": dict(Counter(device.split("-")[2] for device in self.produced)),
-            "seconds": round(self.seconds, 1),
-            "records_produced": sum(self.produced.values()),
-            "records_delivered_unique": delivered,
-            "records_counted_at_controller": sum(s.get("summarised", 0) for s in self.stored.values()),
-            "records_stored_whole": stored_whole,
-            "records_lost": lost,
-            "records_counted_twice": doubled,
-            "duplicates_delivered": view.duplicates,
-            "records_per_s": round(delivered / self.seconds, 1) if self.seconds else 0.0,
-            "anomalies_delivered": view.anomalies,
-            "anomalies_missing_at_controller": self.missing_flagged,
-            "telemetry_bytes": view.bytes,
-            "upstream_bytes": int(self.upstream_bytes),
-            "upstream_bytes_ratio": round(self.upstream_bytes / view.bytes, 4) if view.bytes else None,
-            "device_model_accuracy": round(view.correct / view.labelled, 4) if view.labelled else None,
-            "accuracy_before_drift": before,
-            "accuracy_after_drift": after,
-            "training_accuracy": round(self.model_accuracy, 4),
-            "compiler": self.compiler_table,
-            "rejected_payloads": view.rejected,
-            "events": sorted(self.events, key=lambda line: float(line.split("s", 1)[0])),
-            "crashed": self.crashed,
-            "devices_off_model": self.devices_off_model,
-            "drift_scores": self.drift_scores,
-            "invariants": self.invariants(),
-            "run_dir": str(self.run_dir),
-        }
+#: The observer catches up once devices stop producing; it gets at least this long to.
+_OBSERVER_CATCH_UP_S = 60.0
+#: Devices that have not loaded their model by then start late, and their lag is measured.
+_START_WITHIN_S = 300.0
 
 
 async def run_scenario(scenario: Scenario, run_dir: Path, console: Console | None = None) -> RunResult:
@@ -138,11 +58,16 @@ async def run_scenario(scenario: Scenario, run_dir: Path, console: Console | Non
     key_file = run_dir / "fleet-signing.pub"
     await asyncio.to_thread(key_file.write_bytes, public_key_pem(key.public_key()))
     controller = ControllerProcess(run_dir / "controller", key_file)
+    observer = ObserverProcess(run_dir / "observer.log")
     fleet: FleetRun | None = None
+    lag: LagMonitor | None = None
+    monitor: asyncio.Task[None] | None = None
     try:
         with console.status("training and compiling the first model, starting the controller"):
-            compiled, _ = await asyncio.gather(
-                asyncio.to_thread(_compile, run_dir, key, scenario), asyncio.to_thread(controller.start)
+            compiled, _, _ = await asyncio.gather(
+                asyncio.to_thread(_compile, run_dir, key, scenario),
+                asyncio.to_thread(controller.start),
+                observer.start(),
             )
         result.model_accuracy, result.compiler_table = compiled.accuracy, compiled.table
         console.print(
@@ -150,69 +75,115 @@ async def run_scenario(scenario: Scenario, run_dir: Path, console: Console | Non
             f" {', '.join(compiled.bundles)} in {compiled.seconds:.1f}s; controller at {controller.url}"
         )
         await asyncio.to_thread(_register_and_deploy, controller, compiled.bundles)
-        fleet = FleetRun(scenario, run_dir, controller, compiled.bundles, key_file, result.view)
+        fleet = FleetRun(scenario, run_dir, controller, compiled.bundles, key_file, observer)
         with console.status("starting brokers, uplinks and gateways"):
             for index in range(scenario.sites):
                 await fleet.add_site(index)
-        for site in fleet.sites:
-            for number in range(scenario.devices_per_site):
-                kind = device_class(scenario, number).name
-                await fleet.start_agent(site, f"{site.name}-{kind}-{number:04d}")
+        lag = LagMonitor(scenario.lag_limit_s, fleet.pace)
+        monitor = asyncio.create_task(lag.run(), name="lag-monitor")
+        with console.status(f"starting {scenario.sites * scenario.devices_per_site} devices"):
+            for site in fleet.sites:
+                for number in range(scenario.devices_per_site):
+                    kind = device_class(scenario, number).name
+                    await fleet.start_agent(site, f"{site.name}-{kind}-{number:04d}")
+            await fleet.wait_running(within_s=_START_WITHIN_S)
         fleet.started = time.monotonic()
-        await _stream(fleet, result, console)
+        await _stream(fleet, result, lag, console)
+        await _final_checks(fleet, result)
     finally:
+        if monitor is not None:
+            monitor.cancel()
+            await asyncio.gather(monitor, return_exceptions=True)
         if fleet is not None:
             result.produced = fleet.produced()
             result.crashed = list(fleet.crashed)
             result.drift_started_at = _wall(fleet, fleet.drift_started_at)
+            if lag is not None:
+                result.lag, result.lag_series = lag.verdict(fleet.started), lag.series(fleet.started)
             await fleet.close()
+        await observer.close()
         await asyncio.to_thread(controller.stop)
     await asyncio.to_thread(_write_reports, result)
     return result
 
 
-async def _stream(fleet: FleetRun, result: RunResult, console: Console) -> None:
+async def _stream(fleet: FleetRun, result: RunResult, lag: LagMonitor, console: Console) -> None:
     scenario = fleet.scenario
     pending = sorted(scenario.events, key=lambda e: e.at_s)
     running: list[asyncio.Task[None]] = []
-    with Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[records]} records, {task.fields[online]} online"),
-        TimeRemainingColumn(),
-        console=console,
-    ) as progress:
-        bar = progress.add_task("streaming", total=scenario.duration_s, records=0, online=0)
-        next_sample = 0.0
-        while (elapsed := fleet.elapsed()) < scenario.duration_s:
-            while pending and pending[0].at_s <= elapsed:
-                running.append(asyncio.create_task(_event(fleet, pending.pop(0), result, console)))
-            if elapsed >= next_sample:
-                await result.timeline.sample(fleet)
-                next_sample += 1.0
-            fleet.check_crashes()
-            progress.update(
-                bar, completed=elapsed, records=result.view.records, online=result.timeline.online_now()
+    # Sampling waits on other processes: in a task of its own, it cannot make an event late.
+    sampler = asyncio.create_task(_sample_every_second(fleet, result), name="sampler")
+    lag.start_judging()
+    try:
+        with Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[records]} records, {task.fields[online]} online"),
+            TimeRemainingColumn(),
+            console=console,
+        ) as progress:
+            bar = progress.add_task("streaming", total=scenario.duration_s, records=0, online=0)
+            while (elapsed := fleet.elapsed()) < scenario.duration_s:
+                while pending and pending[0].at_s <= elapsed:
+                    spec = pending.pop(0)
+                    lag.event_fired(spec.kind, spec.at_s, elapsed)
+                    running.append(asyncio.create_task(_event(fleet, spec, result, console)))
+                fleet.check_crashes()
+                timeline = result.timeline
+                progress.update(
+                    bar, completed=elapsed, records=timeline.delivered_now(), online=timeline.online_now()
+                )
+                due = pending[0].at_s if pending else scenario.duration_s
+                await asyncio.sleep(max(0.0, min(0.2, due - elapsed)))
+            progress.update(bar, completed=scenario.duration_s)
+            await asyncio.gather(*running)  # temporary faults end before the drain
+            lag.stop_judging()
+            fleet.stop_producing()
+            drain = progress.add_task("draining to the controller", total=None, records=0, online=0)
+            await _drain(
+                fleet, result, lag, lambda: progress.update(drain, records=result.timeline.delivered_now())
             )
-            await asyncio.sleep(0.2)
-        progress.update(bar, completed=scenario.duration_s)
-        await asyncio.gather(*running)  # temporary faults end before the drain
-        fleet.stop_producing()
-        drain = progress.add_task("draining to the controller", total=None, records=0, online=0)
-        deadline = time.monotonic() + scenario.drain_timeout_s
-        while time.monotonic() < deadline:
-            fleet.check_crashes()
-            if fleet.drained() and await _all_at_controller(fleet, result):
-                result.drained = True
-                break
-            if fleet.elapsed() >= next_sample:
-                await result.timeline.sample(fleet)
-                next_sample += 1.0
-            progress.update(drain, records=result.view.records, online=result.timeline.online_now())
-            await asyncio.sleep(0.5)
+    finally:
+        sampler.cancel()
+        await asyncio.gather(sampler, return_exceptions=True)
     await result.timeline.sample(fleet)
     result.seconds = fleet.elapsed()
-    await _final_checks(fleet, result)
+
+
+async def _sample_every_second(fleet: FleetRun, result: RunResult) -> None:
+    next_sample = 0.0
+    while True:
+        await result.timeline.sample(fleet)
+        next_sample += 1.0
+        await asyncio.sleep(max(0.0, next_sample - fleet.elapsed()))
+
+
+async def _drain(fleet: FleetRun, result: RunResult, lag: LagMonitor, tick: Any) -> None:
+    """Outboxes empty, then the observer's view complete, then every record at the controller."""
+    deadline = time.monotonic() + fleet.scenario.drain_timeout_s
+    while not fleet.outboxes_empty() and time.monotonic() < deadline:
+        fleet.check_crashes()
+        tick()
+        await asyncio.sleep(0.5)
+    outboxes_empty = fleet.outboxes_empty()
+    catch_up = max(deadline - time.monotonic(), _OBSERVER_CATCH_UP_S)
+    result.view_complete = await fleet.observer.sync(catch_up)
+    if not result.view_complete:
+        lag.observer_incomplete = (
+            f"the observer had not read all the brokers accepted {catch_up:.0f} s after the devices stopped"
+        )
+    result.view = await fleet.observer.view()
+    result.produced = fleet.produced()
+    delivered_all = outboxes_empty and result.unacknowledged() == 0
+    while True:
+        fleet.check_crashes()
+        tick()
+        if await _all_at_controller(fleet, result):
+            result.drained = delivered_all and result.view_complete
+            return
+        if time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(0.5)
 
 
 async def _event(fleet: FleetRun, spec: Event, result: RunResult, console: Console) -> None:
@@ -227,26 +198,29 @@ async def _event(fleet: FleetRun, spec: Event, result: RunResult, console: Conso
 
 
 async def _all_at_controller(fleet: FleetRun, result: RunResult) -> bool:
-    """Every record the sites delivered is counted in a window summary at the controller."""
-    result.stored = await asyncio.to_thread(fleet.controller.stored)
-    return all(
-        result.stored.get(device, {}).get("summarised", 0) >= len(seqs)
-        for device, seqs in result.view.seqs.items()
-    )
+    """Every record the brokers delivered is counted in a window summary at the controller."""
+    stored = await asyncio.to_thread(fleet.controller.stored)
+    # Sums first (cheap), then the seqs themselves: a sum can be right with a record missing.
+    if any(stored.get(d, {}).get("summarised", 0) < len(seqs) for d, seqs in result.view.seqs.items()):
+        return False
+    ledger = await asyncio.to_thread(fleet.controller.ledger)
+    return all(ledger.counted.get(d, {}).keys() >= seqs for d, seqs in result.view.seqs.items())
 
 
 async def _final_checks(fleet: FleetRun, result: RunResult) -> None:
     controller = fleet.controller
-    result.stored = await asyncio.to_thread(controller.stored)
-    anomalies = await asyncio.to_thread(controller.anomalies)
-    result.missing_flagged = len(result.view.flagged - anomalies)
+    result.ledger = await asyncio.to_thread(controller.ledger)
+    result.produced = fleet.produced()
+    await asyncio.to_thread(result.settle)
     devices = await asyncio.to_thread(controller.devices)
-    for device in fleet.produced():
-        state = devices.get(device)
-        if state is None or (state.model_version != MODEL_VERSION and not state.reason):
-            result.devices_off_model.append(device)
-    metrics = [await asyncio.to_thread(site.gateway.metrics) for site in fleet.sites]
-    result.upstream_bytes = sum(m.get("edge_gateway_upstream_bytes_total", 0.0) for m in metrics)
+    result.devices_off_model = off_model(
+        fleet.produced(), devices, result.view.states, (MODEL_ID, MODEL_VERSION)
+    )
+    for site in fleet.sites:
+        # A gateway that crashed is reported as such; its bytes are not counted.
+        with contextlib.suppress(httpx.HTTPError):
+            metrics = await asyncio.to_thread(site.gateway.metrics)
+            result.upstream_bytes += metrics.get("edge_gateway_upstream_bytes_total", 0.0)
     result.drift_scores = await asyncio.to_thread(_drift_scores, controller)
 
 
@@ -308,5 +282,6 @@ def _write_reports(result: RunResult) -> None:
 
     summary = result.summary()
     summary["timeline"] = result.timeline.as_dict()
+    summary["simulator"] = {**summary["simulator"], "series": result.lag_series}
     (result.run_dir / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
     (result.run_dir / "report.html").write_text(render_html(summary))

@@ -59,6 +59,12 @@ class Scenario(_Strict):
     device_classes: list[DeviceClass] = Field(default_factory=lambda: [DeviceClass()], min_length=1)
     gateway: GatewayFilters = Field(default_factory=GatewayFilters)
     drain_timeout_s: float = Field(default=90, gt=0)
+    lag_limit_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="The simulator fell behind when its loop stalls, an event fires, or the sensors"
+        " lag their schedule by more than this",
+    )
     #: Each: ``{at_s, kind, ...fields of that kind}``; validated by `simulators.events`.
     events: list[Any] = Field(default_factory=list)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +20,12 @@ class Timeline:
     versions: list[dict[str, int]] = field(default_factory=list)  # online devices per model version
     queued: list[int] = field(default_factory=list)  # items in the gateways' upstream queues
     uplink_bytes: list[int] = field(default_factory=list)  # bytes gateways sent through the uplinks
+    _last: dict[str, Any] = field(default_factory=lambda: {"records": 0, "online": 0, "versions": {}})
 
     async def sample(self, fleet: FleetRun) -> None:
-        view = fleet.view
+        # The observer is another process: a busy one gives no answer, and the last one stands.
+        stats = await fleet.observer.stats() or self._last
+        self._last = stats
         stored = await asyncio.to_thread(fleet.controller.stored)
         queued = 0
         for site in fleet.sites:
@@ -32,14 +34,16 @@ class Timeline:
                 with contextlib.suppress(Exception):
                     metrics = await asyncio.to_thread(site.gateway.metrics)
                     queued += int(metrics.get("edge_gateway_upstream_queue_items", 0))
-        online = [s for s in view.states.values() if s.online]
         self.t.append(round(fleet.elapsed(), 2))
-        self.delivered.append(view.records)
+        self.delivered.append(stats["records"])
         self.at_controller.append(sum(s["summarised"] for s in stored.values()))
-        self.online.append(len(online))
-        self.versions.append(dict(Counter(f"{s.model_id}@{s.model_version}" for s in online)))
+        self.online.append(stats["online"])
+        self.versions.append(stats["versions"])
         self.queued.append(queued)
         self.uplink_bytes.append(sum(site.uplink.bytes_up for site in fleet.sites))
+
+    def delivered_now(self) -> int:
+        return self.delivered[-1] if self.delivered else 0
 
     def online_now(self) -> int:
         return self.online[-1] if self.online else 0

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from simulators.ledger import controller_ledger, reconcile
 from simulators.netproxy import FaultyLink
 from tests.controller.conftest import Controller
 from tests.gateway.conftest import GatewayProcess, controller_rows
@@ -94,10 +95,16 @@ async def test_hundred_agents_reduce_upstream_bytes_and_every_anomaly_arrives(
     assert len(flagged) > 100, "the synthetic fleet injects anomalies"
 
     # Windows close 5 s after their end and quiet, then go up within a second.
-    summarised = await _count_reaches(
-        controller, "SELECT COALESCE(SUM(count), 0) FROM window_summary", produced
-    )
-    assert summarised == produced, "every record is counted in exactly one window summary"
+    await _count_reaches(controller, "SELECT COALESCE(SUM(count), 0) FROM window_summary", produced)
+    # Compared record by record: one lost and another counted twice would make the right sum.
+    delivered: dict[str, set[int]] = defaultdict(set)
+    for record in devices_sent.records:
+        delivered[record.device_id].add(record.seq)
+    books = reconcile(delivered, await asyncio.to_thread(controller_ledger, controller.database_url))
+    assert not books.lost, f"{len(books.lost)} records in no summary, e.g. {books.examples(books.lost)}"
+    assert not books.doubled, f"{len(books.doubled)} counted twice, e.g. {books.examples(books.doubled)}"
+    assert not books.unexpected, f"{len(books.unexpected)} counted, never sent"
+    assert sum(len(seqs) for seqs in delivered.values()) == produced
 
     stored = {
         (d, s) for d, s in await _rows(controller, "SELECT device_id, seq FROM telemetry WHERE anomaly")
@@ -110,7 +117,8 @@ async def test_hundred_agents_reduce_upstream_bytes_and_every_anomaly_arrives(
     metrics = await asyncio.to_thread(gateway.metrics)
     ratio = metrics["edge_gateway_upstream_bytes_total"] / devices_sent.telemetry_bytes
     print(f"upstream/in bytes {ratio:.3f}, {len(flagged)} anomalies, {produced} records")
-    assert ratio < 0.2, f"upstream bytes are {ratio:.2f} of what devices sent"
+    # Measured 0.040 (5% anomalies sent whole, 10 s windows): 1.5 times that fails, let alone ten.
+    assert ratio < 0.06, f"upstream bytes are {ratio:.3f} of what devices sent"
     assert metrics["edge_gateway_records_total"] == produced, "each record counted once after dedup"
     assert (await _rows(controller, "SELECT COUNT(*) FROM drift"))[0][0] >= 1
     devices = await _rows(controller, "SELECT COUNT(*) FROM device WHERE site_id = 'site-a'")

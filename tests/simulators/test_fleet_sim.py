@@ -43,7 +43,7 @@ def test_fleet_sim_ci_scenario_holds_every_invariant_under_every_kind_of_event(c
     result, out = ci_run
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     report = json.loads((out / "report.json").read_text())
-    assert all(report["invariants"].values()), report["invariants"]
+    assert all(v is True for v in report["invariants"].values()), report["invariants"]
     assert set(report["invariants"]) == {
         "no_acknowledged_record_lost",
         "no_record_stored_twice",
@@ -62,14 +62,23 @@ def test_fleet_sim_ci_scenario_holds_every_invariant_under_every_kind_of_event(c
         == report["records_produced"]
     )
     assert report["records_produced"] > 1000
+    assert report["records_lost"] == report["records_counted_twice"] == 0
+    assert report["observer_view_complete"] and report["drained"]
     assert report["anomalies_delivered"] > 0 and report["anomalies_missing_at_controller"] == 0
-    assert report["upstream_bytes_ratio"] < 0.2, "the gateways send summaries, not every record"
+    # Measured 0.069 (5% anomalies sent whole, 5 s windows): a regression to 1.5 times that fails.
+    assert report["upstream_bytes_ratio"] < 0.1, "the gateways send summaries, not every record"
     assert report["training_accuracy"] > 0.95
     assert report["accuracy_after_drift"] < report["accuracy_before_drift"], (
         "the injected drift hurts the model"
     )
     assert max(d["score"] for d in report["drift_scores"] if d["method"] == "psi") > 0.25
     assert "PASS no acknowledged record lost" in result.stdout
+    lag = report["simulator"]
+    assert lag["behind"] is False and lag["message"] is None, lag
+    assert lag["event_lateness_max_s"] < lag["lag_limit_s"] and lag["loop_delay_max_s"] < lag["lag_limit_s"]
+    assert "SIMULATOR FELL BEHIND" not in result.stdout
+    assert "event loop delay, p95 / max (s)" in result.stdout
+    assert "was never retrieved" not in result.stderr, result.stderr[-4000:]
 
 
 @pytest.mark.slow
@@ -84,6 +93,8 @@ def test_fleet_sim_html_report_renders_with_its_plots(ci_run) -> None:  # type: 
         "Gateways&#x27; upstream queues (items) and uplink (KB/s)",
     ]
     assert any(c.startswith("Drift score") for c in captions)
+    assert "The simulator&#x27;s own lag (s; limit 2.0)" in captions
+    assert 'class="behind"' not in page
     assert "Device model accuracy before and after drift" in captions
     assert page.count('class="bar"') == 4
     assert page.count("<polyline") >= 6 and "no data" not in page
@@ -92,16 +103,68 @@ def test_fleet_sim_html_report_renders_with_its_plots(ci_run) -> None:  # type: 
     assert "sensor-mlp@1.0.0" in page
 
 
-def _run_scenario_text(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+def _run_scenario_text(
+    tmp_path: Path, text: str, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     scenario = tmp_path / "scenario.yaml"
     scenario.write_text(text)
     return subprocess.run(
-        [sys.executable, "-m", "simulators.cli", "run", str(scenario)],
+        [sys.executable, "-m", "simulators.cli", "run", str(scenario), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+#: Two devices asked for 20,000 readings a second each: no machine of ours makes that. The drain
+#: is too short for the gateway's 10 s windows, so records are still on their way when it ends.
+_IMPOSSIBLE = """
+name: overloaded
+sites: 1
+devices_per_site: 2
+duration_s: 5
+rate_hz: 20000
+drain_timeout_s: 3
+events: [{at_s: 2, kind: drift, site: 0, shift: 1.0}]
+"""
+
+
+@pytest.mark.slow
+def test_a_simulator_that_falls_behind_says_so_and_exits_4_instead_of_failing(tmp_path: Path) -> None:
+    result = _run_scenario_text(tmp_path, _IMPOSSIBLE, "--out", str(tmp_path / "run"), timeout=300)
+
+    assert result.returncode == 4, result.stdout[-4000:] + result.stderr[-4000:]
+    report_at = result.stdout.index("edgefleet run: overloaded")
+    headline = result.stdout.index("SIMULATOR FELL BEHIND:")
+    assert headline < report_at, "the report starts with it"
+    said = " ".join(result.stdout[headline:report_at].split())
+    assert "with 2 devices running" in said
+    assert "sensors fell" in said and "behind their schedule" in said
+    assert re.search(r"This machine kept up with about \d+ devices? at these rates", said), said
+    assert "FAIL" not in result.stdout, "records still on their way are not called lost"
+    assert "NOT JUDGED no acknowledged record lost" in result.stdout
+    assert "was never retrieved" not in result.stderr, result.stderr[-4000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    lag = report["simulator"]
+    assert lag["behind"] is True and lag["readings_behind_max_s"] > lag["lag_limit_s"]
+    assert lag["fell_behind_with_devices"] == 2 and lag["devices_kept_up_with"] < 2
+    assert report["invariants"]["no_acknowledged_record_lost"] is None
+    assert report["exit_code"] == 4
+    assert 'class="behind"' in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_run_help_documents_the_exit_codes() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "simulators.cli", "run", "--help"],
         capture_output=True,
         text=True,
         timeout=60,
-        check=False,
+        check=True,
     )
+    text = " ".join(result.stdout.split())
+    assert "1 an invariant failed" in text
+    assert "4 the simulator itself fell behind" in text
 
 
 def test_fleet_sim_refuses_an_invalid_scenario(tmp_path: Path) -> None:
