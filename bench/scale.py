@@ -12,21 +12,28 @@ machine, each device producing one record per second, from its sensor to the sit
   process on SQLite (``--no-controller``: no upstream, the gateway keeps them in its queue).
 - The fleet grows in steps (``--steps``); each step starts the extra agents in chunks, lets the
   start-up backlog drain (``--warmup``, or as long as the start-up took if longer), then
-  measures a steady window (``--window``):
+  measures a steady window (``--window``: whole summary windows of the gateway, 60 s each,
+  aligned on the wall clock as the gateway aligns them):
   ``records_per_s_offered`` (devices x rate), ``records_per_s_produced`` (records the agents
-  committed to their outboxes), ``records_per_s_delivered`` (the gateway's
-  ``edge_gateway_records_total``), the lag (produced minus counted by the gateway) at both ends
-  of the window, outbox depths, the loop's scheduling delay, RSS per device (growth of this
+  committed to their outboxes), ``records_per_s_delivered`` (records of that window the
+  controller stored: the counts of its window summaries in the controller's database, which
+  count every record exactly once, read when they all arrived or ``--summary-wait`` seconds
+  after the window ended), ``summary_delay_s_max`` (their arrival at the controller minus the
+  window's end), ``records_per_s_counted_by_gateway`` (the gateway's
+  ``edge_gateway_records_total``, the former "delivered": counted before its transaction
+  commits), the gateway's lag (produced minus counted) at both ends of the window, outbox
+  depths, the loop's scheduling delay, RSS per device (growth of this
   process's VmRSS over its level before the first agent, divided by devices) and CPU seconds of
   the broker, the gateway, the controller and this process (utime+stime from /proc) as shares
   and as cores.
-- A step keeps up when delivered >= 0.95 x offered and the lag grew by less than 5 % of what
-  the window offered. Steps up to ``--goal`` devices always run (the goal's figures are always
+- A step keeps up when delivered >= 0.95 x offered and the gateway's lag grew by less than 5 %
+  of what the window offered. Steps up to ``--goal`` devices always run (the goal's figures are always
   measured, a backlog left by a step that fell behind included); a step above the goal runs only
   if every step before it kept up; ``--stop-at-first-miss`` stops at the first that fell behind.
-  A step that would not end within ``--budget`` seconds of the start is skipped.
+  A step that would not end within ``--budget`` seconds of the start is skipped. Without a
+  controller (``--no-controller``) the gateway's count stands in for "delivered".
 
-Run: ``.venv/bin/python bench/scale.py`` (about six minutes; Mosquitto installed).
+Run: ``.venv/bin/python bench/scale.py`` (about eleven minutes; Mosquitto installed).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import resource
 import signal
@@ -54,7 +62,9 @@ sys.path.insert(0, str(ROOT))
 
 import onnxruntime  # noqa: E402,F401 - imported before the RSS baseline: a fixed cost, not per device
 
+from bench._machine import machine  # noqa: E402
 from bench._output import stdout_for_json_only  # noqa: E402
+from cloud_controller.db import make_engine  # noqa: E402
 from edge_agent.agent import Agent  # noqa: E402
 from edge_agent.config import load_settings  # noqa: E402
 from edge_agent.sources.synthetic import SyntheticSource  # noqa: E402
@@ -65,6 +75,7 @@ from simulators.gateways import GatewayProcess  # noqa: E402
 
 SITE = "scale"
 KEEP_UP_SHARE = 0.95
+SUMMARY_WINDOW_S = 60.0  # the default DeviceClass.window_s: the gateway config below keeps it
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -261,6 +272,43 @@ class Processes:
         return out
 
 
+class StoredCounter:
+    """What the controller stored, read from its database: records counted in window summaries."""
+
+    def __init__(self, database_url: str) -> None:
+        self.engine = make_engine(database_url)
+
+    def window(self, start: float, end: float) -> tuple[int, list[float]]:
+        """Records counted in summaries of windows starting in ``[start, end)``, and their delays.
+
+        A delay is the summary's arrival at the controller minus its window's end.
+        """
+        with self.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT count, received_at - window_end FROM window_summary"
+                " WHERE window_start >= ? AND window_start < ?",
+                (start, end),
+            ).all()
+        return sum(int(r[0]) for r in rows), [float(r[1]) for r in rows]
+
+    async def collect(
+        self, start: float, end: float, expected: int, wait_s: float
+    ) -> tuple[int, list[float]]:
+        """`window` once nearly ``expected`` records came, or ``wait_s`` after ``end`` (wall clock)."""
+        while True:
+            count, delays = await asyncio.to_thread(self.window, start, end)
+            if count >= 0.99 * expected:
+                # The summaries of a window come in a burst: give its tail a moment.
+                await asyncio.sleep(2.0)
+                return await asyncio.to_thread(self.window, start, end)
+            if time.time() > end + wait_s:
+                return count, delays
+            await asyncio.sleep(1.0)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
 @dataclass
 class Snapshot:
     at: float
@@ -270,8 +318,12 @@ class Snapshot:
     gateway: dict[str, float]
 
     @property
+    def counted(self) -> int:
+        return int(self.gateway.get("edge_gateway_records_total", 0.0))
+
+    @property
     def lag(self) -> int:
-        return self.fleet["produced"] - int(self.gateway.get("edge_gateway_records_total", 0.0))
+        return self.fleet["produced"] - self.counted
 
 
 async def snapshot(fleet: Fleet, procs: Processes) -> Snapshot:
@@ -285,13 +337,23 @@ async def snapshot(fleet: Fleet, procs: Processes) -> Snapshot:
     )
 
 
-def step_report(devices: int, rate_hz: float, a: Snapshot, b: Snapshot, baseline_kb: int) -> dict[str, Any]:
+def step_report(
+    devices: int,
+    rate_hz: float,
+    a: Snapshot,
+    b: Snapshot,
+    baseline_kb: int,
+    stored: tuple[int, list[float]] | None,
+    span_s: float,
+) -> dict[str, Any]:
     seconds = b.at - a.at
     offered = devices * rate_hz
     produced = (b.fleet["produced"] - a.fleet["produced"]) / seconds
     published = (b.fleet["sent"] - a.fleet["sent"]) / seconds
-    records = "edge_gateway_records_total"
-    delivered = (b.gateway.get(records, 0.0) - a.gateway.get(records, 0.0)) / seconds
+    counted = (b.counted - a.counted) / seconds
+    # The controller's count is of records whose timestamps fall in the span's summary windows.
+    delivered = stored[0] / span_s if stored is not None else counted
+    delays = stored[1] if stored is not None else None
     name = 'edge_gateway_messages_total{kind="telemetry"}'
     messages = (b.gateway.get(name, 0.0) - a.gateway.get(name, 0.0)) / seconds
     cpu = {name: b.cpu[name] - a.cpu[name] for name in b.cpu}
@@ -308,9 +370,14 @@ def step_report(devices: int, rate_hz: float, a: Snapshot, b: Snapshot, baseline
         "records_per_s_published": round(published, 1),
         "records_per_s_delivered": round(delivered, 1),
         "delivered_over_offered": round(delivered / offered, 3),
+        "delivered_at": "controller" if stored is not None else "gateway (counted, no controller)",
+        "records_per_s_counted_by_gateway": round(counted, 1),
+        "summary_delay_s_max": round(max(delays), 1) if delays else None,
+        "summary_delay_s_median": round(statistics.median(delays), 1) if delays else None,
+        "summaries_received": len(delays) if delays is not None else None,
         "gateway_messages_per_s": round(messages, 1),
         # Above 1 when agents fall behind: the outbox then sends many records per publish.
-        "records_per_message": round(delivered / max(1e-9, messages), 2),
+        "records_per_message": round(counted / max(1e-9, messages), 2),
         "lag_records_start": a.lag,
         "lag_records_end": b.lag,
         "lag_s_end": round(b.lag / offered, 2),  # Little's law: mean time a record is on its way
@@ -326,7 +393,7 @@ def step_report(devices: int, rate_hz: float, a: Snapshot, b: Snapshot, baseline
         "agents_loop_thread_cores": round((b.loop_thread_cpu - a.loop_thread_cpu) / seconds, 3),
         # CPU per record: what each piece would need per device at 1 Hz, on any machine.
         "cpu_ms_per_record": {
-            k: round(1000 * v / max(1.0, (produced if k == "agents" else delivered) * seconds), 3)
+            k: round(1000 * v / max(1.0, (produced if k == "agents" else counted) * seconds), 3)
             for k, v in cpu.items()
         },
         "rss_kb": rss,
@@ -384,6 +451,7 @@ async def run(
     errors = LoopErrors()
     asyncio.get_running_loop().set_exception_handler(errors)
     fleet = Fleet(work, bundle, key_file, procs.broker.port, args.rate, args.state_interval)
+    stored = StoredCounter(procs.controller.database_url) if procs.controller is not None else None
     delay = LoopDelay()
     delay_task = asyncio.create_task(delay.run())
     steps: list[dict[str, Any]] = []
@@ -398,7 +466,9 @@ async def run(
             if target > args.goal and not all(s["keeps_up"] for s in steps):
                 break
             startup = extra * start_s_per_device
-            estimate = startup + max(args.warmup, startup) + args.window + 50  # + shutdown
+            # + alignment on a summary window, + the summaries' arrival, + shutdown
+            align = SUMMARY_WINDOW_S / 2 + args.summary_wait / 2 if stored is not None else 0.0
+            estimate = startup + max(args.warmup, startup) + align + args.window + 50
             if time.monotonic() - started + estimate > args.budget:
                 notes.append(f"step {target} skipped: it would not fit in the {args.budget:.0f} s budget")
                 say(notes[-1])
@@ -412,12 +482,25 @@ async def run(
             warmup = max(args.warmup, startup_s)
             say(f"step {target}: started in {startup_s:.1f} s ({late} late); warm-up {warmup:.0f} s")
             await asyncio.sleep(warmup)
+            window_start = time.time()
+            if stored is not None:
+                # The window is whole summary windows: the controller stores each record once, in
+                # the summary of the window its timestamp falls in.
+                window_start = math.ceil(time.time() / SUMMARY_WINDOW_S) * SUMMARY_WINDOW_S
+                await asyncio.sleep(window_start - time.time())
             delay.take()
             a = await snapshot(fleet, procs)
-            await asyncio.sleep(args.window)
+            await asyncio.sleep(window_start + args.window - time.time())
             fleet.check_crashes()
             b = await snapshot(fleet, procs)
-            report = step_report(target, args.rate, a, b, baseline_kb)
+            counts = None
+            if stored is not None:
+                expected = b.fleet["produced"] - a.fleet["produced"]
+                say(f"step {target}: waiting for the window's summaries at the controller")
+                counts = await stored.collect(
+                    window_start, window_start + args.window, expected, args.summary_wait
+                )
+            report = step_report(target, args.rate, a, b, baseline_kb, counts, args.window)
             report.update(delay.take())
             report["startup_s"] = round(startup_s, 1)
             report["warmup_s"] = round(warmup, 1)
@@ -437,6 +520,8 @@ async def run(
         t0 = time.monotonic()
         stuck = await fleet.close()
         stop_s = time.monotonic() - t0
+        if stored is not None:
+            stored.close()
     out = summarize(steps, notes, args, baseline_kb)
     out["agents_stop_s"] = round(stop_s, 1)
     out["agents_stuck_at_stop"] = stuck
@@ -502,10 +587,17 @@ def summarize(
             + (" -> cloud-controller (SQLite)" if args.controller else " (no upstream: it keeps its queue)"),
             "rate_hz_per_device": args.rate,
             "state_interval_s": args.state_interval,
-            "keeps_up_rule": f"delivered >= {KEEP_UP_SHARE} x offered, lag grew < 5 % of the window's offer",
+            "keeps_up_rule": (
+                f"delivered >= {KEEP_UP_SHARE} x offered, the gateway's lag grew < 5 % of the window's offer"
+            ),
+            "delivered_means": (
+                "records counted in window summaries the controller stored"
+                if args.controller
+                else "records the gateway counted (no controller)"
+            ),
             "rss_kb_baseline": baseline_kb,
             "model": "MLP 16-64-4, ONNX dynamic int8, inline inference",
-            "cpu_count": os.cpu_count(),
+            **machine(),
             "notes": notes,
         }
     )
@@ -524,7 +616,12 @@ def parse_args() -> argparse.Namespace:
         default=[500, 1000, 1500, 2000, 3000],
         help="fleet sizes to step through, comma-separated (500,1000,1500,2000,3000)",
     )
-    parser.add_argument("--window", type=float, default=40.0, help="seconds of steady window per step (40)")
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=60.0,
+        help="seconds of steady window per step, rounded up to whole 60 s summary windows (60)",
+    )
     parser.add_argument(
         "--warmup", type=float, default=15.0, help="seconds after a step's start-up, at least its length (15)"
     )
@@ -543,8 +640,18 @@ def parse_args() -> argparse.Namespace:
         "--goal", type=int, default=2000, help="steps up to this size run even after one fell behind (2000)"
     )
     parser.add_argument("--stop-at-first-miss", action="store_true", help="stop at the first step behind")
-    parser.add_argument("--budget", type=float, default=450.0, help="skip steps that would end later (450 s)")
-    return parser.parse_args()
+    parser.add_argument(
+        "--summary-wait",
+        type=float,
+        default=30.0,
+        help="seconds after a window's end its summaries may take to reach the controller (30)",
+    )
+    parser.add_argument("--budget", type=float, default=900.0, help="skip steps that would end later (900 s)")
+    args = parser.parse_args()
+    if args.controller:
+        # Whole summary windows: the controller's count grows in one step per window.
+        args.window = max(1, math.ceil(args.window / SUMMARY_WINDOW_S - 1e-9)) * SUMMARY_WINDOW_S
+    return args
 
 
 def main() -> None:

@@ -1,0 +1,381 @@
+"""Helper process for bench/agent.py: one side of a comparison, in a fresh process of its own.
+
+``_agent_side.py MODE JSON`` runs one measurement and prints one JSON object: each side runs as it
+would be deployed, without the benchmark's own imports (torch, to train the model) in its heap,
+whose garbage collection would otherwise slow the side that allocates most. Modes: ``ort`` (bare
+ONNX Runtime), ``agent`` (the agent offline), ``pipeline`` (the bare loop on the agent's
+micro-batch sizes), ``deliver`` (the agent end to end to a subscriber), ``sync`` (the agent's
+sync from a full outbox), ``paho`` (a bare publisher).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import hashlib
+import io
+import json
+import pstats
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge_agent.agent import Agent  # noqa: E402
+from edge_agent.config import AgentSettings, load_settings  # noqa: E402
+from edge_agent.sources.base import Reading, SensorSource  # noqa: E402
+from edge_agent.sources.synthetic import make_dataset  # noqa: E402
+from fleet_protocol import BundleManifest  # noqa: E402
+
+TS0 = 1.7e9
+DEVICE = "infer-bench"
+
+
+def say(message: str) -> None:
+    print(f"[bench/agent] {message}", file=sys.stderr, flush=True)
+
+
+def readings(n: int) -> list[list[float]]:
+    """The benchmark's readings: the same in every process."""
+    x, _ = make_dataset(n, seed=7)
+    return [r.tolist() for r in x]
+
+
+def scaled_rows(bundle: Path, rows: list[list[float]]) -> np.ndarray:
+    """The readings as the agent feeds them to the model: float32, scaled as the manifest says."""
+    pre = BundleManifest.model_validate_json((bundle / "manifest.json").read_bytes()).preprocessing
+    mean, scale = np.asarray(pre.mean, dtype=np.float32), np.asarray(pre.scale, dtype=np.float32)
+    return (np.asarray(rows, dtype=np.float32) - mean) / scale
+
+
+class ListSource(SensorSource):
+    """Readings already in memory: the benchmark measures the agent, not a sensor."""
+
+    def __init__(self, rows: list[list[float]]) -> None:
+        self.rows = rows
+
+    async def readings(self, start_cursor: str | None = None) -> AsyncIterator[Reading]:
+        for i, row in enumerate(self.rows):
+            yield Reading(ts=TS0 + i, values=row)
+            if i % 512 == 0:
+                await asyncio.sleep(0)
+
+
+class SizeRecorder:
+    """Stands in for the agent's batch-size histogram: keeps every micro-batch size, in order."""
+
+    def __init__(self, histogram: Any) -> None:
+        self.histogram = histogram
+        self.sizes: list[int] = []
+
+    def observe(self, value: float) -> None:
+        self.sizes.append(int(value))
+        self.histogram.observe(value)
+
+
+# -- bare baselines ---------------------------------------------------------------------------
+
+
+def _session(bundle: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # As the agent's runtime: one thread each.
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(bundle / "model.onnx"), options, providers=["CPUExecutionProvider"])
+
+
+def bare_ort_per_reading(bundle: Path, scaled: np.ndarray) -> float:
+    session = _session(bundle)
+    name = session.get_inputs()[0].name
+    for row in scaled[:200]:
+        session.run(None, {name: row[None, :]})
+    started = time.perf_counter()
+    for row in scaled:
+        session.run(None, {name: row[None, :]})
+    return len(scaled) / (time.perf_counter() - started)
+
+
+def bare_ort_batched(bundle: Path, scaled: np.ndarray, size: int) -> float:
+    session = _session(bundle)
+    name = session.get_inputs()[0].name
+    batches = [scaled[i : i + size] for i in range(0, len(scaled) - size + 1, size)]
+    for batch in batches[:20]:
+        session.run(None, {name: batch})
+    started = time.perf_counter()
+    for batch in batches:
+        session.run(None, {name: batch})
+    return len(batches) * size / (time.perf_counter() - started)
+
+
+def bare_pipeline(
+    bundle: Path, rows: list[list[float]], sizes: list[int], db_path: Path, synchronous: str
+) -> float:
+    """Readings per second of the minimal loop: numpy, ONNX Runtime, msgpack, SQLite."""
+    manifest = BundleManifest.model_validate_json((bundle / "manifest.json").read_bytes())
+    pre, post = manifest.preprocessing, manifest.postprocessing
+    mean = np.asarray(pre.mean, dtype=np.float32)
+    scale = np.asarray(pre.scale, dtype=np.float32)
+    anomaly_classes = np.asarray(post.anomaly_classes, dtype=np.int64)
+    threshold = post.low_confidence_below
+    model_id, version = manifest.model_id, manifest.version
+    session = _session(bundle)
+    name = session.get_inputs()[0].name
+    db = sqlite3.connect(db_path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={synchronous}")
+    db.execute(
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY, flagged INTEGER NOT NULL, size INTEGER NOT NULL,"
+        " body BLOB NOT NULL)"
+    )
+    session.run(None, {name: np.zeros((max(sizes), len(mean)), dtype=np.float32)})
+    pack = msgpack.Packer(use_bin_type=True).pack
+    start = 0
+    started = time.perf_counter()
+    for n in sizes:
+        raw = np.asarray(rows[start : start + n], dtype=np.float32)
+        logits = session.run(None, {name: (raw - mean) / scale})[0]
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = shifted / shifted.sum(axis=1, keepdims=True)
+        confidence = np.clip(probs.max(axis=1), 0.0, 1.0)
+        anomaly = np.isin(probs.argmax(axis=1), anomaly_classes).tolist()
+        low = (confidence < threshold).tolist() if threshold is not None else [False] * n
+        predicted = probs.argmax(axis=1).tolist()
+        confidence_list = np.round(confidence, 6).tolist()
+        out_blob, out_stride = np.ascontiguousarray(logits, dtype=np.float32).tobytes(), logits.shape[1] * 4
+        in_blob, in_stride = raw.tobytes(), raw.shape[1] * 4
+        records = []
+        for k in range(n):
+            body = pack(
+                [
+                    DEVICE,
+                    TS0 + start + k,
+                    model_id,
+                    version,
+                    out_blob[k * out_stride : (k + 1) * out_stride],
+                    predicted[k],
+                    confidence_list[k],
+                    anomaly[k],
+                    low[k],
+                    in_blob[k * in_stride : (k + 1) * in_stride],
+                    None,
+                    None,
+                ]
+            )
+            records.append((start + k + 1, int(anomaly[k] or low[k]), len(body), body))
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT INTO outbox VALUES (?, ?, ?, ?)", records)
+        db.execute("COMMIT")
+        start += n
+    elapsed = time.perf_counter() - started
+    db.close()
+    return start / elapsed
+
+
+def outbox_digest(db_path: Path) -> tuple[int, str]:
+    """(rows, sha256 of every body in seq order) of an outbox database."""
+    digest = hashlib.sha256()
+    db = sqlite3.connect(db_path)
+    count = 0
+    for (body,) in db.execute("SELECT body FROM outbox ORDER BY seq"):
+        digest.update(body)
+        count += 1
+    db.close()
+    return count, digest.hexdigest()
+
+
+# -- the agent --------------------------------------------------------------------------------
+
+
+def agent_config(work: Path, bundle: Path, key: Path, port: int, device: str, source: dict) -> dict:
+    return {
+        "device_id": device,
+        "site": "bench",
+        "data_dir": str(work / device),
+        "model_dir": str(bundle),
+        "trusted_keys": [str(key)],
+        "source": source,
+        "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.05, "reconnect_max_s": 0.2},
+    }
+
+
+async def agent_throughput(
+    work: Path, bundle: Path, key: Path, rows: list[list[float]], port: int, device: str
+) -> tuple[float, list[int], AgentSettings]:
+    """Readings per second, the micro-batch sizes in order, and the settings it ran with."""
+    # No broker on that port: this measures inference plus persistence, not the network.
+    settings = load_settings(None, **agent_config(work, bundle, key, port, device, {"kind": "synthetic"}))
+    agent = Agent(settings, source=ListSource(rows))
+    recorder = SizeRecorder(agent.metrics.batch_size)
+    agent.metrics.batch_size = recorder  # type: ignore[assignment]
+    task = asyncio.create_task(agent.run())
+    # Steady state: the clock starts once the bundle is verified and loaded.
+    await agent.started.wait()
+    started = time.perf_counter()
+    while agent.outbox.stats.last_seq < len(rows):  # noqa: ASYNC110 - a counter other threads advance
+        await asyncio.sleep(0.002)
+    elapsed = time.perf_counter() - started
+    agent.stop()
+    await task
+    return len(rows) / elapsed, recorder.sizes, settings
+
+
+def start_counter(port: int, topic: str, target: int, keep: Path | None = None) -> subprocess.Popen[str]:
+    script = str(ROOT / "bench" / "_count_subscriber.py")
+    args = [sys.executable, script, str(port), topic, str(target), "120"]
+    if keep is not None:
+        args.append(str(keep))
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def finish_counter(proc: subprocess.Popen[str], started_wall: float) -> tuple[int, float]:
+    out, _ = proc.communicate(timeout=180)
+    records, _, finished_wall = out.split()
+    return int(records), float(finished_wall) - started_wall
+
+
+def bare_paho_delivery(port: int, payloads: list[bytes], records: int, inflight: int) -> float:
+    """Records per second a bare paho publisher gets to the counter, ``inflight`` QoS 1 publishes at once."""
+    import paho.mqtt.client as mqtt
+
+    counter = start_counter(port, "bare/telemetry", records)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-bare-pub-{time.time_ns()}")
+    client.max_inflight_messages_set(inflight)
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    started = time.time()
+    infos = [client.publish("bare/telemetry", payload, qos=1) for payload in payloads]
+    for info in infos:
+        info.wait_for_publish(60)
+    got, elapsed = finish_counter(counter, started)
+    client.loop_stop()
+    client.disconnect()
+    if got < records:
+        raise RuntimeError(f"the bare publisher's subscriber counted {got} of {records} records")
+    return got / elapsed
+
+
+async def agent_delivery(work: Path, bundle: Path, key: Path, port: int, rows: list[list[float]]) -> float:
+    """Records per second from the agent's start (verify, load, infer, store, send) to the subscriber."""
+    counter = start_counter(port, "fleet/bench/+/telemetry", len(rows))
+    settings = load_settings(
+        None, **agent_config(work, bundle, key, port, "deliver-bench", {"kind": "synthetic"})
+    )
+    agent = Agent(settings, source=ListSource(rows))
+    started = time.time()
+    task = asyncio.create_task(agent.run())
+    records, elapsed = await asyncio.to_thread(finish_counter, counter, started)
+    agent.stop()
+    await task
+    if records < len(rows):
+        raise RuntimeError(f"the agent's subscriber counted {records} of {len(rows)} records")
+    return records / elapsed
+
+
+async def agent_sync(
+    work: Path, bundle: Path, key: Path, port: int, rows: list[list[float]], keep: Path
+) -> tuple[float, AgentSettings]:
+    """Records per second the agent's sync gets from a full outbox to the subscriber, from its connection."""
+    device = "sync-bench"
+    await agent_throughput(work, bundle, key, rows, 1, device)  # offline: fills the outbox
+    counter = start_counter(port, "fleet/bench/+/telemetry", len(rows), keep)
+    settings = load_settings(None, **agent_config(work, bundle, key, port, device, {"kind": "synthetic"}))
+    agent = Agent(settings, source=ListSource([]))
+    task = asyncio.create_task(agent.run())
+    await agent.syncer.connected.wait()
+    started = time.time()
+    records, elapsed = await asyncio.to_thread(finish_counter, counter, started)
+    agent.stop()
+    await task
+    if records < len(rows):
+        raise RuntimeError(f"the agent's subscriber counted {records} of {len(rows)} records")
+    return records / elapsed, settings
+
+
+def read_payloads(path: Path) -> list[bytes]:
+    blob, out, at = path.read_bytes(), [], 0
+    while at < len(blob):
+        size = int.from_bytes(blob[at : at + 4], "big")
+        out.append(blob[at + 4 : at + 4 + size])
+        at += 4 + size
+    return out
+
+
+def profiled(what: str, run: Callable[[], Any]) -> Any:
+    """``run()`` under cProfile (this thread only); the top functions to stderr."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    result = run()
+    profiler.disable()
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("tottime").print_stats(30)
+    stats.sort_stats("cumulative").print_stats(45)
+    say(f"profile of {what}:\n{text.getvalue()}")
+    return result
+
+
+def main() -> None:
+    mode, p = sys.argv[1], json.loads(sys.argv[2])
+    profile = p.get("profile", False)
+    bundle = Path(p["bundle"]) if "bundle" in p else None
+    out: dict[str, Any]
+    if mode == "ort":
+        assert bundle is not None
+        scaled = scaled_rows(bundle, readings(p["n"]))
+        out = {
+            "per_reading": bare_ort_per_reading(bundle, scaled),
+            "batch256": bare_ort_batched(bundle, scaled, 256),
+        }
+    elif mode == "agent":
+        assert bundle is not None
+        rows = readings(p["n"])
+
+        def run() -> Any:
+            work, key = Path(p["work"]), Path(p["key"])
+            return asyncio.run(agent_throughput(work, bundle, key, rows, 1, p["device"]))
+
+        rate, sizes, settings = profiled("the agent, offline", run) if profile else run()
+        out = {"rate": rate, "sizes": sizes, "synchronous": settings.outbox.synchronous}
+    elif mode == "pipeline":
+        assert bundle is not None
+        rows = readings(p["n"])
+        out = {"rate": bare_pipeline(bundle, rows, p["sizes"], Path(p["db"]), p["synchronous"])}
+    elif mode == "deliver":
+        assert bundle is not None
+        rows = readings(p["n"])
+        out = {"rate": asyncio.run(agent_delivery(Path(p["work"]), bundle, Path(p["key"]), p["port"], rows))}
+    elif mode == "sync":
+        assert bundle is not None
+        rows = readings(p["n"])
+
+        def run() -> Any:
+            return asyncio.run(
+                agent_sync(Path(p["work"]), bundle, Path(p["key"]), p["port"], rows, Path(p["keep"]))
+            )
+
+        rate, settings = profiled("the agent's sync", run) if profile else run()
+        out = {"rate": rate, "inflight": settings.mqtt.max_inflight}
+    elif mode == "paho":
+        payloads = read_payloads(Path(p["payloads"])) * p["replays"]
+        out = {"rate": bare_paho_delivery(p["port"], payloads, p["records"], p["inflight"])}
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
