@@ -35,6 +35,7 @@ from fleet_protocol.messages import (
     TelemetryBatch,
     TelemetryRecord,
 )
+from fleet_protocol.ota import OTA_EVENTS, OtaState, OtaStatus, RolloutDirective, RunStats, ShadowStats
 from fleet_protocol.reference import DRIFT_REFERENCE_FILE, DriftReference, population_stability_index
 from fleet_protocol.topics import (
     DeviceTopic,
@@ -53,6 +54,7 @@ __all__ = [
     "DRIFT_REFERENCE_FILE",
     "MANIFEST_FILE",
     "MAX_PAYLOAD_BYTES",
+    "OTA_EVENTS",
     "SIGNATURE_FILE",
     "BundleError",
     "BundleManifest",
@@ -70,13 +72,18 @@ __all__ = [
     "MalformedPayload",
     "ModelAssignment",
     "ModelReason",
+    "OtaState",
+    "OtaStatus",
     "PayloadTooLarge",
     "Postprocessing",
     "Preprocessing",
     "ProtocolError",
     "ReportedState",
+    "RolloutDirective",
+    "RunStats",
     "Runtime",
     "Severity",
+    "ShadowStats",
     "SignatureError",
     "TelemetryBatch",
     "TelemetryRecord",

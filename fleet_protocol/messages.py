@@ -12,14 +12,13 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from fleet_protocol.ota import INT64_MAX, ModelReason, OtaStatus, RolloutDirective
 from fleet_protocol.topics import validate_id
 
 SiteId = Annotated[str, AfterValidator(lambda v: validate_id(v, "site"))]
 DeviceId = Annotated[str, AfterValidator(lambda v: validate_id(v, "device"))]
 
 MAX_RECORDS_PER_BATCH = 1000
-#: Integers are stored as signed 64-bit everywhere (SQLite, PostgreSQL): refuse larger ones here.
-INT64_MAX = 2**63 - 1
 
 
 class Encoding(StrEnum):
@@ -96,40 +95,6 @@ class Health(StrEnum):
     UNKNOWN = "unknown"  # set by the Last Will: the device went away
 
 
-class ModelReason(StrEnum):
-    """Why a device does not run the model its desired state names: a closed list.
-
-    Free text goes in ``ReportedState.reason``; this code is what fleets, rollouts and the
-    simulators' invariants act on. Every value but `UPDATE_PENDING` is final for the
-    desired revision it answers: the device stays on the model it runs until a new one comes.
-    """
-
-    #: The update is under way (download, verification, shadow): not an answer yet.
-    UPDATE_PENDING = "update_pending"
-    #: This agent cannot install models over the air (an older agent).
-    OTA_UNSUPPORTED = "ota_unsupported"
-    #: The bundle could not be fetched from the gateway or the controller.
-    DOWNLOAD_FAILED = "download_failed"
-    #: The manifest is not the one the desired state names (its sha256 differs).
-    MANIFEST_MISMATCH = "manifest_mismatch"
-    #: The manifest's signature does not verify with any trusted key.
-    SIGNATURE_INVALID = "signature_invalid"
-    #: A file of the bundle does not match the digest its manifest gives.
-    DIGEST_MISMATCH = "digest_mismatch"
-    #: The bundle needs a runtime this device does not have.
-    RUNTIME_UNSUPPORTED = "runtime_unsupported"
-    #: The runtime could not load the model.
-    LOAD_FAILED = "load_failed"
-    #: A smoke inference gave non-finite outputs or the wrong shape.
-    SMOKE_TEST_FAILED = "smoke_test_failed"
-    #: The runtime raised while running the new model.
-    RUNTIME_ERROR = "runtime_error"
-    #: The new model broke a gate on the device during its shadow period.
-    SHADOW_GATE_FAILED = "shadow_gate_failed"
-    #: No space left for the new bundle beside the active one.
-    DISK_FULL = "disk_full"
-
-
 class ReportedState(ProtocolModel):
     """Retained on ``fleet/{site}/{device}/state``; the Last Will publishes ``online=False``.
 
@@ -162,11 +127,12 @@ class ReportedState(ProtocolModel):
     model_reason: ModelReason | None = Field(
         default=None, description="Why the device does not run its desired model (schema version 2)"
     )
+    ota: OtaStatus | None = Field(default=None, description="The last model update (schema version 2)")
 
     @model_validator(mode="after")
     def _reason_needs_v2(self) -> ReportedState:
-        if self.schema_version < 2 and self.model_reason is not None:
-            raise ValueError("model_reason needs schema_version 2")
+        if self.schema_version < 2 and (self.model_reason is not None or self.ota is not None):
+            raise ValueError("model_reason and ota need schema_version 2")
         return self
 
 
@@ -179,10 +145,22 @@ class ModelAssignment(BaseModel):
     version: str = Field(max_length=64)
     manifest_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bundle_url: str | None = None
+    #: Where the bundle is when ``bundle_url`` fails (the controller, behind a site cache).
+    fallback_url: str | None = None
+    #: Set when a rollout sent this assignment (desired state schema version 2).
+    rollout: RolloutDirective | None = None
 
 
 class DesiredState(ProtocolModel):
-    """Retained on ``fleet/{site}/{device}/desired``. Higher ``revision`` wins."""
+    """Retained on ``fleet/{site}/{device}/desired``. Higher ``revision`` wins.
+
+    Version 2 adds the model's ``fallback_url`` and ``rollout``; version 1 states are still read.
+    """
+
+    SUPPORTED_VERSIONS: ClassVar[frozenset[int]] = frozenset({1, 2})
+    CURRENT_VERSION: ClassVar[int] = 2
+
+    schema_version: int = Field(default=2, strict=True, description="Version of this payload's schema")
 
     device_id: DeviceId
     revision: int = Field(ge=0, le=INT64_MAX)
@@ -190,6 +168,13 @@ class DesiredState(ProtocolModel):
     model: ModelAssignment | None = None
     telemetry_encoding: Encoding = Encoding.JSON
     config: dict[str, Any] = Field(default_factory=dict, description="Agent setting overrides")
+
+    @model_validator(mode="after")
+    def _rollout_needs_v2(self) -> DesiredState:
+        model = self.model
+        if self.schema_version < 2 and model is not None and (model.rollout or model.fallback_url):
+            raise ValueError("model.rollout and model.fallback_url need schema_version 2")
+        return self
 
 
 class Severity(StrEnum):
