@@ -74,9 +74,9 @@ class DriftWindows:
         """
         start = math.floor(now / self.window_s) * self.window_s
         if features is not None:
-            model = (records[0].model_id, records[0].model_version)
-            if all((r.model_id, r.model_version) == model for r in records):
-                arrays = {model: features}
+            model_id, version = records[0].model_id, records[0].model_version
+            if all(r.model_id == model_id and r.model_version == version for r in records):
+                arrays = {(model_id, version): features}
             else:
                 indices: dict[tuple[str, str], list[int]] = {}
                 for i, r in enumerate(records):

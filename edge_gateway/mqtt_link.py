@@ -5,10 +5,12 @@ store: a gateway killed at any instant leaves every unacknowledged message with 
 which sends it again on the next connection (persistent session), and deduplication on
 ``(device_id, seq)`` absorbs what had been committed already. aiomqtt does not expose paho's
 manual acknowledgement, so this module reaches into it (its paho client, its queue), here and
-nowhere else (aiomqtt is pinned at 2.5.1, paho-mqtt at 2.2.0). Two more reaches make the link
+nowhere else (aiomqtt is pinned at 2.5.1, paho-mqtt at 2.2.0). More reaches make the link
 cheaper per message: paho's socket is read ahead (paho asks it for a packet's first byte, then
-each byte of its length, then the rest: a system call each), and the acknowledgements of a
-committed batch go out as one write (paho writes each PUBACK on its own).
+each byte of its length, then the rest: a system call each); a received message goes straight to
+``on_message`` (paho's dispatch takes two locks and matches the topic against callbacks this
+link never adds); paho's debug lines (several per message) are not built while nobody listens;
+and the acknowledgements of a committed batch go out as one write (paho writes each on its own).
 """
 
 from __future__ import annotations
@@ -124,6 +126,21 @@ class MqttLink:
         # Messages go straight from paho to ``on_message``: aiomqtt's own message objects and its
         # queue, iterated with a task per message, cost more than the rest of the gateway's work.
         paho.on_message = self._deliver
+        # Instance attributes, found before paho's methods of the same name.
+        paho._handle_on_message = lambda message: self._deliver(paho, None, message)  # type: ignore[method-assign]
+        easy_log = paho._easy_log
+
+        def quiet_debug(level: int, fmt: str, *args: object) -> None:
+            logger = paho._logger
+            if (
+                level == paho_mqtt.MQTT_LOG_DEBUG
+                and paho.on_log is None
+                and (logger is None or not logger.isEnabledFor(logging.DEBUG))
+            ):
+                return
+            easy_log(level, fmt, *args)
+
+        paho._easy_log = quiet_debug  # type: ignore[method-assign]
         self._subscriptions: dict[str, int] = {}
         self.generation = 0
         self.connected = False

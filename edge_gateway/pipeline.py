@@ -104,7 +104,7 @@ class Pipeline:
             self.windows.add(chunks, now, features)
             self.drift.add(new, now, features)
             self.metrics.records.inc(len(new))
-            self.metrics.anomalies.inc(sum(r.anomaly for r in new))
+            self.metrics.anomalies.inc([r.anomaly for r in new].count(True))
             self.metrics.forwarded.inc(sum(sum(c[3]) for c in chunks))
         for kind, count in kinds.items():
             self.metrics.messages.labels(kind).inc(count)

@@ -202,12 +202,14 @@ def feature_matrix(records: list[TelemetryRecord]) -> np.ndarray | None:
 
     Otherwise None: `moments` and `DriftWindows.add` then sort the widths out themselves.
     """
-    if not records:
+    rows = [r.features for r in records]
+    try:
+        widths = set(map(len, rows))
+    except TypeError:  # a record without features
         return None
-    width = len(records[0].features or ())
-    if not width or any(len(r.features or ()) != width for r in records):
+    if len(widths) != 1 or 0 in widths:
         return None
-    return np.asarray([r.features for r in records], dtype=np.float64)
+    return np.asarray(rows, dtype=np.float64)
 
 
 def moments_of_rows(x: np.ndarray, groups: list[tuple[list[TelemetryRecord], list[int]]]) -> list[Moments]:
