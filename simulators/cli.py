@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         " or cannot run; 4 the simulator itself fell behind (its event loop stalled, an event fired"
         " late, or the sensors lagged their schedule by more than the scenario's lag_limit_s, or the"
         " observer could not read everything the brokers accepted): the report says so at the top,"
-        " names about how many devices this machine kept up with, and marks the verdicts it could"
-        " not judge NOT JUDGED; rerun with fewer devices; 130 interrupted (Ctrl-C).",
+        " names about how many devices this machine held on schedule, and marks the verdicts it could"
+        " not judge NOT JUDGED; rerun with fewer devices (a FAIL judged on complete evidence still"
+        " exits 1); 130 interrupted (Ctrl-C).",
     )
     run.add_argument("scenario", help="scenario YAML")
     run.add_argument("--devices", type=int, help="devices per site (overrides the file)")

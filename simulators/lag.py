@@ -4,7 +4,7 @@ Hundreds of agents share one loop. When the machine cannot carry them, events fi
 sensors make fewer readings than declared: the run is no longer the scenario, and its verdict
 must say so instead of passing or failing it. `LagMonitor` measures while the fleet streams and
 `LagMonitor.verdict` tells whether any measure crossed the scenario's ``lag_limit_s``, when,
-with how many devices running, and about how many this machine kept up with.
+with how many devices running, and about how many this machine held on schedule.
 """
 
 from __future__ import annotations
@@ -109,23 +109,44 @@ class LagMonitor:
         if not reasons:
             return report
         report["behind"] = True
-        report["devices_kept_up_with"] = self._kept_up_with(judged)
-        where = capacity = ""
+        where = ""
         if first is not None:
             report["fell_behind_at_s"] = round(first - origin, 1)
             report["fell_behind_with_devices"] = running = self._devices_at(first)
             where = f" from {first - origin:.0f} s on, with {running} devices running"
-            capacity = f" This machine did not hold {running} devices on schedule."
-        if report["readings_behind_max_s"] > self.limit_s:
-            held = report["devices_kept_up_with"]
-            capacity = (
-                f" This machine kept up with about {held} device{'' if held == 1 else 's'} at these rates."
-            )
+        held, basis = self._largest_held(judged, report)
+        report["largest_fleet_held"], report["largest_fleet_held_basis"] = held, basis
         report["message"] = (
-            f"the simulator fell behind{where} (limit {self.limit_s:g} s): {'; '.join(reasons)}.{capacity}"
+            f"the simulator fell behind{where} (limit {self.limit_s:g} s): {'; '.join(reasons)}."
+            f" {_capacity(held, basis, report.get('fell_behind_with_devices'))}"
             " Verdicts that need a timely, complete view are not judged; rerun with fewer devices."
         )
         return report
+
+    def _largest_held(self, judged: list[LagSample], report: dict[str, Any]) -> tuple[int | None, str]:
+        """The most devices that ran within the limit, and how that is known; None if no count did.
+
+        Timing: agents load their models one after another, so the start is a ramp; the last
+        count before the loop or an event first went past the limit held. Throughput: sensors
+        making a share of their readings keep that share of the fleet busy. The smaller wins.
+        """
+        estimates: list[tuple[int | None, str]] = []
+        timing = [s.t for s in self.samples if s.loop_delay_s > self.limit_s]
+        timing += [fired for _, _, late, fired in self.events if late > self.limit_s]
+        if timing:
+            crossed = min(timing)
+            before = [s.devices for s in self.samples if s.t < crossed]
+            held = max(before, default=0)
+            if 0 < held < self._devices_at(crossed):
+                estimates.append((held, "the most devices running before the loop or an event was late"))
+            else:
+                estimates.append((None, "the loop or an event was late with every device running"))
+        if report["readings_behind_max_s"] > self.limit_s and judged:
+            last = judged[-1]
+            due = last.given + last.behind
+            share = last.given / due if due else 1.0
+            estimates.append((int(last.devices * share), f"sensors made {share:.0%} of the readings due"))
+        return min(estimates, key=lambda e: -1 if e[0] is None else e[0], default=(None, ""))
 
     def _first_crossing(self, judged: list[LagSample]) -> float | None:
         """When the loop, the sensors or an event first went past the limit (monotonic time)."""
@@ -153,16 +174,6 @@ class LagMonitor:
         before = [s.devices for s in self.samples if s.t <= t]
         return before[-1] if before else (self.samples[0].devices if self.samples else 0)
 
-    @staticmethod
-    def _kept_up_with(judged: list[LagSample]) -> int:
-        """Devices the readings actually made would have kept busy at the declared rates."""
-        if not judged:
-            return 0
-        last = judged[-1]
-        due = last.given + last.behind
-        share = last.given / due if due else 1.0
-        return int(last.devices * share)
-
     def series(self, origin: float) -> dict[str, list[float]]:
         """Per-second samples for the report's chart."""
         return {
@@ -171,3 +182,9 @@ class LagMonitor:
             "readings_behind_s": [round(s.behind_s, 2) for s in self.samples],
             "devices": [s.devices for s in self.samples],
         }
+
+
+def _capacity(held: int | None, basis: str, running: int | None) -> str:
+    if held is None:
+        return f"This machine did not hold {running} devices on its schedule ({basis})." if running else ""
+    return f"This machine held about {held} device{'' if held == 1 else 's'} on schedule ({basis})."

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +159,7 @@ async def _sample_every_second(fleet: FleetRun, result: RunResult) -> None:
         await asyncio.sleep(max(0.0, next_sample - fleet.elapsed()))
 
 
-async def _drain(fleet: FleetRun, result: RunResult, lag: LagMonitor, tick: Any) -> None:
+async def _drain(fleet: FleetRun, result: RunResult, lag: LagMonitor, tick: Callable[[], None]) -> None:
     """Outboxes empty, then the observer's view complete, then every record at the controller."""
     deadline = time.monotonic() + fleet.scenario.drain_timeout_s
     while not fleet.outboxes_empty() and time.monotonic() < deadline:

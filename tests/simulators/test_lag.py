@@ -1,4 +1,4 @@
-"""The simulator's own lag: when it crossed the limit, with how many devices, and what it kept up with."""
+"""The simulator's own lag: when it crossed the limit, with how many devices, and how many it held."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def test_a_fleet_on_schedule_is_not_behind() -> None:
     assert verdict["event_lateness_max_s"] == 0.1
 
 
-def test_sensors_behind_schedule_name_the_devices_running_and_what_the_machine_kept_up_with() -> None:
+def test_sensors_behind_schedule_name_the_devices_running_and_how_many_the_machine_held() -> None:
     monitor, pace = _monitor()
     # 200 devices at 2 Hz, then 400 from second 5 that make nothing: a second more behind each second.
     for second in range(10):
@@ -54,10 +54,10 @@ def test_sensors_behind_schedule_name_the_devices_running_and_what_the_machine_k
     assert verdict["behind"] is True
     assert (verdict["fell_behind_at_s"], verdict["fell_behind_with_devices"]) == (7.0, 400)
     # At the end 2,000 readings made of 6,000 due: a third of 400 devices.
-    assert verdict["devices_kept_up_with"] == 133
+    assert verdict["largest_fleet_held"] == 133
     assert "the simulator fell behind from 7 s on, with 400 devices running" in verdict["message"]
     assert "sensors fell 5.0 s behind their schedule" in verdict["message"]
-    assert "kept up with about 133 devices" in verdict["message"]
+    assert "held about 133 devices on schedule (sensors made 33% of the readings due)" in verdict["message"]
 
 
 def test_an_event_fired_late_or_a_stalled_loop_is_falling_behind() -> None:
@@ -69,12 +69,30 @@ def test_an_event_fired_late_or_a_stalled_loop_is_falling_behind() -> None:
     message = late.verdict(origin=1000.0)["message"]
     assert "fell behind from 36 s on, with 10 devices running" in message
     assert "1 event(s) fired late, gateway_kill at 30 s by 5.5 s" in message
-    assert "This machine did not hold 10 devices on schedule." in message
+    assert "This machine did not hold 10 devices on its schedule" in message
 
     stalled, pace = _monitor()
     pace.now = FleetPace(devices=10, due_per_s=20.0, behind=0.0, given=0)
     stalled.sample(1000.0, loop_delay_s=3.5)
     assert "the event loop stalled up to 3.5 s" in stalled.verdict(origin=1000.0)["message"]
+
+
+def test_the_fleet_starting_up_names_the_most_devices_the_loop_held() -> None:
+    monitor = LagMonitor(2.0, Pace())
+    pace = monitor.pace
+    assert isinstance(pace, Pace)
+    # Agents load their models one after another: the loop is on time with 100 running, not 200.
+    for second, (devices, delay) in enumerate([(50, 0.1), (100, 0.3), (200, 2.5), (300, 1.0)]):
+        pace.now = FleetPace(devices=devices, due_per_s=2.0 * devices, behind=0.0, given=0)
+        monitor.sample(990.0 + second, loop_delay_s=delay)
+    monitor.start_judging()
+    pace.now = FleetPace(devices=300, due_per_s=600.0, behind=0.0, given=0)
+    monitor.sample(1000.0, loop_delay_s=3.0)
+
+    verdict = monitor.verdict(origin=1000.0)
+
+    assert verdict["behind"] is True and verdict["largest_fleet_held"] == 100
+    assert "held about 100 devices on schedule (the most devices running before" in verdict["message"]
 
 
 def test_the_drain_is_not_judged_against_a_schedule() -> None:
