@@ -120,8 +120,8 @@ def bare_ort_batched(bundle: Path, scaled: np.ndarray, size: int) -> float:
 
 def bare_pipeline(
     bundle: Path, rows: list[list[float]], sizes: list[int], db_path: Path, synchronous: str
-) -> float:
-    """Readings per second of the minimal loop: numpy, ONNX Runtime, msgpack, SQLite."""
+) -> tuple[float, float]:
+    """Readings per second of the minimal loop (numpy, ONNX Runtime, msgpack, SQLite), CPU s each."""
     manifest = BundleManifest.model_validate_json((bundle / "manifest.json").read_bytes())
     pre, post = manifest.preprocessing, manifest.postprocessing
     mean = np.asarray(pre.mean, dtype=np.float32)
@@ -141,7 +141,7 @@ def bare_pipeline(
     session.run(None, {name: np.zeros((max(sizes), len(mean)), dtype=np.float32)})
     pack = msgpack.Packer(use_bin_type=True).pack
     start = 0
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for n in sizes:
         raw = np.asarray(rows[start : start + n], dtype=np.float32)
         logits = session.run(None, {name: (raw - mean) / scale})[0]
@@ -177,9 +177,9 @@ def bare_pipeline(
         db.executemany("INSERT INTO outbox VALUES (?, ?, ?, ?)", records)
         db.execute("COMMIT")
         start += n
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     db.close()
-    return start / elapsed
+    return start / elapsed, cpu / start
 
 
 def outbox_digest(db_path: Path) -> tuple[int, str]:
@@ -212,7 +212,7 @@ def agent_config(work: Path, bundle: Path, key: Path, port: int, device: str, so
 async def agent_throughput(
     work: Path, bundle: Path, key: Path, rows: list[list[float]], port: int, device: str
 ) -> tuple[float, list[int], AgentSettings]:
-    """Readings per second, the micro-batch sizes in order, and the settings it ran with."""
+    """Readings per second, the micro-batch sizes in order, the settings, CPU seconds per reading."""
     # No broker on that port: this measures inference plus persistence, not the network.
     settings = load_settings(None, **agent_config(work, bundle, key, port, device, {"kind": "synthetic"}))
     agent = Agent(settings, source=ListSource(rows))
@@ -221,13 +221,13 @@ async def agent_throughput(
     task = asyncio.create_task(agent.run())
     # Steady state: the clock starts once the bundle is verified and loaded.
     await agent.started.wait()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     while agent.outbox.stats.last_seq < len(rows):  # noqa: ASYNC110 - a counter other threads advance
         await asyncio.sleep(0.002)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     agent.stop()
     await task
-    return len(rows) / elapsed, recorder.sizes, settings
+    return len(rows) / elapsed, recorder.sizes, settings, cpu / len(rows)
 
 
 def start_counter(port: int, topic: str, target: int, keep: Path | None = None) -> subprocess.Popen[str]:
@@ -348,12 +348,13 @@ def main() -> None:
             work, key = Path(p["work"]), Path(p["key"])
             return asyncio.run(agent_throughput(work, bundle, key, rows, 1, p["device"]))
 
-        rate, sizes, settings = profiled("the agent, offline", run) if profile else run()
-        out = {"rate": rate, "sizes": sizes, "synchronous": settings.outbox.synchronous}
+        rate, sizes, settings, cpu = profiled("the agent, offline", run) if profile else run()
+        out = {"rate": rate, "sizes": sizes, "synchronous": settings.outbox.synchronous, "cpu_s_each": cpu}
     elif mode == "pipeline":
         assert bundle is not None
         rows = readings(p["n"])
-        out = {"rate": bare_pipeline(bundle, rows, p["sizes"], Path(p["db"]), p["synchronous"])}
+        rate, cpu = bare_pipeline(bundle, rows, p["sizes"], Path(p["db"]), p["synchronous"])
+        out = {"rate": rate, "cpu_s_each": cpu}
     elif mode == "deliver":
         assert bundle is not None
         rows = readings(p["n"])

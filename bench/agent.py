@@ -7,7 +7,9 @@ Inference, same run, same int8 ONNX MLP (16-64-4), same readings (Python lists o
   same work: the lists scaled with numpy, ``InferenceSession.run`` on exactly the micro-batch
   sizes the agent used (recorded from its batch-size metric, replayed in order), the same record
   bytes (checked) written with ``executemany`` in one WAL transaction per batch at the agent's
-  ``synchronous``. Both clocks stop when the last record is committed.
+  ``synchronous``. Both clocks stop when the last record is committed. Three alternating rounds
+  (``--rounds``); the figure is total readings over total seconds of each side, ``_rounds`` each
+  round's, ``_cpu`` the same with the processes' CPU seconds (steadier on a busy machine).
 - ``agent_vs_bare_ort_per_reading``: the agent over bare ``InferenceSession.run`` called once per
   reading on the scaled inputs (no persistence): what micro-batching buys, not what the agent costs.
 - ``bare_ort_batch256_readings_per_s``: ``InferenceSession.run`` on batches of 256 scaled rows, the
@@ -93,6 +95,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--profile", action="store_true", help="also profile the agent (cProfile, to stderr)")
+    parser.add_argument("--rounds", type=int, default=3, help="agent, bare pipeline, ... rounds (3)")
     args = parser.parse_args()
     with stdout_for_json_only() as emit, tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -104,15 +107,33 @@ def main() -> None:
 
         say("bare ONNX Runtime, one reading per call, then batches of 256")
         ort = side("ort", bundle=bundle, n=N_INFER)
-        say("the agent, offline")
-        agent = side("agent", **common, work=work, device=DEVICE, n=N_INFER)
-        sizes = agent["sizes"]
-        say(f"the bare pipeline on the agent's {len(sizes)} micro-batches")
-        bare_db = work / "bare-outbox.sqlite"
-        pipeline = side(
-            "pipeline", bundle=bundle, n=N_INFER, sizes=sizes, db=bare_db, synchronous=agent["synchronous"]
-        )
-        same_bytes = outbox_digest(bare_db) == outbox_digest(work / DEVICE / "outbox.sqlite")
+        # Alternating rounds, so that both sides see the same share of a busy machine's noise.
+        agents, pipelines, same_bytes = [], [], True
+        for i in range(args.rounds):
+            say(f"round {i + 1} of {args.rounds}: the agent, offline")
+            agent = side("agent", **common, work=work / f"round-{i}", device=DEVICE, n=N_INFER)
+            say(f"round {i + 1} of {args.rounds}: the bare pipeline on the agent's micro-batch sizes")
+            bare_db = work / f"bare-outbox-{i}.sqlite"
+            pipelines.append(
+                side(
+                    "pipeline",
+                    bundle=bundle,
+                    n=N_INFER,
+                    sizes=agent["sizes"],
+                    db=bare_db,
+                    synchronous=agent["synchronous"],
+                )
+            )
+            agents.append(agent)
+            same_bytes &= outbox_digest(bare_db) == outbox_digest(
+                work / f"round-{i}" / DEVICE / "outbox.sqlite"
+            )
+        sizes = [s for a in agents for s in a["sizes"]]
+        # Totals over the rounds: readings over seconds.
+        agent_rate = args.rounds / sum(1 / a["rate"] for a in agents)
+        pipeline_rate = args.rounds / sum(1 / p["rate"] for p in pipelines)
+        agent_cpu = sum(a["cpu_s_each"] for a in agents)
+        pipeline_cpu = sum(p["cpu_s_each"] for p in pipelines)
         if args.profile:
             side("agent", **common, work=work / "profile", device=DEVICE, n=N_INFER, profile=True)
 
@@ -159,20 +180,27 @@ def main() -> None:
         emit(
             json.dumps(
                 {
-                    "agent_vs_bare_pipeline": round(agent["rate"] / pipeline["rate"], 3),
-                    "agent_vs_bare_ort_per_reading": round(agent["rate"] / ort["per_reading"], 3),
+                    "agent_vs_bare_pipeline": round(agent_rate / pipeline_rate, 3),
+                    "agent_vs_bare_pipeline_rounds": [
+                        round(a["rate"] / p["rate"], 3) for a, p in zip(agents, pipelines, strict=True)
+                    ],
+                    "agent_vs_bare_pipeline_cpu": round(pipeline_cpu / agent_cpu, 3),
+                    "agent_vs_bare_ort_per_reading": round(agent_rate / ort["per_reading"], 3),
                     "agent_rss_mb": round(rss, 1),
                     "delivery_vs_bare_paho_same_batches": round(sync["rate"] / same, 3),
                     "delivery_vs_bare_paho_per_record": round(delivered / per_record, 3),
-                    "agent_readings_per_s": round(agent["rate"]),
-                    "bare_pipeline_readings_per_s": round(pipeline["rate"]),
+                    "agent_readings_per_s": round(agent_rate),
+                    "bare_pipeline_readings_per_s": round(pipeline_rate),
+                    "agent_cpu_us_per_reading": round(1e6 * agent_cpu / args.rounds, 2),
+                    "bare_pipeline_cpu_us_per_reading": round(1e6 * pipeline_cpu / args.rounds, 2),
                     "bare_pipeline_same_record_bytes": same_bytes,
                     "bare_ort_per_reading_runs_per_s": round(ort["per_reading"]),
                     "bare_ort_batch256_readings_per_s": round(ort["batch256"]),
-                    "agent_micro_batches": len(sizes),
+                    "agent_micro_batches": len(sizes) // args.rounds,
                     "agent_micro_batch_mean": round(float(np.mean(sizes)), 1),
                     "agent_micro_batch_sizes": histogram(sizes),
-                    "outbox_synchronous": agent["synchronous"],
+                    "outbox_synchronous": agents[0]["synchronous"],
+                    "rounds": args.rounds,
                     "agent_sync_records_per_s": round(sync["rate"]),
                     "agent_end_to_end_records_delivered_per_s": round(delivered),
                     "bare_paho_same_batches_records_per_s": round(same),
