@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
@@ -21,12 +21,23 @@ from edge_agent.config import AgentSettings
 from edge_agent.exceptions import ModelLoadError
 from edge_agent.metrics import AgentMetrics, serve_metrics
 from edge_agent.model import LoadedModel, Predictions, load_model, load_trusted_keys
+from edge_agent.ota.slots import Slots
+from edge_agent.ota.updater import Updater, runs
 from edge_agent.outbox import Outbox, PendingRecord
 from edge_agent.records import rows_as_bytes
 from edge_agent.sources import Reading, SensorSource, build_source
 from edge_agent.state_store import JsonStore
 from edge_agent.sync import Syncer
-from fleet_protocol import DesiredState, DeviceEvent, Health, ModelReason, ReportedState, Severity
+from fleet_protocol import (
+    DesiredState,
+    DeviceEvent,
+    Health,
+    ModelReason,
+    OtaState,
+    OtaStatus,
+    ReportedState,
+    Severity,
+)
 from fleet_protocol.pacing import ByteBudget
 
 log = logging.getLogger(__name__)
@@ -80,6 +91,34 @@ class Agent:
             self._inference_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
         self._desired_store = JsonStore(settings.data_dir / "desired.json", "desired_state")
         self.model: LoadedModel | None = None
+        self._model_ready = asyncio.Event()
+        #: The last switch of models: from the old model's last batch to the new one's first.
+        self.swap_gap_s: float | None = None
+        self._last_batch_end = 0.0
+        self._gap_from: float | None = None
+        # Held while a batch runs: a switch of models waits for the batch, never cuts into it.
+        self._model_lock = asyncio.Lock()
+        ota = settings.ota
+        self.slots = Slots(ota.models_dir or settings.data_dir / "models", settings.model_dir)
+        self._recent: deque[Any] = deque(maxlen=ota.recent_inputs)
+        self.updater: Updater | None = None
+        if ota.enabled:
+            self.updater = Updater(
+                slots=self.slots,
+                journal=JsonStore(settings.data_dir / "ota.json", "ota"),
+                trusted_keys=[],  # read with the model, off the loop, in `run`
+                runtimes=ota.runtimes,
+                threads=settings.inference.threads,
+                token=ota.token,
+                download_timeout_s=ota.download_timeout_s,
+                retry_min_s=ota.retry_min_s,
+                retry_max_s=ota.retry_max_s,
+                emit=self._ota_event,
+                state_changed=lambda: self.syncer.state_changed(),
+                current=lambda: self.model,
+                promote=self._promote,
+                recent_inputs=lambda: list(self._recent),
+            )
         self.health = Health.OK
         self.reason: str | None = None
         self.desired: DesiredState | None = None
@@ -110,6 +149,7 @@ class Agent:
         try:
             # Verifying digests and building a session is disk and CPU work: keep it off the loop.
             self.model = await asyncio.to_thread(self._load_model)
+            self._model_ready.set()
         except ModelLoadError as exc:
             # Keep running: report the failure and wait for a good model via desired state.
             self.health, self.reason = Health.FAILED, str(exc)
@@ -125,6 +165,11 @@ class Agent:
                 message = f"stored desired state is invalid, ignored until the broker sends it again: {exc}"
                 log.warning("%s", message)
                 self._event("desired.invalid_stored", Severity.WARNING, message[:4000])
+        if self.updater is not None:
+            self.updater.trusted_keys = await asyncio.to_thread(load_trusted_keys, self.settings.trusted_keys)
+            await self.updater.resume()
+            if self.desired is not None and self.desired.model is not None:
+                self.updater.request(self.desired.model, self.desired.revision)
         metrics_runner = None
         if self.settings.metrics.port is not None:
             metrics_runner = await serve_metrics(
@@ -136,13 +181,12 @@ class Agent:
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
         ]
         sync_task = asyncio.create_task(self.syncer.run(), name="sync")
-        reader = infer = None
-        if self.model is not None:
-            reader = asyncio.create_task(self._read_source(queue), name="source")
-            infer = asyncio.create_task(self._infer_loop(queue), name="infer")
+        # Without a runnable model these wait for one: an update over the air can bring it.
+        reader = asyncio.create_task(self._read_source(queue), name="source")
+        infer = asyncio.create_task(self._infer_loop(queue), name="infer")
         self.started.set()
         try:
-            await self._wait_for_stop([t for t in (reader, infer, sync_task, *background) if t])
+            await self._wait_for_stop([reader, infer, sync_task, *background])
         finally:
             await self._shutdown(queue, reader, infer, sync_task, background)
             if metrics_runner is not None:
@@ -170,11 +214,15 @@ class Agent:
         sync_task: asyncio.Task[None],
         background: list[asyncio.Task[Any]],
     ) -> None:
+        if self.updater is not None:
+            await self.updater.stop()
         if reader is not None:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
+        if infer is not None and not self._model_ready.is_set():
+            infer.cancel()  # it never had a model to run: nothing was read
         if infer is not None:
             # What was read gets inferred and stored: a clean stop loses no reading.
             if queue.full() and not infer.done():
@@ -199,12 +247,27 @@ class Agent:
             self._inference_executor.shutdown(wait=False)
 
     def _load_model(self) -> LoadedModel:
+        """The active slot's model; if it cannot run, the previous one, then the provisioned one."""
         keys = load_trusted_keys(self.settings.trusted_keys)
-        return load_model(self.settings.model_dir, keys, threads=self.settings.inference.threads)
+        first: ModelLoadError | None = None
+        for bundle in self.slots.candidates():
+            try:
+                model = load_model(bundle, keys, threads=self.settings.inference.threads)
+            except ModelLoadError as exc:
+                log.error("cannot run %s: %s", bundle, exc)
+                first = first or exc
+                continue
+            if bundle != self.slots.active():
+                log.warning("running %s: the active slot %s did not load", bundle, self.slots.active())
+                self.slots.switch(bundle)
+            return model
+        assert first is not None
+        raise first
 
     # -- the data path -----------------------------------------------------------------
 
     async def _read_source(self, queue: asyncio.Queue[Reading | None]) -> None:
+        await self._model_ready.wait()
         try:
             async for reading in self.source.readings(self.outbox.saved_cursor):
                 await queue.put(reading)
@@ -214,6 +277,7 @@ class Agent:
 
     async def _infer_loop(self, queue: asyncio.Queue[Reading | None]) -> None:
         max_batch = self.settings.inference.micro_batch_max
+        await self._model_ready.wait()
         while True:
             first = await queue.get()
             if first is None:
@@ -227,7 +291,9 @@ class Agent:
                     ended = True
                     break
                 batch.append(item)
-            records = await self._infer(batch)
+            async with self._model_lock:
+                records = await self._infer(batch)
+                self._batch_done()
             if records:
                 await self.outbox.put(records)
             if ended:
@@ -255,14 +321,62 @@ class Agent:
         else:
             loop = asyncio.get_running_loop()
             predictions = await loop.run_in_executor(self._inference_executor, model.predict, scaled)
-        self.metrics.inference_seconds.observe(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.metrics.inference_seconds.observe(seconds)
         self.metrics.batch_size.observe(len(kept))
         self.metrics.inferences.inc(len(kept))
-        return self._records(kept, raw, predictions)
+        # The last few real inputs: what a new model's smoke test runs on.
+        self._recent.extend(r.values for r in kept[-(self._recent.maxlen or 1) :])
+        if self.updater is not None and self.updater.challenger is not None:
+            await self._shadow(self.updater.challenger, kept, predictions, seconds)
+        return self._records(model, kept, raw, predictions)
 
-    def _records(self, readings: list[Reading], raw: np.ndarray, p: Predictions) -> list[PendingRecord]:
-        assert self.model is not None
-        manifest = self.model.manifest
+    async def _shadow(
+        self, challenger: LoadedModel, kept: list[Reading], champion: Predictions, champion_s: float
+    ) -> None:
+        """The same readings through the new model; only compared, never stored."""
+        assert self.updater is not None
+        raw, index, _ = challenger.preprocessor.batch([r.values for r in kept])
+        if len(index) != len(kept):
+            return  # the new model reads other features: compare on batches both can read
+        scaled = challenger.preprocessor.scale(raw)
+        started = time.perf_counter()
+        try:
+            if self._inline:
+                predictions = challenger.predict(scaled)
+            else:
+                loop = asyncio.get_running_loop()
+                predictions = await loop.run_in_executor(self._inference_executor, challenger.predict, scaled)
+        except Exception as exc:  # the update fails; the running model is untouched
+            self.updater.challenger_raised(exc)
+            return
+        self.updater.observe_shadow(champion, champion_s, predictions, time.perf_counter() - started)
+
+    def _batch_done(self) -> None:
+        now = time.perf_counter()
+        if self._gap_from is not None:
+            self.swap_gap_s = now - self._gap_from
+            self.metrics.swap_gap.set(self.swap_gap_s)
+            self._gap_from = None
+        self._last_batch_end = now
+
+    async def _promote(self, model: LoadedModel) -> None:
+        """Switch models between two batches: no reading waits longer than one batch."""
+        async with self._model_lock:
+            if self.model is not None and self._last_batch_end:
+                self._gap_from = self._last_batch_end
+            old, self.model = self.model, model
+            if self.health is Health.FAILED:  # it had no model to run; now it has
+                self.health, self.reason = Health.OK, None
+        self._model_ready.set()
+        if old is not None:
+            old.close()
+        self.syncer.state_changed()
+
+    def _records(
+        self, model: LoadedModel, readings: list[Reading], raw: np.ndarray, p: Predictions
+    ) -> list[PendingRecord]:
+        manifest = model.manifest
         n = len(readings)
         # Everything numeric is converted per batch (numpy), not per record; arrays stay bytes.
         outputs = rows_as_bytes(p.outputs)
@@ -324,14 +438,17 @@ class Agent:
                 f" flagged evicted, {stats.dropped_disk_full} lost to a full disk"
             )
         model_reason = None
-        if self.desired is not None and self.desired.model is not None and manifest is not None:
-            want = self.desired.model
-            if (want.model_id, want.version) != (manifest.model_id, manifest.version):
+        want = self.desired.model if self.desired is not None else None
+        if want is not None and not runs(self.model, want):
+            if self.updater is None:
                 model_reason = ModelReason.OTA_UNSUPPORTED
-                reason = (
-                    f"desired model {want.model_id}@{want.version} is not installed: this agent"
-                    " version cannot download models yet"
-                )
+                reason = f"desired model {want.model_id}@{want.version}: updates over the air are off"
+            else:
+                model_reason = self.updater.reason()
+                status = self.updater.status
+                if status is not None and status.reason is not None and health is Health.OK:
+                    health = Health.DEGRADED
+                    reason = f"update to {want.model_id}@{want.version} failed: {status.detail}"
         return ReportedState(
             device_id=self.settings.device_id,
             site=self.settings.site,
@@ -348,6 +465,7 @@ class Agent:
             evicted=stats.evicted_routine + stats.evicted_flagged,
             desired_revision=self.desired.revision if self.desired else None,
             model_reason=model_reason,
+            ota=self.updater.status if self.updater is not None else None,
         )
 
     async def apply_desired(self, desired: DesiredState) -> None:
@@ -357,7 +475,20 @@ class Agent:
         self.desired = desired
         self.syncer.encoding = desired.telemetry_encoding
         log.info("applied desired state revision %d", desired.revision)
+        if self.updater is not None and desired.model is not None:
+            self.updater.request(desired.model, desired.revision)
         self.syncer.state_changed()
+
+    def _ota_event(self, kind: str, status: OtaStatus) -> None:
+        if status.state in (OtaState.PROMOTED, OtaState.ROLLED_BACK, OtaState.REFUSED):
+            self.metrics.ota_updates.labels(status.state.value).inc()
+        severity = {
+            OtaState.ROLLED_BACK: Severity.ERROR,
+            OtaState.REFUSED: Severity.ERROR,
+        }.get(status.state, Severity.INFO)
+        what = f"{status.model_id}@{status.version}"
+        message = f"{kind.removeprefix('ota.')} {what}" + (f": {status.detail}" if status.detail else "")
+        self._event(kind, severity, message[:4000], **status.model_dump(mode="json", exclude_none=True))
 
     def _event(self, kind: str, severity: Severity, message: str, **data: Any) -> None:
         self.syncer.emit(

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge_agent.exceptions import ConfigError
-from fleet_protocol import Encoding, validate_id
+from fleet_protocol import Encoding, Runtime, validate_id
 from fleet_protocol.codec import describe_validation_error
 
 ENV_PREFIX = "EDGEFLEET_AGENT__"
@@ -107,6 +107,28 @@ class InferenceConfig(_Section):
     queue_size: int = Field(default=1000, ge=1)
 
 
+class OtaConfig(_Section):
+    """Model updates over the air: where slots live, what the device can run, how it fetches."""
+
+    enabled: bool = Field(default=True, description="False: report desired models, never install them")
+    models_dir: Path | None = Field(default=None, description="Model slots; default <data_dir>/models")
+    runtimes: list[Runtime] | None = Field(
+        default=None, description="Runtimes this device accepts; None: every one installed"
+    )
+    token: str | None = Field(default=None, description="Bearer token for the controller's fallback URL")
+    download_timeout_s: float = Field(default=300.0, gt=0)
+    retry_min_s: float = Field(default=1.0, gt=0)
+    retry_max_s: float = Field(default=300.0, gt=0)
+    #: Recent readings kept for the smoke test of a new model.
+    recent_inputs: int = Field(default=32, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _backoff_ordered(self) -> Self:
+        if self.retry_max_s < self.retry_min_s:
+            raise ValueError("retry_max_s must not be below retry_min_s")
+        return self
+
+
 class MetricsConfig(_Section):
     port: int | None = Field(default=None, ge=0, le=65535, description="None: no HTTP endpoint")
     host: str = "127.0.0.1"
@@ -129,6 +151,7 @@ class AgentSettings(BaseSettings):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    ota: OtaConfig = Field(default_factory=OtaConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("device_id")
@@ -198,4 +221,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     source = out.get("source")
     if isinstance(source, dict) and isinstance(source.get("path"), str):
         out["source"] = {**source, "path": str(base / source["path"])}
+    ota = out.get("ota")
+    if isinstance(ota, dict) and isinstance(ota.get("models_dir"), str):
+        out["ota"] = {**ota, "models_dir": str(base / ota["models_dir"])}
     return out

@@ -32,6 +32,14 @@ class AgentMetrics:
             ["kind"],
             registry=r,
         )
+        self.ota_updates = Counter(
+            "edge_agent_ota_updates", "Model updates that ended, by outcome", ["outcome"], registry=r
+        )
+        self.swap_gap = Gauge(
+            "edge_agent_model_swap_gap_seconds",
+            "Last model switch: time between the old model's last batch and the new model's first",
+            registry=r,
+        )
         self.records_sent = Counter("edge_agent_records_acked", "Records the broker acknowledged", registry=r)
         self.bytes_sent = Counter("edge_agent_sent_bytes", "Telemetry payload bytes acknowledged", registry=r)
         self.publishes = Counter("edge_agent_publishes", "Telemetry publishes acknowledged", registry=r)

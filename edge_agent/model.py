@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge_agent.exceptions import ModelLoadError
 from edge_agent.preprocess import Preprocessor
 from edge_agent.runtimes import Runtime, open_runtime
-from fleet_protocol import BundleError, BundleManifest
+from fleet_protocol import MANIFEST_FILE, BundleError, BundleManifest
 from fleet_protocol.signing import load_public_key, verify_bundle
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,13 @@ class Predictions:
 class LoadedModel:
     """A bundle that verified and loaded; ``predict`` runs scaled batches."""
 
-    def __init__(self, bundle_dir: Path, manifest: BundleManifest, runtime: Runtime) -> None:
+    def __init__(
+        self, bundle_dir: Path, manifest: BundleManifest, runtime: Runtime, manifest_sha256: str = ""
+    ) -> None:
         self.bundle_dir = bundle_dir
         self.manifest = manifest
+        #: What a desired state names this bundle by: the sha256 of its manifest's bytes.
+        self.manifest_sha256 = manifest_sha256
         self.runtime = runtime
         self.preprocessor = Preprocessor(manifest.preprocessing)
         post = manifest.postprocessing
@@ -85,7 +90,8 @@ def load_model(bundle_dir: Path, trusted_keys: list[Ed25519PublicKey], *, thread
         raise ModelLoadError(f"refusing model bundle {bundle_dir}: {exc}") from None
     runtime = open_runtime(bundle_dir, manifest, threads=threads)
     log.info("loaded %s with %s from %s", manifest.ref, manifest.runtime.value, bundle_dir)
-    return LoadedModel(bundle_dir, manifest, runtime)
+    sha = hashlib.sha256((bundle_dir / MANIFEST_FILE).read_bytes()).hexdigest()
+    return LoadedModel(bundle_dir, manifest, runtime, sha)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -40,7 +40,7 @@ class _NaN(nn.Module):
 class _Slow(nn.Module):
     """The same logits plus zero times a wide stack computed from the input (not foldable)."""
 
-    def __init__(self, inner: nn.Module, width: int = 1024, depth: int = 4) -> None:
+    def __init__(self, inner: nn.Module, width: int = 2048, depth: int = 6) -> None:
         super().__init__()
         self.inner = inner
         self.wide = nn.ModuleList(

@@ -9,7 +9,7 @@ import aiohttp
 import aiomqtt
 
 from edge_agent.agent import Agent
-from fleet_protocol import DesiredState, Encoding, ModelAssignment, desired_topic, encode
+from fleet_protocol import DesiredState, Encoding, ModelAssignment, ModelReason, desired_topic, encode
 from fleet_protocol.pacing import ByteBudget
 from tests.agent.factories import agent_config, settings
 from tests.utils.broker import Mosquitto, free_port
@@ -44,8 +44,10 @@ async def test_desired_state_switches_encoding_is_reported_and_survives_restart(
         before = len(sub.encodings)
         await wait_until(lambda: len(sub.encodings) > before + 3, 10, "more telemetry")
         assert sub.encodings[-1] >= 0x80, "telemetry now goes as msgpack"
-        reason = sub.states["dev-1"].reason or ""
-        assert "desired model sensor-mlp@2.0.0 is not installed" in reason
+        await wait_until(lambda: sub.states["dev-1"].model_reason is not None, 10, "a model reason")
+        state = sub.states["dev-1"]
+        assert state.model_reason is ModelReason.DOWNLOAD_FAILED, "a bundle without an address cannot come"
+        assert "update to sensor-mlp@2.0.0 failed" in (state.reason or "")
         agent.stop()
         await asyncio.wait_for(task, 15)
 

@@ -1,0 +1,243 @@
+"""Model updates over the air on one device: real bundles, a real HTTP server, a real broker.
+
+The agent downloads (resuming a cut download), verifies, smoke-tests, shadows and switches in
+the running process; every bad bundle is refused or rolled back with a reason from the closed
+list, and the old model never stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from edge_agent.agent import Agent
+from edge_agent.ota.hooks import POINTS
+from edge_agent.ota.slots import manifest_sha256
+from fleet_protocol import (
+    DesiredState,
+    ModelAssignment,
+    ModelReason,
+    OtaState,
+    RolloutDirective,
+    desired_topic,
+    encode,
+)
+from simulators.defects import build_defective_bundle
+from simulators.model_factory import build_bundles
+from tests.agent.factories import agent_config, settings, write_config
+from tests.utils.broker import Mosquitto
+from tests.utils.bundle_server import BundleServer
+from tests.utils.subscriber import FleetSubscriber
+from tests.utils.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+
+RATE_HZ = 50.0
+
+
+@pytest.fixture(scope="session")
+def bundles_v2(tmp_path_factory: pytest.TempPathFactory, trained_mlp, signing_key) -> dict[str, Path]:  # type: ignore[no-untyped-def]
+    """The same trained model, released again as 2.0.0: it agrees with 1.0.0 everywhere."""
+    return build_bundles(trained_mlp, tmp_path_factory.mktemp("bundles-v2"), signing_key, version="2.0.0")
+
+
+def _desired(sha_url: str, bundle: Path, version: str, revision: int, **rollout: object) -> DesiredState:
+    directive = RolloutDirective(rollout_id="r1", **rollout) if rollout else None  # type: ignore[arg-type]
+    return DesiredState(
+        device_id="dev-1",
+        revision=revision,
+        model=ModelAssignment(
+            model_id="sensor-mlp",
+            version=version,
+            manifest_sha256=manifest_sha256(bundle),
+            bundle_url=sha_url,
+            rollout=directive,
+        ),
+    )
+
+
+async def _publish_desired(port: int, desired: DesiredState) -> None:
+    async with aiomqtt.Client("127.0.0.1", port) as client:
+        await client.publish(desired_topic("site-a", "dev-1"), encode(desired), qos=1, retain=True)
+
+
+def _config(tmp_path: Path, broker: Mosquitto, bundles, public_key_file, **ota: object) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    return agent_config(
+        tmp_path,
+        port=broker.port,
+        bundle=bundles["onnx-fp32"],
+        public_key=public_key_file,
+        source={"kind": "synthetic", "rate_hz": RATE_HZ, "seed": 5},
+        ota={"retry_min_s": 0.05, "retry_max_s": 0.5, **ota},
+    )
+
+
+async def test_a_new_version_is_downloaded_resumed_shadowed_and_switched_live(
+    tmp_path: Path, broker: Mosquitto, bundles, bundles_v2, public_key_file
+) -> None:  # type: ignore[no-untyped-def]
+    agent = Agent(settings(_config(tmp_path, broker, bundles, public_key_file)))
+    async with BundleServer() as server, FleetSubscriber(broker.port) as sub:
+        sha = server.add(bundles_v2["onnx-fp32"])
+        server.cut_after = 1000  # the first download breaks off: the next one resumes from there
+        task = asyncio.create_task(agent.run())
+        await wait_until(lambda: len(sub.records) >= 20, 20, "records of 1.0.0")
+        desired = _desired(
+            server.url(sha), bundles_v2["onnx-fp32"], "2.0.0", 3, shadow_s=1.0, min_agreement=0.95
+        )
+        await _publish_desired(broker.port, desired)
+        await wait_until(lambda: any(e.kind == "ota.promoted" for e in sub.events), 30, "promoted")
+        await wait_until(
+            lambda: any(r.model_version == "2.0.0" for r in sub.records[-5:]), 10, "2.0.0 records"
+        )
+        await wait_until(lambda: sub.states["dev-1"].model_version == "2.0.0", 10, "reported")
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+    kinds = [e.kind for e in sub.events if e.kind.startswith("ota.")]
+    assert kinds == ["ota.downloading", "ota.verified", "ota.shadow", "ota.shadow", "ota.promoted"]
+    assert [r for _, r in server.requests][:2] == [None, "bytes=1000-"], "the cut download resumed"
+    shadow = next(e for e in sub.events if e.kind == "ota.shadow" and e.data.get("shadow", {}).get("samples"))
+    stats = shadow.data["shadow"]
+    assert stats["agreement"] == 1.0 and stats["samples"] >= 20
+    for side in ("champion", "challenger"):
+        assert stats[side]["p95_latency_ms"] > 0 and stats[side]["peak_rss_mb"] > 0
+    versions = [r.model_version for r in sorted(sub.records, key=lambda r: r.seq)]
+    first_new = versions.index("2.0.0")
+    assert set(versions[:first_new]) == {"1.0.0"} and set(versions[first_new:]) == {"2.0.0"}
+    seqs = sorted(r.seq for r in sub.records)
+    assert seqs == list(range(1, len(seqs) + 1)), "no reading lost across the switch"
+    assert agent.swap_gap_s is not None and agent.swap_gap_s <= 1.5 / RATE_HZ, (
+        f"inference paused {agent.swap_gap_s * 1000:.1f} ms at the switch, a reading comes every"
+        f" {1000 / RATE_HZ:.0f} ms"
+    )
+    state = sub.states["dev-1"]
+    assert state.ota is not None and state.ota.state is OtaState.PROMOTED and state.model_reason is None
+    # Restarted, it runs 2.0.0 from its slot; the previous slot is kept.
+    again = Agent(settings(_config(tmp_path, broker, bundles, public_key_file)))
+    assert again._load_model().manifest.version == "2.0.0"
+    assert again.slots.previous() == bundles["onnx-fp32"], "1.0.0 (the provisioned bundle) is the way back"
+
+
+@pytest.mark.parametrize(
+    ("defect", "state", "reason"),
+    [
+        ("nan_outputs", OtaState.ROLLED_BACK, ModelReason.SMOKE_TEST_FAILED),
+        ("slow_10x", OtaState.ROLLED_BACK, ModelReason.SHADOW_GATE_FAILED),
+        ("disagrees", OtaState.ROLLED_BACK, ModelReason.SHADOW_GATE_FAILED),
+        ("tampered_signature", OtaState.REFUSED, ModelReason.SIGNATURE_INVALID),
+    ],
+)
+async def test_a_defective_version_is_stopped_on_the_device_and_the_old_model_runs_on(
+    tmp_path: Path,
+    broker: Mosquitto,
+    bundles,
+    trained_mlp,
+    signing_key,
+    public_key_file,
+    defect,
+    state,
+    reason,
+) -> None:  # type: ignore[no-untyped-def]
+    bad = await asyncio.to_thread(
+        build_defective_bundle, trained_mlp, defect, tmp_path / "bad", signing_key, version="2.0.0"
+    )
+    agent = Agent(settings(_config(tmp_path, broker, bundles, public_key_file)))
+    async with BundleServer() as server, FleetSubscriber(broker.port) as sub:
+        sha = server.add(bad)
+        task = asyncio.create_task(agent.run())
+        await wait_until(lambda: len(sub.records) >= 10, 20, "records of 1.0.0")
+        desired = _desired(
+            server.url(sha), bad, "2.0.0", 4, shadow_s=1.0, min_agreement=0.9, max_latency_ratio=3.0
+        )
+        await _publish_desired(broker.port, desired)
+        ended = ("ota.rolled_back", "ota.refused", "ota.promoted")
+        await wait_until(lambda: any(e.kind in ended for e in sub.events), 30, "an outcome")
+        await wait_until(
+            lambda: sub.states["dev-1"].model_reason is not None,
+            10,
+            f"reported ({[e.kind for e in sub.events]})",
+        )
+        count = len(sub.records)
+        await wait_until(lambda: len(sub.records) > count + 10, 10, "inference goes on")
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+    outcome = next(e for e in sub.events if e.kind in ended)
+    assert outcome.kind == f"ota.{state.value}"
+    assert outcome.data["reason"] == reason.value and outcome.data["detail"]
+    reported = sub.states["dev-1"]
+    assert reported.model_version == "1.0.0" and reported.model_reason is reason
+    assert {r.model_version for r in sub.records} == {"1.0.0"}, "no record ever came from the bad model"
+    assert agent.metrics.ota_updates.labels(state.value)._value.get() == 1
+
+
+async def test_a_bundle_for_a_runtime_the_device_lacks_or_another_manifest_is_refused(
+    tmp_path: Path, broker: Mosquitto, bundles, bundles_v2, public_key_file
+) -> None:  # type: ignore[no-untyped-def]
+    config = _config(tmp_path, broker, bundles, public_key_file, runtimes=["onnxruntime"])
+    agent = Agent(settings(config))
+    async with BundleServer() as server, FleetSubscriber(broker.port) as sub:
+        task = asyncio.create_task(agent.run())
+        await wait_until(lambda: "dev-1" in sub.states, 20, "online")
+        openvino = bundles_v2["openvino-fp32"]
+        await _publish_desired(broker.port, _desired(server.url(server.add(openvino)), openvino, "2.0.0", 5))
+        await wait_until(lambda: any(e.kind == "ota.refused" for e in sub.events), 30, "refused")
+        # A bundle whose manifest is not the one the desired state names.
+        onnx = bundles_v2["onnx-fp32"]
+        wrong = _desired(server.url(server.add(onnx)), bundles_v2["onnx-int8"], "2.0.0", 6)
+        await _publish_desired(broker.port, wrong)
+        await wait_until(lambda: sum(e.kind == "ota.refused" for e in sub.events) == 2, 30, "refused again")
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+    reasons = [e.data["reason"] for e in sub.events if e.kind == "ota.refused"]
+    assert reasons == [ModelReason.RUNTIME_UNSUPPORTED.value, ModelReason.MANIFEST_MISMATCH.value]
+    assert not list(agent.slots.root.glob("*.partial")), "nothing refused stays on disk half unpacked"
+
+
+def _run_agent(config_path: Path, crash_at: str | None) -> subprocess.Popen[bytes]:
+    env = {**os.environ}
+    env.pop("EDGEFLEET_AGENT_CRASH_AT", None)
+    if crash_at:
+        env["EDGEFLEET_AGENT_CRASH_AT"] = crash_at
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config_path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+@pytest.mark.parametrize("point", POINTS)
+async def test_kill_9_at_each_point_of_an_update_leaves_a_runnable_model_and_the_update_completes(
+    tmp_path: Path, broker: Mosquitto, bundles, bundles_v2, public_key_file, point: str
+) -> None:  # type: ignore[no-untyped-def]
+    provisioned = tmp_path / "provisioned"
+    shutil.copytree(bundles["onnx-fp32"], provisioned)
+    config = _config(tmp_path, broker, {"onnx-fp32": provisioned}, public_key_file)
+    path = write_config(tmp_path / "agent.yaml", config)
+    async with BundleServer() as server, FleetSubscriber(broker.port) as sub:
+        bundle = bundles_v2["onnx-fp32"]
+        desired = _desired(server.url(server.add(bundle)), bundle, "2.0.0", 9, shadow_s=0.5)
+        await _publish_desired(broker.port, desired)
+        first = await asyncio.to_thread(_run_agent, path, point)
+        code = await asyncio.to_thread(first.wait, 60)
+        assert code == -9, (
+            f"killed at {point}: {first.stderr.read().decode()[-2000:] if first.stderr else ''}"
+        )
+        second = await asyncio.to_thread(_run_agent, path, None)
+        try:
+            await wait_until(
+                lambda: "dev-1" in sub.states and sub.states["dev-1"].model_version == "2.0.0", 60, "on 2.0.0"
+            )
+            count = len(sub.records)
+            await wait_until(lambda: len(sub.records) > count + 10, 20, "inferring")
+        finally:
+            second.terminate()
+            await asyncio.to_thread(second.wait, 20)
+    assert sub.records[-1].model_version == "2.0.0"
+    assert sub.states["dev-1"].ota is not None and sub.states["dev-1"].ota.state is OtaState.PROMOTED
