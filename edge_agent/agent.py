@@ -316,11 +316,15 @@ class Agent:
         kept = [readings[i] for i in kept_index]
         scaled = model.preprocessor.scale(raw)
         started = time.perf_counter()
-        if self._inline:
-            predictions = model.predict(scaled)
-        else:
-            loop = asyncio.get_running_loop()
-            predictions = await loop.run_in_executor(self._inference_executor, model.predict, scaled)
+        try:
+            if self._inline:
+                predictions = model.predict(scaled)
+            else:
+                loop = asyncio.get_running_loop()
+                predictions = await loop.run_in_executor(self._inference_executor, model.predict, scaled)
+        except Exception as exc:  # the runtime failed on this batch: counted, and the agent goes on
+            self._model_raised(model, exc, len(kept))
+            return []
         seconds = time.perf_counter() - started
         self.metrics.inference_seconds.observe(seconds)
         self.metrics.batch_size.observe(len(kept))
@@ -351,6 +355,17 @@ class Agent:
             self.updater.challenger_raised(exc)
             return
         self.updater.observe_shadow(champion, champion_s, predictions, time.perf_counter() - started)
+
+    def _model_raised(self, model: LoadedModel, exc: Exception, readings: int) -> None:
+        """A model that raises is rolled back when an update installed it; otherwise reported."""
+        self.rejected["runtime_error"] += readings
+        self.metrics.rejected.labels("runtime_error").inc(readings)
+        log.error("%s raised on a batch of %d readings: %r", model.manifest.ref, readings, exc)
+        if self.updater is not None and self.updater.installed(model):
+            self.updater.roll_back(f"{model.manifest.ref} raised {exc!r}")
+        elif self.health is Health.OK:
+            self.health, self.reason = Health.DEGRADED, f"{model.manifest.ref} raised {exc!r}"
+            self.syncer.state_changed()
 
     def _batch_done(self) -> None:
         now = time.perf_counter()

@@ -148,6 +148,36 @@ class Updater:
             return self.status.reason
         return ModelReason.UPDATE_PENDING
 
+    def installed(self, model: LoadedModel) -> bool:
+        """Whether ``model`` is what the last update promoted (so there is a way back)."""
+        status = self.status
+        return (
+            status is not None
+            and status.state is OtaState.PROMOTED
+            and status.manifest_sha256 == model.manifest_sha256
+            and self.slots.previous() is not None
+        )
+
+    def roll_back(self, detail: str) -> None:
+        """The promoted model raises while running: back to the previous slot (once)."""
+        if self.busy:
+            return
+        self._task = asyncio.create_task(self._roll_back(detail), name="ota-rollback")
+
+    async def _roll_back(self, detail: str) -> None:
+        previous = self.slots.previous()
+        if previous is None:
+            return
+        try:
+            model = await asyncio.to_thread(load_model, previous, self.trusted_keys, threads=self.threads)
+        except ModelLoadError as exc:
+            log.error("cannot roll back to %s: %s", previous, exc)
+            return
+        await asyncio.to_thread(self.slots.switch, previous)
+        await self._promote(model)
+        log.warning("rolled back to %s: %s", model.manifest.ref, detail)
+        await self._done(OtaState.ROLLED_BACK, ModelReason.RUNTIME_ERROR, detail)
+
     def observe_shadow(self, champion: Any, champion_s: float, challenger: Any, challenger_s: float) -> None:
         """One batch through both models (the agent's inference path calls this)."""
         if self.shadow is not None:

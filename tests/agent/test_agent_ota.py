@@ -241,3 +241,29 @@ async def test_kill_9_at_each_point_of_an_update_leaves_a_runnable_model_and_the
             await asyncio.to_thread(second.wait, 20)
     assert sub.records[-1].model_version == "2.0.0"
     assert sub.states["dev-1"].ota is not None and sub.states["dev-1"].ota.state is OtaState.PROMOTED
+
+
+async def test_a_promoted_model_that_raises_while_running_is_rolled_back_to_the_previous_slot(
+    tmp_path: Path, broker: Mosquitto, bundles, bundles_v2, public_key_file
+) -> None:  # type: ignore[no-untyped-def]
+    agent = Agent(settings(_config(tmp_path, broker, bundles, public_key_file)))
+    async with BundleServer() as server, FleetSubscriber(broker.port) as sub:
+        task = asyncio.create_task(agent.run())
+        v2 = bundles_v2["onnx-fp32"]
+        await _publish_desired(broker.port, _desired(server.url(server.add(v2)), v2, "2.0.0", 3))
+        await wait_until(lambda: any(e.kind == "ota.promoted" for e in sub.events), 30, "promoted")
+        assert agent.model is not None and agent.model.manifest.version == "2.0.0"
+
+        def broken(batch):  # type: ignore[no-untyped-def]
+            # What a native runtime failure looks like from Python (none can be caused on demand here).
+            raise RuntimeError("ORT: out of memory")
+
+        agent.model.runtime.infer = broken  # type: ignore[method-assign]
+        await wait_until(lambda: any(e.kind == "ota.rolled_back" for e in sub.events), 20, "rolled back")
+        await wait_until(lambda: sub.records[-1].model_version == "1.0.0", 20, "1.0.0 records again")
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+    event = next(e for e in sub.events if e.kind == "ota.rolled_back")
+    assert event.data["reason"] == ModelReason.RUNTIME_ERROR.value and "out of memory" in event.data["detail"]
+    assert agent.rejected["runtime_error"] > 0, "the readings of the failed batches are counted"
+    assert agent.slots.active() == bundles["onnx-fp32"]
