@@ -31,6 +31,8 @@ _SHOWN = (
     "accuracy_after_drift",
     "rejected_payloads",
 )
+#: A record delivered and not counted is a loss only once the run has waited long enough to tell.
+_LABELS = {"records_lost": "records delivered, not counted"}
 _LAG_SHOWN = (
     ("event loop delay, p95 / max (s)", ("loop_delay_p95_s", "loop_delay_max_s")),
     ("events fired late, max (s)", ("event_lateness_max_s",)),
@@ -66,7 +68,7 @@ def print_report(result: RunResult, console: Console) -> None:
     table.add_column("what")
     table.add_column("value", justify="right")
     for key in _SHOWN:
-        table.add_row(key.replace("_", " "), str(summary[key]))
+        table.add_row(_LABELS.get(key, key.replace("_", " ")), str(summary[key]))
     for label, keys in _LAG_SHOWN:
         table.add_row(label, " / ".join(str(lag.get(k, "n/a")) for k in keys))
     for line in summary["events"]:
