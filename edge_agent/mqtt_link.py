@@ -7,10 +7,12 @@ on one loop. Reconnection lives outside the client, in the caller's loop, with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import aiomqtt
 
@@ -71,6 +73,10 @@ class MqttLink:
             timeout=settings.timeout_s,
             max_inflight_messages=settings.max_inflight,
         )
+        # aiomqtt hands paho's "register write" to the loop with the socket's number taken now; a
+        # connection that drops meanwhile makes add_writer fail on a closed (or reused) descriptor
+        # and asyncio print the error. This does the same, checking the socket when it runs.
+        self._client._client.on_socket_register_write = self._register_write
         self._subscriptions: dict[str, int] = {}
         self.connected = False
 
@@ -80,9 +86,15 @@ class MqttLink:
         except aiomqtt.MqttError as exc:
             raise LinkError(f"cannot connect to {self.settings.host}:{self.settings.port}: {exc}") from None
         self.connected = True
-        # Resubscribe on every connect: the broker may have restarted without our session.
-        for topic, qos in self._subscriptions.items():
-            await self._subscribe(topic, qos)
+        try:
+            # Resubscribe on every connect: the broker may have restarted without our session.
+            for topic, qos in self._subscriptions.items():
+                await self._subscribe(topic, qos)
+        except BaseException as exc:
+            # `async with` does not exit what did not finish entering: close the connection here,
+            # or it stays half open and its error is never read.
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
         return self
 
     async def __aexit__(
@@ -93,6 +105,35 @@ class MqttLink:
             await self._client.__aexit__(exc_type, exc, tb)
         except aiomqtt.MqttError as error:
             log.debug("disconnect from %s: %s", self.settings.host, error)
+        # aiomqtt keeps a dropped connection's error in a future that only its message iterator
+        # reads; when the session ended for another reason first, nobody does, and asyncio prints
+        # "Future exception was never retrieved" once the next connect replaces it. Read it here.
+        disconnected = self._client._disconnected
+        if disconnected.done() and not disconnected.cancelled():
+            error = disconnected.exception()
+            if error is not None:
+                log.debug("connection to %s ended: %s", self.settings.host, error)
+
+    def _register_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        loop = self._client._loop
+        fd = sock.fileno()
+
+        def write() -> None:
+            try:
+                client.loop_write()
+            except Exception as exc:  # a broken connection: end the session, as aiomqtt does
+                disconnected = self._client._disconnected
+                if not disconnected.done():
+                    disconnected.set_exception(exc)
+
+        def register() -> None:
+            if fd < 0 or sock.fileno() != fd:
+                return  # closed before the loop got here
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                loop.add_writer(fd, write)
+
+        # paho may call this from the thread that runs connect(): hand it to the loop.
+        loop.call_soon_threadsafe(register)
 
     async def subscribe(self, topic: str, qos: int = 1) -> None:
         self._subscriptions[topic] = qos

@@ -153,9 +153,14 @@ class MqttLink:
         except aiomqtt.MqttError as exc:
             raise LinkError(f"cannot connect to broker {self.host}:{self.port}: {exc}") from None
         self.connected = True
-        # Resubscribe every time: a broker that lost its store lost our session with it.
-        for topic, qos in self._subscriptions.items():
-            await self._subscribe(topic, qos)
+        try:
+            # Resubscribe every time: a broker that lost its store lost our session with it.
+            for topic, qos in self._subscriptions.items():
+                await self._subscribe(topic, qos)
+        except BaseException as exc:
+            # `async with` does not exit what did not finish entering: close the connection here.
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
         return self
 
     async def __aexit__(
@@ -166,6 +171,10 @@ class MqttLink:
             await self._client.__aexit__(exc_type, exc, tb)
         except aiomqtt.MqttError as error:
             log.debug("disconnect from %s:%d: %s", self.host, self.port, error)
+        # A dropped connection's error waits in a future only aiomqtt's message iterator reads.
+        disconnected = self._client._disconnected
+        if disconnected.done() and not disconnected.cancelled() and disconnected.exception() is not None:
+            log.debug("connection to %s:%d ended: %s", self.host, self.port, disconnected.exception())
 
     async def subscribe(self, topic: str, qos: int = 1) -> None:
         self._subscriptions[topic] = qos

@@ -172,11 +172,6 @@ events:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="edge_agent/mqtt_link.py leaves aiomqtt's disconnected future unread when a session ends on"
-    " a dropped connection (issue 10); remove this mark with that fix",
-)
 def test_a_busy_fleet_through_broker_restarts_leaves_no_unretrieved_exception(tmp_path: Path) -> None:
     result = _run_scenario_text(tmp_path, _BUSY_THROUGH_RESTARTS, "--out", str(tmp_path / "run"), timeout=300)
 
