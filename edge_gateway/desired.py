@@ -65,7 +65,13 @@ class DesiredRelay:
         sha = state.model.bundle_url.rstrip("/").rsplit("/", 1)[-1]
         if sha not in self._prefetch:
             self._prefetch[sha] = asyncio.create_task(self._warm(sha))
-        model = state.model.model_copy(update={"bundle_url": f"{self.public_url}/bundles/{sha}"})
+        # The site cache first; the controller itself when the gateway cannot serve the bundle.
+        upstream = state.model.bundle_url
+        if upstream.startswith("/"):
+            upstream = f"{self.client.base_url}{upstream}"
+        model = state.model.model_copy(
+            update={"bundle_url": f"{self.public_url}/bundles/{sha}", "fallback_url": upstream}
+        )
         return state.model_copy(update={"model": model})
 
     async def _warm(self, sha: str) -> None:

@@ -56,6 +56,7 @@ async def test_desired_state_is_published_retained_with_the_gateways_bundle_addr
     state = sub.desired["press-1"]
     assert state.model is not None and state.model.version == "1.0.0"
     assert state.model.bundle_url == f"{gateway.url}/bundles/{uploaded['sha256']}"
+    assert state.model.fallback_url == f"{controller.url}/api/v1/bundles/{uploaded['sha256']}"
     # The relay warmed the cache: the bundle is there before any device asks.
     await wait_until(lambda: gateway.metric('edge_gateway_bundle_fetches_total{result="ok"}') == 1, 30)
     got = await asyncio.to_thread(httpx.get, state.model.bundle_url, timeout=10)
