@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import gc
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.routing import Match, Route
 
 from cloud_controller.api.routes import audit, devices, groups, health, ingest, registry, sites
 from cloud_controller.dashboard import router as dashboard_router
 from cloud_controller.db import make_engine
 from cloud_controller.metrics import ControllerMetrics
 from cloud_controller.settings import ControllerSettings
+from fleet_protocol.ingest import IngestBatch
 from fleet_protocol.signing import load_public_key
 
 API = "/api/v1"
@@ -25,6 +32,11 @@ def create_app(settings: ControllerSettings) -> FastAPI:
         app.state.engine = engine
         app.state.trusted_keys = [load_public_key(p) for p in settings.trusted_keys]
         app.state.metrics = ControllerMetrics(engine)
+        app.state.decoding = threading.Lock()  # ingest decodes one batch at a time
+        # What exists now (modules, schemas, the app) lives as long as the process: out of the
+        # collector's sight. A full collection, which a large batch's objects set off, stops every
+        # thread; walking these 100k objects each time took over 100 ms.
+        gc.freeze()
         yield
         engine.dispose()
 
@@ -34,4 +46,47 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     app.include_router(sites.gateways, prefix=API)
     app.include_router(health.router)
     app.include_router(dashboard_router)
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    app.add_exception_handler(405, _method_not_allowed)
     return app
+
+
+async def _method_not_allowed(request: Request, _: Exception) -> JSONResponse:
+    """405 with every method the path has in ``Allow``.
+
+    Starlette names only those of the first route matching the path, and a path often has two
+    (``GET /sites`` and ``POST /sites`` are two functions).
+    """
+    methods = {
+        method
+        for route in request.app.router.routes
+        if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE
+        for method in route.methods or ()
+    }
+    return JSONResponse({"detail": "Method Not Allowed"}, 405, headers={"Allow": ", ".join(sorted(methods))})
+
+
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """FastAPI's schema plus `IngestBatch`, which ingest reads itself (JSON or msgpack) and so
+    FastAPI does not see."""
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            batch = IngestBatch.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, definition in {**batch.pop("$defs", {}), "IngestBatch": batch}.items():
+                if name in components and _shape(components[name]) != _shape(definition):
+                    raise RuntimeError(f"Two different models named {name} in the OpenAPI spec")
+                # pydantic's own schema: FastAPI's copy of a protocol model (in a response) turns
+                # integer bounds into floats, and 2**63 - 1 is not a float.
+                components[name] = definition
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return build
+
+
+def _shape(definition: dict[str, Any]) -> tuple[object, ...]:
+    """What makes two schemas of one model alike: title, fields, enum values."""
+    return (definition.get("title"), sorted(definition.get("properties", {})), definition.get("enum"))

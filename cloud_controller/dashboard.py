@@ -14,7 +14,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from cloud_controller.api.deps import SessionDep
+from cloud_controller.api.deps import IdPath, SessionDep
 from cloud_controller.auth import lookup
 from cloud_controller.models import ApiToken, Device, Drift, Event, ModelVersion, Role, Summary, Telemetry
 
@@ -71,7 +71,7 @@ def overview(
 def device_page(
     request: Request,
     session: SessionDep,
-    device_id: str,
+    device_id: IdPath,
     edgefleet_token: Annotated[str | None, Cookie()] = None,
 ) -> Response:
     _viewer(session, edgefleet_token)

@@ -72,6 +72,8 @@ def store_batch(*, session: Session, batch: IngestBatch) -> IngestResult:
         device.model_id = state.model_id
         device.model_version = state.model_version
         device.runtime = state.runtime
+        # A version 1 state carries no reason: the device's previous one no longer holds either.
+        device.model_reason = state.model_reason.value if state.model_reason is not None else None
         device.last_seq = max(device.last_seq, state.last_seq)
         device.last_seen = state.ts
     gateway = session.get(Gateway, batch.gateway_id)

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func
+from sqlalchemy import func, tuple_
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from cloud_controller.models import Deployment, Device, Drift
 
@@ -24,6 +24,11 @@ class FleetCollector(Collector):
         )
         versions = GaugeMetricFamily(
             "edgefleet_devices_by_model", "Devices by running model", labels=["model"]
+        )
+        off_model = GaugeMetricFamily(
+            "edgefleet_devices_off_model",
+            "Devices not running their desired model, by the reason they report",
+            labels=["reason"],
         )
         deployments = GaugeMetricFamily("edgefleet_deployments", "Deployments made")
         drift = GaugeMetricFamily("edgefleet_drift_windows", "Drift summaries stored", labels=["model"])
@@ -41,17 +46,53 @@ class FleetCollector(Collector):
                 )
             ):
                 versions.add_metric([f"{model}@{version}"], count)
+            for reason, count in session.exec(
+                select(Device.model_reason, func.count())
+                .where(col(Device.model_reason).is_not(None))
+                .group_by(Device.model_reason)
+            ):
+                off_model.add_metric([str(reason)], count)
             deployments.add_metric([], session.exec(select(func.count()).select_from(Deployment)).one())
             for model, count in session.exec(select(Drift.model_id, func.count()).group_by(Drift.model_id)):
                 drift.add_metric([model], count)
-            latest: dict[tuple[str, str], float] = {}
-            for row in session.exec(
-                select(Drift).where(Drift.score.is_not(None)).order_by(Drift.window_start)
-            ):  # type: ignore[union-attr]
-                latest[(f"{row.model_id}@{row.model_version}", row.site_id)] = float(row.score or 0.0)
-            for (model, site), value in latest.items():
-                score.add_metric([model, site], value)
-        yield from (online, versions, deployments, drift, score)
+            for site, model, version, value in latest_drift_scores(session):
+                score.add_metric([f"{model}@{version}", site], value)
+        yield from (online, versions, off_model, deployments, drift, score)
+
+
+def latest_drift_scores(session: Session) -> Iterator[tuple[str, str, str, float]]:
+    """``(site, model_id, version, score)`` of the latest scored window of each model version at each site.
+
+    A loose index scan of the drift table's unique key (site, model, version, window_start): a few
+    index seeks per model version and site, so a scrape costs the same with a million windows as with
+    ten. The next key is sought past the last window of this one, with all four columns: compared on
+    three, SQLite would step through every window of the key it leaves.
+    """
+    key_columns = (Drift.site_id, Drift.model_id, Drift.model_version)
+    window = col(Drift.window_start)
+    after: tuple[str, str, str, float] | None = None
+    while True:
+        following = select(*key_columns).order_by(*key_columns, window).limit(1)
+        if after is not None:
+            following = following.where(tuple_(*key_columns, window) > tuple_(*after))
+        row = session.exec(following).first()
+        if row is None:
+            return
+        site, model, version = row
+        in_key = (Drift.site_id == site, Drift.model_id == model, Drift.model_version == version)
+        last_window, last_score = session.exec(
+            select(window, Drift.score).where(*in_key).order_by(window.desc()).limit(1)
+        ).one()
+        if last_score is None:  # rare: the newest window could not be scored; the latest that was
+            last_score = session.exec(
+                select(Drift.score)
+                .where(*in_key, col(Drift.score).is_not(None))
+                .order_by(window.desc())
+                .limit(1)
+            ).first()
+        if last_score is not None:
+            yield site, model, version, float(last_score)
+        after = (site, model, version, last_window)
 
 
 class ControllerMetrics:

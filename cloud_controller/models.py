@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import StringConstraints, WithJsonSchema
 from sqlalchemy import JSON, BigInteger, Column, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from fleet_protocol.ingest import WindowSummary
-from fleet_protocol.messages import DeviceId, SiteId
+from fleet_protocol.messages import ModelReason
 
 
 def _now() -> float:
@@ -30,19 +31,58 @@ class Role(StrEnum):
     DEVICE = "device"  # nothing else yet
 
 
+# -- what the API accepts --------------------------------------------------------------
+# Every string the API takes is constrained here, in the published schema, so that nothing the
+# schema allows is refused later and nothing it refuses reaches a database (PostgreSQL's text
+# cannot hold a NUL byte).
+
+#: Site, device and gateway ids: the rule of `fleet_protocol.topics.validate_id` (they are MQTT
+#: topic levels), written as a pattern so that the OpenAPI schema says it.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+#: Free text: no control characters (NUL included).
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+#: Largest integer id or offset accepted: what a JSON number (a double) carries exactly. FastAPI
+#: publishes bounds as doubles, and a larger bound would admit, in the schema, integers it refuses.
+MAX_ID = 2**53 - 1
+
+ResourceId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=ID_PATTERN)]
+Name = Annotated[str, StringConstraints(max_length=200, pattern=TEXT_PATTERN)]
+HardwareProfile = Annotated[str, StringConstraints(max_length=64, pattern=TEXT_PATTERN)]
+#: As long as `fleet_protocol.ModelAssignment` allows, since deployments become one.
+ModelId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=TEXT_PATTERN)]
+Version = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=TEXT_PATTERN)]
+LabelValue = Annotated[str, StringConstraints(max_length=200, pattern=TEXT_PATTERN)]
+MAX_LABELS = 64
+#: Labels (and selectors) ``{key: value}``: keys follow the id rule. The schema is spelt out because
+#: pydantic's for a constrained key admits any key that misses the pattern.
+Labels = Annotated[
+    dict[ResourceId, LabelValue],
+    Field(max_length=MAX_LABELS),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": ID_PATTERN},
+            "additionalProperties": {"type": "string", "maxLength": 200, "pattern": TEXT_PATTERN},
+            "maxProperties": MAX_LABELS,
+        }
+    ),
+]
+
+
 # -- sites and gateways ---------------------------------------------------------------
 
 
 class SiteBase(SQLModel):
-    name: str = Field(default="", max_length=200)
+    name: Name = ""
 
 
 class SiteCreate(SiteBase):
-    id: SiteId
+    id: ResourceId
 
 
 class SiteUpdate(SQLModel):
-    name: str | None = Field(default=None, max_length=200)
+    name: Name | None = None
 
 
 class Site(SiteBase, table=True):
@@ -64,16 +104,16 @@ class SitesPublic(SQLModel):
 
 
 class GatewayBase(SQLModel):
-    name: str = Field(default="", max_length=200)
+    name: Name = ""
 
 
 class GatewayCreate(GatewayBase):
-    id: SiteId  # same id rules as a site
-    site_id: SiteId
+    id: ResourceId
+    site_id: ResourceId
 
 
 class GatewayUpdate(SQLModel):
-    name: str | None = Field(default=None, max_length=200)
+    name: Name | None = None
 
 
 class Gateway(GatewayBase, table=True):
@@ -102,18 +142,18 @@ class GatewaysPublic(SQLModel):
 
 
 class DeviceBase(SQLModel):
-    hardware_profile: str | None = Field(default=None, max_length=64)
-    labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    hardware_profile: HardwareProfile | None = None
+    labels: Labels = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
 class DeviceCreate(DeviceBase):
-    id: DeviceId
-    site_id: SiteId
+    id: ResourceId
+    site_id: ResourceId
 
 
 class DeviceUpdate(SQLModel):
-    hardware_profile: str | None = Field(default=None, max_length=64)
-    labels: dict[str, str] | None = None
+    hardware_profile: HardwareProfile | None = None
+    labels: Labels | None = None
 
 
 class Device(DeviceBase, table=True):
@@ -125,6 +165,9 @@ class Device(DeviceBase, table=True):
     model_id: str | None = None
     model_version: str | None = None
     runtime: str | None = None
+    #: A `ModelReason` value, stored as text: a new reason in a later protocol version needs no
+    #: migration of an enum type.
+    model_reason: str | None = None
     last_seq: int = Field(default=0, sa_type=BigInteger)
     last_seen: float | None = None
     created_at: float = Field(default_factory=_now)
@@ -139,6 +182,7 @@ class DevicePublic(DeviceBase):
     model_id: str | None
     model_version: str | None
     runtime: str | None
+    model_reason: ModelReason | None = Field(description="Why the device does not run its desired model")
     last_seq: int
     last_seen: float | None
 
@@ -152,8 +196,8 @@ class DevicesPublic(SQLModel):
 
 
 class GroupBase(SQLModel):
-    name: str = Field(max_length=64, min_length=1)
-    selector: dict[str, str] = Field(
+    name: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=TEXT_PATTERN)]
+    selector: Labels = Field(
         default_factory=dict,
         sa_column=Column(JSON, nullable=False),
         description="label -> value; {} selects all",
@@ -165,7 +209,7 @@ class GroupCreate(GroupBase):
 
 
 class GroupUpdate(SQLModel):
-    selector: dict[str, str] | None = None
+    selector: Labels | None = None
 
 
 class DeviceGroup(GroupBase, table=True):
@@ -184,9 +228,9 @@ class GroupsPublic(SQLModel):
 
 
 class DeploymentCreate(SQLModel):
-    group_id: int = Field(ge=1, le=2**62)
-    model_id: str
-    version: str
+    group_id: int = Field(ge=1, le=MAX_ID)
+    model_id: ModelId
+    version: Version
 
 
 class Deployment(SQLModel, table=True):

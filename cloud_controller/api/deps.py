@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
 from cloud_controller.auth import lookup
-from cloud_controller.models import ApiToken, Role
+from cloud_controller.models import ID_PATTERN, MAX_ID, SHA256_PATTERN, TEXT_PATTERN, ApiToken, Role
 
 _bearer = HTTPBearer(auto_error=False)
 
-#: Largest integer id or offset accepted: both databases store 64-bit integers.
-MAX_ID = 2**62
+
 IntId = Annotated[int, Path(ge=1, le=MAX_ID)]
+#: A site, device or gateway id in a path, or as a filter: the rule ids are created with, so that a
+#: request for one that cannot exist is refused by its shape (422) before any query.
+IdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN)]
+IdQuery = Annotated[str | None, Query(min_length=1, max_length=64, pattern=ID_PATTERN)]
+Sha256Path = Annotated[str, Path(min_length=64, max_length=64, pattern=SHA256_PATTERN)]
+
+
+def text_query(max_length: int, description: str | None = None) -> Any:
+    """A free-text filter: bounded, and without control characters (PostgreSQL's text holds no NUL)."""
+    return Query(max_length=max_length, pattern=TEXT_PATTERN, description=description)
 
 
 def get_db(request: Request) -> Iterator[Session]:

@@ -1,14 +1,21 @@
-"""A real controller: `cloud-controller serve` in its own process, on SQLite or PostgreSQL."""
+"""A real controller: `cloud-controller serve` in its own process, on SQLite or PostgreSQL.
+
+PostgreSQL and Chromium are part of the suite: without them their tests skip on a developer's
+machine, and fail where the environment says they must be there (`.ci/run` exports
+``EDGEFLEET_REQUIRE_PG=1`` and ``EDGEFLEET_REQUIRE_BROWSER=1``).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -17,6 +24,15 @@ from cloud_controller.models import Role
 from simulators.controller import ControllerProcess
 
 PG_ADMIN_URL = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REQUIRE_PG = "EDGEFLEET_REQUIRE_PG"
+REQUIRE_BROWSER = "EDGEFLEET_REQUIRE_BROWSER"
+
+
+def missing(requirement: str, reason: str) -> NoReturn:
+    """Skip for want of a service, or fail when ``requirement`` (an environment variable) is 1."""
+    if os.environ.get(requirement) == "1":
+        pytest.fail(f"{reason} ({requirement}=1: this test must run here)", pytrace=False)
+    pytest.skip(reason)
 
 
 def _pg_available() -> str | None:
@@ -58,7 +74,7 @@ def database_url(kind: str, tmp: Path) -> Iterator[str]:
         return
     reason = _pg_available()
     if reason:
-        pytest.skip(reason)
+        missing(REQUIRE_PG, reason)
     import psycopg
 
     name = f"edgefleet_test_{uuid.uuid4().hex[:10]}"
@@ -105,3 +121,12 @@ def sqlite_controller(tmp_path: Path, public_key_file: Path) -> Iterator[Control
         finally:
             process.terminate()
             process.wait(10)
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Debian's Chromium (``EDGEFLEET_CHROMIUM`` names another): Playwright cannot download its own here."""
+    path = os.environ.get("EDGEFLEET_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        missing(REQUIRE_BROWSER, f"Chromium is not installed at {path} (.ci/run installs Debian's chromium)")
+    return path

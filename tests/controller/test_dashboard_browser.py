@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
-
-import pytest
 
 from fleet_protocol import DeviceEvent, Severity
 from model_compiler.archive import pack
 from tests.controller.conftest import Controller
 from tests.controller.factories import batch, drift, state, summary
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 FLAGS = [
     "--headless",
@@ -26,11 +22,8 @@ FLAGS = [
 ]
 
 
-@pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)"
-)
 def test_dashboard_shows_the_seeded_fleet_without_console_errors(
-    sqlite_controller: Controller, bundles, tmp_path: Path
+    chromium: str, sqlite_controller: Controller, bundles, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import sync_playwright
 
@@ -62,7 +55,7 @@ def test_dashboard_shows_the_seeded_fleet_without_console_errors(
     errors: list[str] = []
     with sync_playwright() as p:
         # Playwright gives each launch a fresh, empty profile of its own.
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = p.chromium.launch(executable_path=chromium, args=FLAGS)
         page = browser.new_page()
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))

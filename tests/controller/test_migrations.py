@@ -16,18 +16,19 @@ from tests.controller.conftest import database_url
 def test_migrate_from_empty_reaches_head(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'c.sqlite'}"
     upgrade(url)
-    assert current_revision(url) == head_revision(url) == "0006"
+    assert current_revision(url) == head_revision(url) == "0007"
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
-@pytest.mark.parametrize("previous", ["0005", "0001"])
+@pytest.mark.parametrize("previous", ["0006", "0005", "0001"])
 def test_migrate_from_the_previous_revision_keeps_data(tmp_path: Path, previous: str, kind: str) -> None:
     for url in database_url(kind, tmp_path):
         _migrate_keeping_data(url, previous)
 
 
 def _migrate_keeping_data(url: str, previous: str) -> None:
-    """Rows written at ``previous`` survive `cloud-controller migrate`, which then stores 64-bit values."""
+    """Rows written at ``previous`` survive `cloud-controller migrate`, which then stores 64-bit values
+    and a device's model reason."""
     upgrade(url, previous)
     engine = create_engine(url)
     with engine.begin() as conn:
@@ -58,13 +59,18 @@ def _migrate_keeping_data(url: str, previous: str) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert f"schema {previous} -> 0006" in result.stdout
+    assert f"schema {previous} -> 0007" in result.stdout
     with engine.begin() as conn:
         device = conn.execute(
-            text("SELECT CAST(labels AS TEXT) AS labels, last_seq, runtime FROM device WHERE id = 'd1'")
+            text(
+                "SELECT CAST(labels AS TEXT) AS labels, last_seq, runtime, model_reason FROM device"
+                " WHERE id = 'd1'"
+            )
         ).one()
-        assert (device.last_seq, device.runtime) == (42, None)
+        assert (device.last_seq, device.runtime, device.model_reason) == (42, None, None)
         assert "press" in device.labels
+        conn.execute(text("UPDATE device SET model_reason = 'signature_invalid' WHERE id = 'd1'"))
+        assert conn.execute(text("SELECT model_reason FROM device")).scalar() == "signature_invalid"
         conn.execute(text("UPDATE device SET last_seq = :seq WHERE id = 'd1'"), {"seq": 2**40})
         conn.execute(
             text(
@@ -89,7 +95,7 @@ def _migrate_keeping_data(url: str, previous: str) -> None:
 def test_migrate_on_postgresql_makes_every_integer_64_bit(tmp_path: Path) -> None:
     for url in database_url("postgres", tmp_path):
         upgrade(url, "0005")
-        upgrade(url)
+        upgrade(url)  # through 0006 (64-bit integers) and on
         engine = create_engine(url)
         with engine.begin() as conn:
             columns = conn.execute(

@@ -7,17 +7,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from sqlmodel import select
 
-from cloud_controller.api.deps import Operator, SessionDep
+from cloud_controller.api.deps import Operator, SessionDep, text_query
+from cloud_controller.api.errors import AUTH, errors
 from cloud_controller.models import AuditEntry
 
-router = APIRouter(tags=["audit"])
+router = APIRouter(tags=["audit"], responses=errors(*AUTH))
 
 
 @router.get("/audit")
 def list_audit(
     session: SessionDep,
     _: Operator,
-    resource: str | None = None,
+    resource: Annotated[str | None, text_query(200, 'What changed, e.g. "device/dev-1"')] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     """Changes, newest first: who, what, when, before and after."""

@@ -9,9 +9,12 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from cloud_controller import audit
-from cloud_controller.api.deps import MAX_ID, Operator, Reader, SessionDep
+from cloud_controller.api.deps import MAX_ID, IdPath, IdQuery, Operator, Reader, SessionDep, text_query
+from cloud_controller.api.errors import AUTH, BODY, errors
 from cloud_controller.desired_state import desired_for_devices
 from cloud_controller.models import (
+    ID_PATTERN,
+    TEXT_PATTERN,
     Device,
     DeviceCreate,
     DevicePublic,
@@ -24,22 +27,32 @@ from cloud_controller.models import (
     Telemetry,
 )
 from fleet_protocol import DesiredState
+from fleet_protocol.messages import ModelReason
 
-router = APIRouter(prefix="/devices", tags=["fleet"])
+router = APIRouter(prefix="/devices", tags=["fleet"], responses=errors(*AUTH))
+
+#: ``key=value``: a label key (the id rule) and a value (free text).
+LABEL_FILTER = ID_PATTERN.removesuffix("$") + "=" + TEXT_PATTERN.removeprefix("^")
 
 
 @router.get("", response_model=DevicesPublic)
 def list_devices(
     session: SessionDep,
     _: Reader,
-    site_id: str | None = None,
+    site_id: IdQuery = None,
     online: bool | None = None,
-    model_version: str | None = None,
-    label: Annotated[list[str] | None, Query(description="key=value, repeatable")] = None,
+    model_version: Annotated[str | None, text_query(64)] = None,
+    model_reason: Annotated[
+        ModelReason | None, Query(description="Devices not on their desired model for this reason")
+    ] = None,
+    label: Annotated[
+        list[Annotated[str, Query(max_length=265, pattern=LABEL_FILTER)]] | None,
+        Query(description="key=value, repeatable"),
+    ] = None,
     skip: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> DevicesPublic:
-    """List devices, filtered by site, online state, model version or labels."""
+    """List devices, filtered by site, online state, model version, model reason or labels."""
     query = select(Device)
     if site_id is not None:
         query = query.where(Device.site_id == site_id)
@@ -47,15 +60,17 @@ def list_devices(
         query = query.where(Device.online == online)
     if model_version is not None:
         query = query.where(Device.model_version == model_version)
+    if model_reason is not None:
+        query = query.where(Device.model_reason == model_reason.value)
     rows = session.exec(query.order_by(Device.id)).all()
-    wanted = dict(item.split("=", 1) for item in label or [] if "=" in item)
+    wanted = dict(item.split("=", 1) for item in label or [])
     rows = [d for d in rows if all(d.labels.get(k) == v for k, v in wanted.items())]
     return DevicesPublic(
         data=[DevicePublic.model_validate(d) for d in rows[skip : skip + limit]], count=len(rows)
     )
 
 
-@router.post("", response_model=DevicePublic, status_code=201)
+@router.post("", response_model=DevicePublic, status_code=201, responses=errors(*BODY, 404, 409))
 def create_device(session: SessionDep, caller: Operator, body: DeviceCreate) -> Device:
     """Register a device."""
     if session.get(Site, body.site_id) is None:
@@ -76,8 +91,8 @@ def create_device(session: SessionDep, caller: Operator, body: DeviceCreate) -> 
     return device
 
 
-@router.get("/{device_id}", response_model=DevicePublic)
-def get_device(session: SessionDep, _: Reader, device_id: str) -> Device:
+@router.get("/{device_id}", response_model=DevicePublic, responses=errors(404))
+def get_device(session: SessionDep, _: Reader, device_id: IdPath) -> Device:
     """Get a device and its reported state."""
     device = session.get(Device, device_id)
     if device is None:
@@ -85,8 +100,8 @@ def get_device(session: SessionDep, _: Reader, device_id: str) -> Device:
     return device
 
 
-@router.patch("/{device_id}", response_model=DevicePublic)
-def update_device(session: SessionDep, caller: Operator, device_id: str, body: DeviceUpdate) -> Device:
+@router.patch("/{device_id}", response_model=DevicePublic, responses=errors(*BODY, 404))
+def update_device(session: SessionDep, caller: Operator, device_id: IdPath, body: DeviceUpdate) -> Device:
     """Change a device's labels or hardware profile."""
     device = session.get(Device, device_id)
     if device is None:
@@ -106,8 +121,8 @@ def update_device(session: SessionDep, caller: Operator, device_id: str, body: D
     return device
 
 
-@router.get("/{device_id}/desired", response_model=DesiredState)
-def get_desired(session: SessionDep, _: Reader, device_id: str) -> DesiredState:
+@router.get("/{device_id}/desired", response_model=DesiredState, responses=errors(404))
+def get_desired(session: SessionDep, _: Reader, device_id: IdPath) -> DesiredState:
     """The desired state the fleet's deployments give this device."""
     device = session.get(Device, device_id)
     if device is None:
@@ -117,7 +132,7 @@ def get_desired(session: SessionDep, _: Reader, device_id: str) -> DesiredState:
 
 @router.get("/{device_id}/telemetry")
 def recent_telemetry(
-    session: SessionDep, _: Reader, device_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+    session: SessionDep, _: Reader, device_id: IdPath, limit: Annotated[int, Query(ge=1, le=1000)] = 50
 ) -> list[dict[str, object]]:
     """The device's most recent records."""
     rows = session.exec(
@@ -130,7 +145,7 @@ def recent_telemetry(
 def list_summaries(
     session: SessionDep,
     _: Reader,
-    device_id: str,
+    device_id: IdPath,
     since: Annotated[
         float | None, Query(allow_inf_nan=False, description="Windows starting at or after, Unix seconds")
     ] = None,

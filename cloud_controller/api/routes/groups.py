@@ -7,6 +7,7 @@ from sqlmodel import select
 
 from cloud_controller import audit
 from cloud_controller.api.deps import IntId, Operator, Reader, SessionDep
+from cloud_controller.api.errors import AUTH, BODY, errors
 from cloud_controller.models import (
     Deployment,
     DeploymentCreate,
@@ -20,7 +21,7 @@ from cloud_controller.models import (
     Stage,
 )
 
-router = APIRouter(tags=["rollout"])
+router = APIRouter(tags=["rollout"], responses=errors(*AUTH))
 
 
 @router.get("/groups", response_model=GroupsPublic)
@@ -30,7 +31,7 @@ def list_groups(session: SessionDep, _: Reader) -> GroupsPublic:
     return GroupsPublic(data=[GroupPublic.model_validate(g) for g in rows], count=len(rows))
 
 
-@router.post("/groups", response_model=GroupPublic, status_code=201)
+@router.post("/groups", response_model=GroupPublic, status_code=201, responses=errors(*BODY, 409))
 def create_group(session: SessionDep, caller: Operator, body: GroupCreate) -> DeviceGroup:
     """Create a device group from a label selector."""
     if session.exec(select(DeviceGroup).where(DeviceGroup.name == body.name)).first() is not None:
@@ -50,7 +51,7 @@ def create_group(session: SessionDep, caller: Operator, body: GroupCreate) -> De
     return group
 
 
-@router.get("/groups/{group_id}", response_model=GroupPublic)
+@router.get("/groups/{group_id}", response_model=GroupPublic, responses=errors(404))
 def get_group(session: SessionDep, _: Reader, group_id: IntId) -> DeviceGroup:
     """Get a device group."""
     group = session.get(DeviceGroup, group_id)
@@ -59,7 +60,7 @@ def get_group(session: SessionDep, _: Reader, group_id: IntId) -> DeviceGroup:
     return group
 
 
-@router.patch("/groups/{group_id}", response_model=GroupPublic)
+@router.patch("/groups/{group_id}", response_model=GroupPublic, responses=errors(*BODY, 404))
 def update_group(session: SessionDep, caller: Operator, group_id: IntId, body: GroupUpdate) -> DeviceGroup:
     """Change a group's selector (its devices' desired state follows)."""
     group = session.get(DeviceGroup, group_id)
@@ -86,7 +87,9 @@ def list_deployments(session: SessionDep, _: Reader) -> list[Deployment]:
     return list(session.exec(select(Deployment).order_by(Deployment.id.desc())).all())  # type: ignore[union-attr]
 
 
-@router.post("/deployments", response_model=DeploymentPublic, status_code=201)
+@router.post(
+    "/deployments", response_model=DeploymentPublic, status_code=201, responses=errors(*BODY, 404, 409)
+)
 def create_deployment(session: SessionDep, caller: Operator, body: DeploymentCreate) -> Deployment:
     """Assign a model version to every device of a group (their desired state changes)."""
     if session.get(DeviceGroup, body.group_id) is None:

@@ -8,17 +8,18 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from cloud_controller.api.deps import SessionDep
+from cloud_controller.api.errors import errors
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
-    """The process is up."""
+async def healthz() -> dict[str, str]:
+    """The process is up (answered by the event loop itself: a stalled loop shows here)."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=errors(503))
 def readyz(session: SessionDep) -> dict[str, str]:
     """The database answers."""
     try:
@@ -28,7 +29,16 @@ def readyz(session: SessionDep) -> dict[str, str]:
     return {"status": "ready"}
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+            "description": "Prometheus text exposition format",
+        }
+    },
+)
 def metrics(request: Request) -> Response:
     """Prometheus text format."""
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -7,14 +7,24 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlmodel import Session, select
 
 from cloud_controller import audit
-from cloud_controller.api.deps import CurrentToken, IntId, Operator, Reader, SessionDep
+from cloud_controller.api.deps import (
+    CurrentToken,
+    IntId,
+    Operator,
+    Reader,
+    SessionDep,
+    Sha256Path,
+    text_query,
+)
+from cloud_controller.api.errors import BODY, errors
 from cloud_controller.bundles import BundleRejected, verify_upload
 from cloud_controller.models import (
     ApiToken,
@@ -23,14 +33,16 @@ from cloud_controller.models import (
     ModelVersion,
     ModelVersionPublic,
     ModelVersionUpdate,
+    Stage,
 )
 
-router = APIRouter(tags=["registry"])
+router = APIRouter(tags=["registry"], responses=errors(401))
 
 _MAX_BUNDLE = 512 * 1024 * 1024
+_TAR = {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}
 
 
-@router.get("/models")
+@router.get("/models", responses=errors(403))
 def list_models(session: SessionDep, _: Reader) -> list[dict[str, object]]:
     """Every model id with its versions and their stages."""
     models: dict[str, list[dict[str, object]]] = {}
@@ -39,9 +51,12 @@ def list_models(session: SessionDep, _: Reader) -> list[dict[str, object]]:
     return [{"model_id": model_id, "versions": versions} for model_id, versions in models.items()]
 
 
-@router.get("/models/versions", response_model=list[ModelVersionPublic])
+@router.get("/models/versions", response_model=list[ModelVersionPublic], responses=errors(403))
 def list_versions(
-    session: SessionDep, _: Reader, model_id: str | None = None, stage: str | None = None
+    session: SessionDep,
+    _: Reader,
+    model_id: Annotated[str | None, text_query(128)] = None,
+    stage: Annotated[Stage | None, Query()] = None,
 ) -> list:  # type: ignore[type-arg]
     """List model versions, filtered by model or stage."""
     query = select(ModelVersion)
@@ -52,7 +67,7 @@ def list_versions(
     return list(session.exec(query.order_by(ModelVersion.id)).all())
 
 
-@router.get("/models/versions/{version_id}", response_model=ModelVersionPublic)
+@router.get("/models/versions/{version_id}", response_model=ModelVersionPublic, responses=errors(403, 404))
 def get_version(session: SessionDep, _: Reader, version_id: IntId) -> ModelVersion:
     """Get a model version with its compiler metrics."""
     version = session.get(ModelVersion, version_id)
@@ -61,7 +76,9 @@ def get_version(session: SessionDep, _: Reader, version_id: IntId) -> ModelVersi
     return version
 
 
-@router.patch("/models/versions/{version_id}", response_model=ModelVersionPublic)
+@router.patch(
+    "/models/versions/{version_id}", response_model=ModelVersionPublic, responses=errors(*BODY, 403, 404)
+)
 def set_stage(
     session: SessionDep, caller: Operator, version_id: IntId, body: ModelVersionUpdate
 ) -> ModelVersion:
@@ -84,7 +101,14 @@ def set_stage(
     return version
 
 
-@router.post("/bundles", response_model=BundlePublic, status_code=201)
+@router.post(
+    "/bundles",
+    response_model=BundlePublic,
+    status_code=201,
+    # The route reads the archive itself: FastAPI validates no parameter, every 422 is ours.
+    responses=errors(403, 413, 422),
+    openapi_extra={"requestBody": {"required": True, "content": _TAR}},
+)
 async def upload_bundle(request: Request, session: SessionDep, caller: Operator) -> Bundle:
     """Upload a signed bundle .tar; it is verified, stored under its sha256 and registered."""
     store = Path(request.app.state.settings.bundle_dir)
@@ -164,8 +188,19 @@ def _register(
     return bundle
 
 
-@router.get("/bundles/{sha256}", response_class=FileResponse)
-def download_bundle(request: Request, session: SessionDep, _: CurrentToken, sha256: str) -> FileResponse:
+@router.get(
+    "/bundles/{sha256}",
+    response_class=FileResponse,
+    responses={
+        200: {"content": _TAR, "description": "The bundle archive"},
+        206: {"content": _TAR, "description": "The range asked for"},
+        416: {"description": "The range asked for is outside the archive"},
+        **errors(404),
+    },
+)
+def download_bundle(
+    request: Request, session: SessionDep, _: CurrentToken, sha256: Sha256Path
+) -> FileResponse:
     """Download a bundle; range requests resume an interrupted download."""
     if session.get(Bundle, sha256) is None:
         raise HTTPException(404, "Bundle not found")

@@ -8,7 +8,8 @@ from fastapi import APIRouter, HTTPException, Query
 from sqlmodel import func, select
 
 from cloud_controller import audit
-from cloud_controller.api.deps import MAX_ID, Operator, Reader, SessionDep
+from cloud_controller.api.deps import MAX_ID, IdPath, IdQuery, Operator, Reader, SessionDep
+from cloud_controller.api.errors import AUTH, BODY, errors
 from cloud_controller.models import (
     Gateway,
     GatewayCreate,
@@ -22,8 +23,8 @@ from cloud_controller.models import (
     SiteUpdate,
 )
 
-router = APIRouter(prefix="/sites", tags=["fleet"])
-gateways = APIRouter(prefix="/gateways", tags=["fleet"])
+router = APIRouter(prefix="/sites", tags=["fleet"], responses=errors(*AUTH))
+gateways = APIRouter(prefix="/gateways", tags=["fleet"], responses=errors(*AUTH))
 
 
 @router.get("", response_model=SitesPublic)
@@ -39,7 +40,7 @@ def list_sites(
     return SitesPublic(data=[SitePublic.model_validate(r) for r in rows], count=count)
 
 
-@router.post("", response_model=SitePublic, status_code=201)
+@router.post("", response_model=SitePublic, status_code=201, responses=errors(*BODY, 409))
 def create_site(session: SessionDep, caller: Operator, body: SiteCreate) -> Site:
     """Create a site."""
     if session.get(Site, body.id) is not None:
@@ -54,8 +55,8 @@ def create_site(session: SessionDep, caller: Operator, body: SiteCreate) -> Site
     return site
 
 
-@router.get("/{site_id}", response_model=SitePublic)
-def get_site(session: SessionDep, _: Reader, site_id: str) -> Site:
+@router.get("/{site_id}", response_model=SitePublic, responses=errors(404))
+def get_site(session: SessionDep, _: Reader, site_id: IdPath) -> Site:
     """Get a site."""
     site = session.get(Site, site_id)
     if site is None:
@@ -63,8 +64,8 @@ def get_site(session: SessionDep, _: Reader, site_id: str) -> Site:
     return site
 
 
-@router.patch("/{site_id}", response_model=SitePublic)
-def update_site(session: SessionDep, caller: Operator, site_id: str, body: SiteUpdate) -> Site:
+@router.patch("/{site_id}", response_model=SitePublic, responses=errors(*BODY, 404))
+def update_site(session: SessionDep, caller: Operator, site_id: IdPath, body: SiteUpdate) -> Site:
     """Update a site."""
     site = session.get(Site, site_id)
     if site is None:
@@ -85,7 +86,7 @@ def update_site(session: SessionDep, caller: Operator, site_id: str, body: SiteU
 
 
 @gateways.get("", response_model=GatewaysPublic)
-def list_gateways(session: SessionDep, _: Reader, site_id: str | None = None) -> GatewaysPublic:
+def list_gateways(session: SessionDep, _: Reader, site_id: IdQuery = None) -> GatewaysPublic:
     """List gateways, optionally of one site, with when each last uploaded."""
     query = select(Gateway)
     if site_id is not None:
@@ -94,7 +95,7 @@ def list_gateways(session: SessionDep, _: Reader, site_id: str | None = None) ->
     return GatewaysPublic(data=[GatewayPublic.model_validate(g) for g in rows], count=len(rows))
 
 
-@gateways.post("", response_model=GatewayPublic, status_code=201)
+@gateways.post("", response_model=GatewayPublic, status_code=201, responses=errors(*BODY, 404, 409))
 def create_gateway(session: SessionDep, caller: Operator, body: GatewayCreate) -> Gateway:
     """Register a gateway at a site (gateways that upload are registered by themselves too)."""
     if session.get(Site, body.site_id) is None:
@@ -115,8 +116,8 @@ def create_gateway(session: SessionDep, caller: Operator, body: GatewayCreate) -
     return gateway
 
 
-@gateways.get("/{gateway_id}", response_model=GatewayPublic)
-def get_gateway(session: SessionDep, _: Reader, gateway_id: str) -> Gateway:
+@gateways.get("/{gateway_id}", response_model=GatewayPublic, responses=errors(404))
+def get_gateway(session: SessionDep, _: Reader, gateway_id: IdPath) -> Gateway:
     """Get a gateway."""
     gateway = session.get(Gateway, gateway_id)
     if gateway is None:
@@ -124,8 +125,8 @@ def get_gateway(session: SessionDep, _: Reader, gateway_id: str) -> Gateway:
     return gateway
 
 
-@gateways.patch("/{gateway_id}", response_model=GatewayPublic)
-def update_gateway(session: SessionDep, caller: Operator, gateway_id: str, body: GatewayUpdate) -> Gateway:
+@gateways.patch("/{gateway_id}", response_model=GatewayPublic, responses=errors(*BODY, 404))
+def update_gateway(session: SessionDep, caller: Operator, gateway_id: IdPath, body: GatewayUpdate) -> Gateway:
     """Rename a gateway."""
     gateway = session.get(Gateway, gateway_id)
     if gateway is None:
