@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fleet_protocol import DeviceEvent, Severity
+from fleet_protocol import DeviceEvent, ModelReason, Severity
 from model_compiler.archive import pack
 from tests.controller.conftest import Controller
 from tests.controller.factories import batch, drift, state, summary
@@ -30,7 +30,11 @@ def test_dashboard_shows_the_seeded_fleet_without_console_errors(
     ctl = sqlite_controller
     seeded = batch(devices={"press-1": range(1, 21)}).model_copy(
         update={
-            "devices": [state("press-1"), state("press-2"), state("lathe-1", online=False)],
+            "devices": [
+                state("press-1").model_copy(update={"model_reason": ModelReason.SIGNATURE_INVALID}),
+                state("press-2"),
+                state("lathe-1", online=False),
+            ],
             "drift": [drift(float(w * 60)) for w in range(6)],
             "summaries": [summary("press-1", float(w * 60)) for w in range(3)],
             "events": [
@@ -74,6 +78,7 @@ def test_dashboard_shows_the_seeded_fleet_without_console_errors(
         page.wait_for_selector("#recent")
         assert page.locator("#recent tr").count() == 21  # header + the 20 records
         assert "model.load_failed" in page.inner_text("#events")
+        assert page.inner_text("#model-reason") == "signature invalid"
         assert page.locator("#summaries tr").count() == 4  # header + the 3 windows
         assert "temp=27" in page.inner_text("#summaries tr:nth-child(2)"), "newest window first"
         page.goto(f"{ctl.url}/registry")
