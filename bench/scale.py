@@ -33,7 +33,7 @@ machine, each device producing one record per second, from its sensor to the sit
   A step that would not end within ``--budget`` seconds of the start is skipped. Without a
   controller (``--no-controller``) the gateway's count stands in for "delivered".
 
-Run: ``.venv/bin/python bench/scale.py`` (about eleven minutes; Mosquitto installed).
+Run: ``.venv/bin/python bench/scale.py`` (about 12-15 minutes; Mosquitto installed).
 """
 
 from __future__ import annotations
@@ -643,8 +643,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--summary-wait",
         type=float,
-        default=30.0,
-        help="seconds after a window's end its summaries may take to reach the controller (30)",
+        default=60.0,
+        help="seconds after a window's end its summaries may take to reach the controller (60)",
     )
     parser.add_argument("--budget", type=float, default=900.0, help="skip steps that would end later (900 s)")
     args = parser.parse_args()
