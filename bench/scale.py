@@ -646,7 +646,9 @@ def parse_args() -> argparse.Namespace:
         default=60.0,
         help="seconds after a window's end its summaries may take to reach the controller (60)",
     )
-    parser.add_argument("--budget", type=float, default=900.0, help="skip steps that would end later (900 s)")
+    parser.add_argument(
+        "--budget", type=float, default=1000.0, help="skip steps that would end later (1000 s)"
+    )
     args = parser.parse_args()
     if args.controller:
         # Whole summary windows: the controller's count grows in one step per window.
