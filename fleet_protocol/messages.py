@@ -10,13 +10,23 @@ import time
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from fleet_protocol.ota import INT64_MAX, ModelReason, OtaStatus, RolloutDirective
 from fleet_protocol.topics import validate_id
 
-SiteId = Annotated[str, AfterValidator(lambda v: validate_id(v, "site"))]
-DeviceId = Annotated[str, AfterValidator(lambda v: validate_id(v, "device"))]
+#: What `validate_id` enforces, published in the JSON Schema too (clients validate before sending).
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+SiteId = Annotated[
+    str,
+    AfterValidator(lambda v: validate_id(v, "site")),
+    WithJsonSchema({"type": "string", "pattern": ID_PATTERN, "maxLength": 64}),
+]
+DeviceId = Annotated[
+    str,
+    AfterValidator(lambda v: validate_id(v, "device")),
+    WithJsonSchema({"type": "string", "pattern": ID_PATTERN, "maxLength": 64}),
+]
 
 MAX_RECORDS_PER_BATCH = 1000
 

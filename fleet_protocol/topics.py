@@ -17,7 +17,7 @@ ROOT = "fleet"
 
 # MQTT wildcards and separators can never be part of an id: they would change
 # which subscribers a message reaches.
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")  # messages.ID_PATTERN publishes it
 
 
 class TopicKind(StrEnum):
