@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -13,10 +14,12 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.routing import Match, Route
 
-from cloud_controller.api.routes import audit, devices, groups, health, ingest, registry, sites
+from cloud_controller.api.routes import audit, devices, groups, health, ingest, registry, rollouts, sites
 from cloud_controller.dashboard import router as dashboard_router
+from cloud_controller.dashboard_rollouts import router as rollout_pages
 from cloud_controller.db import make_engine
 from cloud_controller.metrics import ControllerMetrics
+from cloud_controller.rollout_engine import RolloutEngine
 from cloud_controller.settings import ControllerSettings
 from fleet_protocol.ingest import IngestBatch
 from fleet_protocol.signing import load_public_key
@@ -37,15 +40,22 @@ def create_app(settings: ControllerSettings) -> FastAPI:
         # collector's sight. A full collection, which a large batch's objects set off, stops every
         # thread; walking these 100k objects each time took over 100 ms.
         gc.freeze()
+        stop = asyncio.Event()
+        rollout_engine = asyncio.create_task(
+            RolloutEngine(engine, interval_s=settings.rollout_tick_s).run(stop), name="rollout-engine"
+        )
         yield
+        stop.set()
+        await rollout_engine
         engine.dispose()
 
     app = FastAPI(title="edgefleet controller", version="0.1.0", lifespan=lifespan)
-    for module in (sites, devices, groups, registry, ingest, audit):
+    for module in (sites, devices, groups, rollouts, registry, ingest, audit):
         app.include_router(module.router, prefix=API)
     app.include_router(sites.gateways, prefix=API)
     app.include_router(health.router)
     app.include_router(dashboard_router)
+    app.include_router(rollout_pages)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     app.add_exception_handler(405, _method_not_allowed)
     return app

@@ -5,27 +5,35 @@ A viewer or operator token is exchanged once for an HttpOnly cookie at ``/login`
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Cookie, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import func
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from cloud_controller.api.deps import IdPath, SessionDep
 from cloud_controller.auth import lookup
+from cloud_controller.charts import COLORS, Series, Threshold, bar_chart, time_chart
+from cloud_controller.metrics import drift_keys
 from cloud_controller.models import ApiToken, Device, Drift, Event, ModelVersion, Role, Summary, Telemetry
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+templates.env.filters["utc"] = lambda ts: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 COOKIE = "edgefleet_token"
 #: Feature means shown per window summary on the device page: a glance, not the whole vector.
 SUMMARY_MEANS = 3
+#: Drift windows drawn per model version and site: the latest ones (four hours of minute windows).
+DRIFT_POINTS = 240
+#: The population stability index above which a shift is significant (the usual rule of thumb).
+PSI_SIGNIFICANT = 0.25
 
 
-def _viewer(session: Session, token: str | None) -> ApiToken:
+def signed_in(session: Session, token: str | None) -> ApiToken:
+    """The dashboard's caller (viewer or operator), or a redirect to /login."""
     found = lookup(session=session, token=token) if token else None
     if found is None or found.role not in (Role.VIEWER, Role.OPERATOR):
         raise HTTPException(303, headers={"Location": "/login"})
@@ -53,7 +61,7 @@ def login(request: Request, session: SessionDep, token: Annotated[str, Form()]) 
 def overview(
     request: Request, session: SessionDep, edgefleet_token: Annotated[str | None, Cookie()] = None
 ) -> Response:
-    _viewer(session, edgefleet_token)
+    signed_in(session, edgefleet_token)
     devices = session.exec(select(Device).order_by(Device.site_id, Device.id)).all()
     sites: dict[str, dict[str, int]] = {}
     versions: dict[str, int] = {}
@@ -62,8 +70,11 @@ def overview(
         counts["online" if d.online else "offline"] += 1
         key = f"{d.model_id}@{d.model_version}" if d.model_id else "none"
         versions[key] = versions.get(key, 0) + 1
+    chart = bar_chart(
+        sorted(versions.items()), x_label="devices running the version (count)", element_id="versions-chart"
+    )
     return templates.TemplateResponse(
-        request, "overview.html", {"devices": devices, "sites": sites, "versions": _bars(versions)}
+        request, "overview.html", {"devices": devices, "sites": sites, "versions": chart}
     )
 
 
@@ -74,7 +85,7 @@ def device_page(
     device_id: IdPath,
     edgefleet_token: Annotated[str | None, Cookie()] = None,
 ) -> Response:
-    _viewer(session, edgefleet_token)
+    signed_in(session, edgefleet_token)
     device = session.get(Device, device_id)
     if device is None:
         raise HTTPException(404, "Device not found")
@@ -106,7 +117,7 @@ def device_page(
 def registry_page(
     request: Request, session: SessionDep, edgefleet_token: Annotated[str | None, Cookie()] = None
 ) -> Response:
-    _viewer(session, edgefleet_token)
+    signed_in(session, edgefleet_token)
     versions = session.exec(select(ModelVersion).order_by(ModelVersion.model_id, ModelVersion.id)).all()
     return templates.TemplateResponse(request, "registry.html", {"versions": versions})
 
@@ -115,17 +126,44 @@ def registry_page(
 def drift_page(
     request: Request, session: SessionDep, edgefleet_token: Annotated[str | None, Cookie()] = None
 ) -> Response:
-    _viewer(session, edgefleet_token)
-    rows = session.exec(select(Drift).order_by(Drift.model_id, Drift.window_start)).all()
-    series: dict[str, list[tuple[float, float]]] = {}
-    for row in rows:
-        if row.score is not None:
-            # One chart per scoring method: PSI and mean-shift scores are on different scales.
-            name = f"{row.model_id}@{row.model_version} ({row.score_method or 'mean_shift'})"
-            series.setdefault(name, []).append((row.window_start, row.score))
-    charts = {name: _line(points) for name, points in series.items()}
-    total = session.exec(select(func.count()).select_from(Drift)).one()
-    return templates.TemplateResponse(request, "drift.html", {"charts": charts, "total": total})
+    signed_in(session, edgefleet_token)
+    # The latest windows of each model version at each site, by index: what the charts draw, not
+    # every window stored (a million rows took seconds to read).
+    lines: dict[tuple[str, str], dict[str, list[tuple[float, float]]]] = {}
+    window = col(Drift.window_start)
+    for site, model, version in list(drift_keys(session)):
+        rows = session.exec(
+            select(window, Drift.score, Drift.score_method)
+            .where(Drift.site_id == site, Drift.model_id == model, Drift.model_version == version)
+            .order_by(window.desc())
+            .limit(DRIFT_POINTS)
+        ).all()
+        for start, score, method in rows:
+            if score is not None:
+                # One chart per scoring method: PSI and mean-shift scores are on different scales.
+                chart = lines.setdefault((f"{model}@{version}", method or "mean_shift"), {})
+                chart.setdefault(site, []).append((start, score))
+    charts = {
+        f"{name} ({method})": _drift_chart(method, by_site)
+        for (name, method), by_site in sorted(lines.items())
+    }
+    return templates.TemplateResponse(request, "drift.html", {"charts": charts, "points": DRIFT_POINTS})
+
+
+def _drift_chart(method: str, by_site: dict[str, list[tuple[float, float]]]) -> Any:
+    """One line per site; PSI with its significance threshold, mean shift in standard deviations."""
+    series = [
+        Series(site, points, COLORS[i % len(COLORS)])
+        for i, (site, points) in enumerate(sorted(by_site.items()))
+    ]
+    if method == "psi":
+        return time_chart(
+            series,
+            y_label="PSI (dimensionless)",
+            thresholds=[Threshold(PSI_SIGNIFICANT, "significant shift")],
+            css_class="drift-chart",
+        )
+    return time_chart(series, y_label="mean shift (std devs)", css_class="drift-chart")
 
 
 def _summary_view(row: Summary) -> dict[str, Any]:
@@ -140,23 +178,3 @@ def _summary_view(row: Summary) -> dict[str, Any]:
         "forwarded": row.forwarded,
         "means": ", ".join(f"{n}={m:.3g}" for n, m in zip(names, means, strict=False)),
     }
-
-
-def _bars(values: dict[str, int]) -> list[dict[str, Any]]:
-    top = max(values.values(), default=1)
-    return [{"label": k, "value": v, "width": round(300 * v / top)} for k, v in sorted(values.items())]
-
-
-def _line(points: list[tuple[float, float]], width: int = 480, height: int = 120) -> str:
-    """An SVG polyline of (time, value) points, scaled to the box."""
-    if not points:
-        return ""
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x0, x1 = min(xs), max(xs) or 1
-    y0, y1 = min(ys), max(ys)
-    span_x, span_y = (x1 - x0) or 1.0, (y1 - y0) or 1.0
-    coords = " ".join(
-        f"{(x - x0) / span_x * (width - 20) + 10:.1f},{height - 10 - (y - y0) / span_y * (height - 20):.1f}"
-        for x, y in points
-    )
-    return coords

@@ -9,3 +9,21 @@ class ControllerError(Exception):
 
 class ConfigError(ControllerError):
     exit_code = 2
+
+
+class NotFound(ControllerError):
+    """What a request names does not exist (HTTP 404)."""
+
+
+class Conflict(ControllerError):
+    """The request contradicts what is stored (HTTP 409)."""
+
+
+class ApiRefused(ControllerError):
+    """The controller answered a CLI's request with an error (its detail is the message)."""
+
+
+class Unreachable(ControllerError):
+    """The CLI could not reach the controller at all."""
+
+    exit_code = 3

@@ -10,7 +10,7 @@ from sqlmodel import Session, select
 
 from cloud_controller.models import Device, Drift, Event, Gateway, ModelVersion, Site, Summary, Telemetry
 from fleet_protocol.ingest import DriftSummary, IngestBatch, IngestResult, WindowSummary
-from fleet_protocol.messages import INT64_MAX
+from fleet_protocol.messages import INT64_MAX, DeviceEvent
 from fleet_protocol.reference import DriftReference, population_stability_index
 
 #: Rows per INSERT: 14 columns x 1000 stays under PostgreSQL's 65535 bound parameters.
@@ -74,6 +74,11 @@ def store_batch(*, session: Session, batch: IngestBatch) -> IngestResult:
         device.runtime = state.runtime
         # A version 1 state carries no reason: the device's previous one no longer holds either.
         device.model_reason = state.model_reason.value if state.model_reason is not None else None
+        # Likewise its update: the state carries the last one, or none.
+        ota = state.ota
+        device.ota = ota.model_dump(mode="json") if ota is not None else None
+        device.ota_state = ota.state.value if ota is not None else None
+        device.ota_rollout_id = ota.rollout_id if ota is not None else None
         device.last_seq = max(device.last_seq, state.last_seq)
         device.last_seen = state.ts
     gateway = session.get(Gateway, batch.gateway_id)
@@ -89,6 +94,7 @@ def store_batch(*, session: Session, batch: IngestBatch) -> IngestResult:
                 severity=event.severity.value,
                 message=event.message,
                 data=event.data,
+                rollout_id=_rollout_of(event),
             )
         )
     summaries_stored = 0
@@ -124,6 +130,14 @@ def store_batch(*, session: Session, batch: IngestBatch) -> IngestResult:
         events_stored=len(batch.events),
         summaries_stored=summaries_stored,
     )
+
+
+def _rollout_of(event: DeviceEvent) -> str | None:
+    """The rollout an ``ota.*`` event's `OtaStatus` names (the event is stored whatever its data)."""
+    if not event.kind.startswith("ota."):
+        return None
+    named = event.data.get("rollout_id")
+    return named if isinstance(named, str) and 0 < len(named) <= 64 else None
 
 
 def _summary_row(summary: WindowSummary, site: str, now: float) -> dict[str, Any]:

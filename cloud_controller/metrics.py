@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from cloud_controller.models import Deployment, Device, Drift
+from cloud_controller.rollout_models import ACTIVE, Rollout, RolloutState
 
 
 class FleetCollector(Collector):
@@ -35,7 +36,35 @@ class FleetCollector(Collector):
         score = GaugeMetricFamily(
             "edgefleet_drift_score", "Latest drift score per model version and site", labels=["model", "site"]
         )
+        rollouts = GaugeMetricFamily("edgefleet_rollouts", "Rollouts by state", labels=["state"])
+        ota = GaugeMetricFamily(
+            "edgefleet_devices_by_ota_state",
+            "Devices by the state of their last model update",
+            labels=["state"],
+        )
+        rollout_devices = GaugeMetricFamily(
+            "edgefleet_rollout_devices",
+            "Devices reporting an update of an active rollout, by its state",
+            labels=["rollout", "state"],
+        )
         with Session(self.engine) as session:
+            by_state = dict(session.exec(select(Rollout.state, func.count()).group_by(Rollout.state)).all())
+            for state in RolloutState:
+                rollouts.add_metric([state.value], by_state.get(state.value, 0))
+            for state, count in session.exec(
+                select(Device.ota_state, func.count())
+                .where(col(Device.ota_state).is_not(None))
+                .group_by(Device.ota_state)
+            ):
+                ota.add_metric([str(state)], count)
+            # Active rollouts only: a label per rollout ever made would grow without bound.
+            active = select(Rollout.id).where(col(Rollout.state).in_(ACTIVE))
+            for rollout, state, count in session.exec(
+                select(Device.ota_rollout_id, Device.ota_state, func.count())
+                .where(col(Device.ota_rollout_id).in_(active))
+                .group_by(Device.ota_rollout_id, Device.ota_state)
+            ):
+                rollout_devices.add_metric([str(rollout), str(state)], count)
             for site, is_online, count in session.exec(
                 select(Device.site_id, Device.online, func.count()).group_by(Device.site_id, Device.online)
             ):
@@ -57,16 +86,16 @@ class FleetCollector(Collector):
                 drift.add_metric([model], count)
             for site, model, version, value in latest_drift_scores(session):
                 score.add_metric([f"{model}@{version}", site], value)
-        yield from (online, versions, off_model, deployments, drift, score)
+        yield from (online, versions, off_model, deployments, drift, score, rollouts, ota, rollout_devices)
 
 
-def latest_drift_scores(session: Session) -> Iterator[tuple[str, str, str, float]]:
-    """``(site, model_id, version, score)`` of the latest scored window of each model version at each site.
+def drift_keys(session: Session) -> Iterator[tuple[str, str, str]]:
+    """Every ``(site, model_id, version)`` with drift windows, in order.
 
-    A loose index scan of the drift table's unique key (site, model, version, window_start): a few
-    index seeks per model version and site, so a scrape costs the same with a million windows as with
-    ten. The next key is sought past the last window of this one, with all four columns: compared on
-    three, SQLite would step through every window of the key it leaves.
+    A loose index scan of the drift table's unique key (site, model, version, window_start): two
+    index seeks per key, so this costs the same with a million windows as with ten. The next key
+    is sought past the last window of this one, with all four columns: compared on three, SQLite
+    would step through every window of the key it leaves.
     """
     key_columns = (Drift.site_id, Drift.model_id, Drift.model_version)
     window = col(Drift.window_start)
@@ -79,10 +108,23 @@ def latest_drift_scores(session: Session) -> Iterator[tuple[str, str, str, float
         if row is None:
             return
         site, model, version = row
-        in_key = (Drift.site_id == site, Drift.model_id == model, Drift.model_version == version)
-        last_window, last_score = session.exec(
-            select(window, Drift.score).where(*in_key).order_by(window.desc()).limit(1)
+        yield site, model, version
+        last_window = session.exec(
+            select(window)
+            .where(Drift.site_id == site, Drift.model_id == model, Drift.model_version == version)
+            .order_by(window.desc())
+            .limit(1)
         ).one()
+        after = (site, model, version, last_window)
+
+
+def latest_drift_scores(session: Session) -> Iterator[tuple[str, str, str, float]]:
+    """``(site, model_id, version, score)`` of the latest scored window of each model version at each site,
+    by index seeks (`drift_keys`)."""
+    window = col(Drift.window_start)
+    for site, model, version in list(drift_keys(session)):
+        in_key = (Drift.site_id == site, Drift.model_id == model, Drift.model_version == version)
+        last_score = session.exec(select(Drift.score).where(*in_key).order_by(window.desc()).limit(1)).one()
         if last_score is None:  # rare: the newest window could not be scored; the latest that was
             last_score = session.exec(
                 select(Drift.score)
@@ -92,7 +134,6 @@ def latest_drift_scores(session: Session) -> Iterator[tuple[str, str, str, float
             ).first()
         if last_score is not None:
             yield site, model, version, float(last_score)
-        after = (site, model, version, last_window)
 
 
 class ControllerMetrics:

@@ -12,6 +12,7 @@ from sqlmodel import Field, SQLModel
 
 from fleet_protocol.ingest import WindowSummary
 from fleet_protocol.messages import ModelReason
+from fleet_protocol.ota import OtaStatus
 
 
 def _now() -> float:
@@ -168,6 +169,11 @@ class Device(DeviceBase, table=True):
     #: A `ModelReason` value, stored as text: a new reason in a later protocol version needs no
     #: migration of an enum type.
     model_reason: str | None = None
+    #: The last `OtaStatus` the device reported (JSON), and two of its fields as columns: what
+    #: /metrics groups by, without reading JSON on either store.
+    ota: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    ota_state: str | None = None
+    ota_rollout_id: str | None = None
     last_seq: int = Field(default=0, sa_type=BigInteger)
     last_seen: float | None = None
     created_at: float = Field(default_factory=_now)
@@ -183,6 +189,7 @@ class DevicePublic(DeviceBase):
     model_version: str | None
     runtime: str | None
     model_reason: ModelReason | None = Field(description="Why the device does not run its desired model")
+    ota: OtaStatus | None = Field(default=None, description="The last model update the device reported")
     last_seq: int
     last_seen: float | None
 
@@ -381,6 +388,7 @@ class SummariesPublic(SQLModel):
 class Event(SQLModel, table=True):
     """A device event (OTA progress, errors, rejections) relayed by its gateway."""
 
+    __table_args__ = (Index("ix_event_rollout_id_kind", "rollout_id", "kind"),)
     id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
     device_id: str = Field(index=True)
     ts: float
@@ -388,6 +396,23 @@ class Event(SQLModel, table=True):
     severity: str
     message: str
     data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: The rollout an ``ota.*`` event's `OtaStatus` names: a rollout's events are read by index.
+    rollout_id: str | None = None
+
+
+class DesiredRevision(SQLModel, table=True):
+    """The desired revision last issued to a device, and a digest of the assignment it carried.
+
+    A device applies only revisions above the last it applied, whatever changed its assignment
+    (a deployment, a rollout's wave, its abort, a relabelled device): a new digest gets a new,
+    higher revision; the same digest keeps its revision, so the ETag holds.
+    """
+
+    __tablename__ = "desired_revision"
+    device_id: str = Field(primary_key=True, foreign_key="device.id")
+    revision: int = Field(sa_type=BigInteger)
+    fingerprint: str
+    issued_at: float
 
 
 class AuditEntry(SQLModel, table=True):

@@ -6,7 +6,8 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
 
-import cloud_controller.models  # noqa: F401 - registers the tables on SQLModel.metadata
+# Registers every table on SQLModel.metadata (the rollouts' module imports cloud_controller.models).
+import cloud_controller.rollout_models  # noqa: F401
 
 config = context.config
 target_metadata = SQLModel.metadata

@@ -87,9 +87,14 @@ def database_url(kind: str, tmp: Path) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def start_controller(tmp: Path, db_url: str, trusted_key: Path) -> tuple[subprocess.Popen[bytes], Controller]:
+#: The rollout engine ticks this often in tests: waves advance within a fraction of a second.
+TICK_S = "0.1"
+
+
+def start_process(tmp: Path, db_url: str, trusted_key: Path) -> ControllerProcess:
     """The simulators' controller process, with a token for every role (two site-bound gateways)."""
     process = ControllerProcess(tmp, trusted_key, database_url=db_url, token_prefix="test")
+    process.env["EDGEFLEET_CONTROLLER__ROLLOUT_TICK_S"] = TICK_S
     process.start(
         (
             ("gateway", Role.GATEWAY, "site-a"),
@@ -97,8 +102,17 @@ def start_controller(tmp: Path, db_url: str, trusted_key: Path) -> tuple[subproc
             ("gateway-b", Role.GATEWAY, "site-b"),
         )
     )
+    return process
+
+
+def as_controller(process: ControllerProcess, tmp: Path) -> Controller:
+    return Controller(process.url, process.database_url, process.tokens, process.env, tmp / "bundles")
+
+
+def start_controller(tmp: Path, db_url: str, trusted_key: Path) -> tuple[subprocess.Popen[bytes], Controller]:
+    process = start_process(tmp, db_url, trusted_key)
     assert process.process is not None
-    return process.process, Controller(process.url, db_url, process.tokens, process.env, tmp / "bundles")
+    return process.process, as_controller(process, tmp)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

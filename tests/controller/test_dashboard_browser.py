@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fleet_protocol import DeviceEvent, ModelReason, Severity
+from cloud_controller.waves import position
+from fleet_protocol import DeviceEvent, ModelReason, OtaState, Severity
 from model_compiler.archive import pack
 from tests.controller.conftest import Controller
 from tests.controller.factories import batch, drift, state, summary
+from tests.controller.rollout_fleet import make_fleet, shadow
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 FLAGS = [
@@ -90,3 +92,60 @@ def test_dashboard_shows_the_seeded_fleet_without_console_errors(
         browser.close()
     assert errors == []
     assert (ARTIFACTS / "dashboard-overview.png").stat().st_size > 5000
+
+
+def test_rollout_page_shows_waves_gates_and_charts_and_an_operator_pauses_it(
+    chromium: str, sqlite_controller: Controller, bundles, signing_key, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import sync_playwright
+
+    fleet = make_fleet(sqlite_controller, bundles, signing_key, tmp_path, devices=10)
+    rid = fleet.create(
+        waves=[{"percent": 30}, {"percent": 100}], shadow_s=30, gates={"max_latency_ratio": 2.0}
+    )["id"]
+    wave = sorted(fleet.devices, key=lambda d: position(rid, d))[:3]
+    fleet.report(wave[:2], OtaState.PROMOTED, rid, shadow=shadow(0.97, 1.0, 1.3))
+    fleet.report(wave[2:], OtaState.SHADOW, rid, shadow=shadow(0.93, 1.0, 1.1))
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=FLAGS)
+        for role in ("viewer", "operator"):
+            page = browser.new_context().new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{sqlite_controller.url}/login")
+            page.fill("input[name=token]", sqlite_controller.tokens[role])
+            page.click("button[type=submit]")
+            page.wait_for_selector("#devices")
+            page.click("nav >> text=Rollouts")
+            page.wait_for_selector("#rollouts")
+            listed = page.inner_text("#rollouts")
+            assert "running" in listed and "sensor-mlp@2.0.0" in listed
+            page.click(f"text={rid}")
+            page.wait_for_selector("#waves")
+            assert page.inner_text("#rollout-state") == "running"
+            first = page.inner_text("#waves tr:nth-child(2)").split()
+            assert first[:3] == ["0", "3", "3"], "wave 0: target 3, 3 devices"
+            gates = page.inner_text("#gates")
+            assert "66.7 %" not in gates and "67 %" in gates and ">= 90 % to advance" in gates
+            assert "1.23x" in gates and "<= 2.00x" in gates, "mean of 1.3, 1.3, 1.1 against its limit"
+            charts = page.locator(".rollout-chart")
+            assert charts.count() == 3
+            # min installed and max failed, min agreement, max latency ratio
+            assert page.locator(".rollout-chart .threshold").count() == 4
+            assert "time (UTC)" in (charts.first.text_content() or "")
+            assert page.locator(".rollout-chart .dot").count() >= 3
+            if role == "viewer":
+                assert page.locator("#rollout-actions").count() == 0, "viewers get no buttons"
+                page.screenshot(path=str(ARTIFACTS / "dashboard-rollout.png"), full_page=True)
+                continue
+            page.click("#rollout-actions >> text=Pause")
+            page.wait_for_selector("#rollout-state.state-paused")
+            assert page.locator("#rollout-actions >> text=Resume").count() == 1
+            assert page.inner_text("#decisions tr:last-child td:nth-child(3)") == "pause"
+            page.screenshot(path=str(ARTIFACTS / "dashboard-rollout-paused.png"), full_page=True)
+        browser.close()
+    assert errors == []
+    assert fleet.status(rid)["state"] == "paused"

@@ -16,11 +16,11 @@ from tests.controller.conftest import database_url
 def test_migrate_from_empty_reaches_head(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'c.sqlite'}"
     upgrade(url)
-    assert current_revision(url) == head_revision(url) == "0007"
+    assert current_revision(url) == head_revision(url) == "0008"
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
-@pytest.mark.parametrize("previous", ["0006", "0005", "0001"])
+@pytest.mark.parametrize("previous", ["0007", "0006", "0001"])
 def test_migrate_from_the_previous_revision_keeps_data(tmp_path: Path, previous: str, kind: str) -> None:
     for url in database_url(kind, tmp_path):
         _migrate_keeping_data(url, previous)
@@ -28,7 +28,7 @@ def test_migrate_from_the_previous_revision_keeps_data(tmp_path: Path, previous:
 
 def _migrate_keeping_data(url: str, previous: str) -> None:
     """Rows written at ``previous`` survive `cloud-controller migrate`, which then stores 64-bit values
-    and a device's model reason."""
+    and a device's model reason; ota.* events already stored name their rollout."""
     upgrade(url, previous)
     engine = create_engine(url)
     with engine.begin() as conn:
@@ -51,6 +51,14 @@ def _migrate_keeping_data(url: str, previous: str) -> None:
                 " VALUES ('m', '1.0.0', 'PRODUCTION', '{}', 1.0)"
             )
         )
+        if previous != "0001":  # events came with 0003
+            conn.execute(
+                text(
+                    "INSERT INTO event (device_id, ts, kind, severity, message, data) VALUES"
+                    " ('d1', 2.0, 'ota.promoted', 'info', 'ok', '{\"rollout_id\": \"r-0123abcd\"}'),"
+                    " ('d1', 3.0, 'outbox.evicted', 'warning', 'full', '{\"rollout_id\": \"r-0123abcd\"}')"
+                )
+            )
     result = subprocess.run(
         [sys.executable, "-m", "cloud_controller.cli", "migrate"],
         env={"EDGEFLEET_CONTROLLER__DATABASE_URL": url, "PATH": ""},
@@ -59,15 +67,15 @@ def _migrate_keeping_data(url: str, previous: str) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert f"schema {previous} -> 0007" in result.stdout
+    assert f"schema {previous} -> 0008" in result.stdout
     with engine.begin() as conn:
         device = conn.execute(
             text(
-                "SELECT CAST(labels AS TEXT) AS labels, last_seq, runtime, model_reason FROM device"
+                "SELECT CAST(labels AS TEXT) AS labels, last_seq, runtime, model_reason, ota FROM device"
                 " WHERE id = 'd1'"
             )
         ).one()
-        assert (device.last_seq, device.runtime, device.model_reason) == (42, None, None)
+        assert (device.last_seq, device.runtime, device.model_reason, device.ota) == (42, None, None, None)
         assert "press" in device.labels
         conn.execute(text("UPDATE device SET model_reason = 'signature_invalid' WHERE id = 'd1'"))
         assert conn.execute(text("SELECT model_reason FROM device")).scalar() == "signature_invalid"
@@ -87,6 +95,11 @@ def _migrate_keeping_data(url: str, previous: str) -> None:
         ]
         assert conn.execute(text("SELECT COUNT(*) FROM drift")).scalar() == 0
         assert conn.execute(text("SELECT COUNT(*) FROM window_summary")).scalar() == 0
+        if previous != "0001":
+            # An ota.* event's rollout, read from its data, so that the rollout's events are found.
+            rollouts = conn.execute(text("SELECT kind, rollout_id FROM event ORDER BY ts")).all()
+            assert rollouts == [("ota.promoted", "r-0123abcd"), ("outbox.evicted", None)]
+        assert conn.execute(text("SELECT COUNT(*) FROM rollout")).scalar() == 0
         version = conn.execute(text("SELECT stage, drift_reference FROM model_version")).one()
         assert (version.stage, version.drift_reference) == ("PRODUCTION", None)
     engine.dispose()
@@ -127,6 +140,7 @@ def test_migrate_on_postgresql_makes_every_integer_64_bit(tmp_path: Path) -> Non
             ("drift_id_seq", "bigint"),
             ("event_id_seq", "bigint"),
             ("model_version_id_seq", "bigint"),
+            ("rollout_decision_id_seq", "bigint"),
         ]
         assert event_id == 2**40 + 1
 

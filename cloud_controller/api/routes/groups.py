@@ -8,6 +8,7 @@ from sqlmodel import select
 from cloud_controller import audit
 from cloud_controller.api.deps import IntId, Operator, Reader, SessionDep
 from cloud_controller.api.errors import AUTH, BODY, errors
+from cloud_controller.audit import who
 from cloud_controller.models import (
     Deployment,
     DeploymentCreate,
@@ -20,6 +21,7 @@ from cloud_controller.models import (
     ModelVersion,
     Stage,
 )
+from cloud_controller.rollouts import active_for_group
 
 router = APIRouter(tags=["rollout"], responses=errors(*AUTH))
 
@@ -103,7 +105,11 @@ def create_deployment(session: SessionDep, caller: Operator, body: DeploymentCre
         raise HTTPException(404, "Model version not found")
     if version.stage is Stage.ARCHIVED:
         raise HTTPException(409, "Model version is archived")
-    deployment = Deployment(**body.model_dump(), created_by=f"{caller.role.value}:{caller.name}")
+    active = active_for_group(session, body.group_id)
+    if active is not None:
+        # The deployment would hide the rollout's waves and then be replaced by its outcome.
+        raise HTTPException(409, f"Group has an active rollout {active.id} ({active.state}): abort it first")
+    deployment = Deployment(**body.model_dump(), created_by=who(caller))
     session.add(deployment)
     session.flush()
     audit.record(
