@@ -7,12 +7,13 @@ import asyncio
 import logging
 import signal
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 from rich.console import Console
 
-from simulators.events import kinds
+from simulators.events import describe, kinds
 from simulators.scenario import SimError, load_scenario
 
 
@@ -31,13 +32,19 @@ def main(argv: list[str] | None = None) -> int:
         "run",
         help="run a scenario YAML (e.g. fleet_configs/demo.yaml)",
         description="Run a scenario and print the report (terminal, report.json, report.html).",
-        epilog="Exit codes: 0 every invariant holds; 1 an invariant failed; 2 the scenario is invalid"
-        " or cannot run; 4 the simulator itself fell behind (its event loop stalled, an event fired"
-        " late, or the sensors lagged their schedule by more than the scenario's lag_limit_s, or the"
-        " observer could not read everything the brokers accepted): the report says so at the top,"
-        " names about how many devices this machine held on schedule, and marks the verdicts it could"
-        " not judge NOT JUDGED; rerun with fewer devices (a FAIL judged on complete evidence still"
-        " exits 1); 130 interrupted (Ctrl-C).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_wrap(
+            "Exit codes: 0 every invariant holds; 1 an invariant failed; 2 the scenario is invalid"
+            " or cannot run; 4 the simulator itself fell behind (its event loop stalled, an event fired"
+            " late, or the sensors lagged their schedule by more than the scenario's lag_limit_s, or the"
+            " observer could not read everything the brokers accepted), or records were still on their"
+            " way when the drain timed out: the report says so at the top, names about how many devices"
+            " this machine held on schedule, and marks the verdicts it could not judge NOT JUDGED; rerun"
+            " with fewer devices or a longer drain_timeout_s (a FAIL judged on complete evidence still"
+            " exits 1); 130 interrupted (Ctrl-C)."
+        )
+        + "\n\n"
+        + _events_help(),
     )
     run.add_argument("scenario", help="scenario YAML")
     run.add_argument("--devices", type=int, help="devices per site (overrides the file)")
@@ -86,6 +93,25 @@ async def _run(scenario, run_dir: Path, console: Console) -> int:  # type: ignor
         return exc.exit_code
     print_report(result, console)
     return result.exit_code()
+
+
+def _wrap(text: str, indent: str = "") -> str:
+    return textwrap.fill(text, width=100, initial_indent=indent, subsequent_indent=indent + "  ")
+
+
+def _events_help() -> str:
+    """Every kind of timeline event, what it does, and its own fields."""
+    lines = [
+        _wrap(
+            "Timeline events (the scenario's `events`: each {at_s, kind, site: <index>|all, for_s, ...};"
+            " a typo in a field is an error naming the event):"
+        )
+    ]
+    for kind, summary, fields in describe():
+        lines.append(_wrap(f"{kind}: {summary}", "  "))
+        for name, text in fields.items():
+            lines.append(_wrap(f"{name}: {text}", "      "))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

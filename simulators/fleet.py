@@ -1,32 +1,39 @@
 """A running fleet: per site a Mosquitto, an uplink proxy and an `edge-gateway`; devices that are real agents.
 
 What events act on: `sites_for` picks sites, `devices_of` their devices, and agents can be
-stopped, started again (a reboot: same id, same outbox) and added while the fleet runs.
-Every virtual device is a real `edge_agent.Agent` with its own MQTT connection and SQLite
-outbox; all share one event loop and two small thread pools. What the brokers deliver is
-followed by the observer, a process of its own (`simulators.observer`).
+stopped, started again (a reboot: same id, same outbox), added, and killed -9 with their
+process while the fleet runs. Every virtual device is a real `edge_agent.Agent` with its own
+MQTT connection, SQLite outbox and model slots; a site's devices run in processes of their own
+(`simulators.agent_host`, ``agent_processes_per_site`` of them), so that a fault can kill them
+mid-update and start them again on the same data. What the brokers deliver is followed by the
+observer, a process of its own too (`simulators.observer`).
+
+The runner asks its questions (outboxes empty? how many records made? who crashed? the
+sensors' pace) synchronously: they are answered from each agent process's last status, which
+`poll` refreshes about twice a second.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from edge_agent.agent import Agent
-from edge_agent.config import load_settings
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from simulators.agent_hosts import AgentHostProcess, DeviceSpec
 from simulators.brokers import SiteBroker
 from simulators.controller import ControllerProcess
 from simulators.gateways import GatewayProcess
 from simulators.lag import FleetPace
 from simulators.netproxy import FaultyLink
 from simulators.observer_process import ObserverProcess
-from simulators.paced_source import PacedSource
+from simulators.releases import Release
+from simulators.rollouts import RolloutOutcome
 from simulators.scenario import Scenario, device_class
 
 log = logging.getLogger(__name__)
@@ -39,6 +46,7 @@ class Site:
     broker: SiteBroker
     uplink: FaultyLink
     gateway: GatewayProcess
+    hosts: list[AgentHostProcess] = field(default_factory=list)
     devices: list[str] = field(default_factory=list)
     drift_shift: float = 0.0
     relabel: dict[int, int] = field(default_factory=dict)
@@ -53,19 +61,28 @@ class FleetRun:
         bundles: dict[str, Path],
         key_file: Path,
         observer: ObserverProcess,
+        signing_key: Ed25519PrivateKey | None = None,
     ) -> None:
         self.scenario, self.run_dir, self.controller = scenario, run_dir, controller
         self.bundles, self.key_file, self.observer = bundles, key_file, observer
+        #: Signs the model versions the timeline builds during the run.
+        self.signing_key = signing_key
+        self.releases: dict[str, Release] = {}
         self.sites: list[Site] = []
-        self.agents: dict[str, Agent] = {}
-        self.sources: dict[str, PacedSource] = {}
-        self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.retired: list[Agent] = []  # stopped agents whose counters still count
+        self.host_of: dict[str, AgentHostProcess] = {}
+        self.running: set[str] = set()  # started and not stopped (a killed device is still running)
         self.crashed: list[str] = []
         self.started = time.monotonic()
         self.drift_started_at: float | None = None
-        self._outbox_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="outbox")
-        self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
+        #: What rollout events did, for the invariants and the report.
+        self.rollouts: list[RolloutOutcome] = []
+        #: Serializes rollouts: a site group has one at a time.
+        self.rollout_lock = asyncio.Lock()
+        #: Bundles planted in a site gateway's cache by an attacker: site -> sha256 addresses.
+        self.planted: dict[str, set[str]] = defaultdict(set)
+        #: Per site, ``edge_gateway_bundle_fetches_total{result="ok"}`` of gateway processes killed.
+        self.fetches_before_kill: dict[str, float] = defaultdict(float)
+        self._host_delay = 0.0
         self._joined = 0
 
     def elapsed(self) -> float:
@@ -110,6 +127,10 @@ class FleetRun:
         await asyncio.to_thread(gateway.start)
         await self.observer.watch(name, broker.port)
         site = Site(index, name, broker, uplink, gateway)
+        for number in range(self.scenario.agent_processes_per_site):
+            agents = AgentHostProcess(f"{name}/{number}", home / f"agents-{number}.log")
+            await agents.start()
+            site.hosts.append(agents)
         self.sites.append(site)
         return site
 
@@ -117,12 +138,15 @@ class FleetRun:
         return list(self.sites) if which == "all" else [self.sites[which % len(self.sites)]]
 
     def devices_of(self, site: Site) -> list[str]:
-        return [d for d in site.devices if d in self.agents]
+        return [d for d in site.devices if d in self.running]
+
+    def site_of(self, device: str) -> Site:
+        return next(site for site in self.sites if device in site.devices)
 
     # -- devices -------------------------------------------------------------------------
 
-    async def start_agent(self, site: Site, device: str) -> Agent:
-        """Start a device (again): a reboot keeps its id, its outbox and its place in the data."""
+    async def start_agent(self, site: Site, device: str) -> None:
+        """Start a device (again): a reboot keeps its id, its outbox, its slots and its place in the data."""
         scenario = self.scenario
         number = site.devices.index(device) if device in site.devices else len(site.devices)
         if device not in site.devices:
@@ -132,32 +156,36 @@ class FleetRun:
         cls = device_class(scenario, number)
         rate_hz = cls.rate_hz or scenario.rate_hz
         anomaly_rate = scenario.anomaly_rate if cls.anomaly_rate is None else cls.anomaly_rate
-        settings = load_settings(
-            None,
-            device_id=device,
-            site=site.name,
-            data_dir=str(self.run_dir / site.name / "devices" / device),
-            model_dir=str(self.bundles[runtime]),
-            trusted_keys=[str(self.key_file)],
-            source={"kind": "synthetic", "rate_hz": rate_hz, "seed": seed},
-            mqtt={
+        settings = {
+            "device_id": device,
+            "site": site.name,
+            "data_dir": str(self.run_dir / site.name / "devices" / device),
+            "model_dir": str(self.bundles[runtime]),
+            "trusted_keys": [str(self.key_file)],
+            "source": {"kind": "synthetic", "rate_hz": rate_hz, "seed": seed},
+            "mqtt": {
                 "port": site.broker.port,
                 "reconnect_min_s": 0.2,
                 "reconnect_max_s": 3.0,
                 "state_interval_s": 10.0,
             },
-            inference={"executor": "inline", "micro_batch_max": 32},
-        )
-        source = PacedSource(
-            rate_hz=rate_hz, seed=seed, anomaly_rate=anomaly_rate, noise=cls.noise, period_s=cls.period_s
-        )
-        source.extra_drift, source.relabel = site.drift_shift, site.relabel
-        agent = Agent(
-            settings, source=source, outbox_executor=self._outbox_pool, inference_executor=self._infer_pool
-        )
-        self.agents[device], self.sources[device] = agent, source
-        self.tasks[device] = asyncio.create_task(agent.run(), name=device)
-        return agent
+            "inference": {"executor": "inline", "micro_batch_max": 32},
+            # A bundle the site cannot serve yet (uplink cut) is asked for again within seconds.
+            "ota": {"retry_min_s": 0.5, "retry_max_s": 3.0},
+        }
+        source = {
+            "rate_hz": rate_hz,
+            "seed": seed,
+            "anomaly_rate": anomaly_rate,
+            "noise": cls.noise,
+            "period_s": cls.period_s,
+            "extra_drift": site.drift_shift,
+            "relabel": {str(k): v for k, v in site.relabel.items()},
+        }
+        host = self.host_of.get(device) or site.hosts[number % len(site.hosts)]
+        self.host_of[device] = host
+        await host.start_device(device, DeviceSpec(settings, source))
+        self.running.add(device)
 
     async def wait_running(self, within_s: float) -> int:
         """Until every agent runs its pipeline (its model loaded) or has ended; returns how many run.
@@ -165,35 +193,68 @@ class FleetRun:
         Agents load their models in threads: a large fleet takes a while to be all there, and
         the scenario's clock starts when it is.
         """
+        counts = await asyncio.gather(*(h.wait_running(within_s) for h in self.hosts()))
+        return sum(counts)
 
-        async def one(device: str) -> None:
-            started = asyncio.create_task(self.agents[device].started.wait())
-            await asyncio.wait({started, self.tasks[device]}, return_when=asyncio.FIRST_COMPLETED)
-            started.cancel()
-
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(one(d) for d in self.agents)), within_s)
-        return sum(agent.started.is_set() for agent in self.agents.values())
-
-    async def add_agent(self, site: Site) -> Agent:
+    async def add_agent(self, site: Site) -> None:
         self._joined += 1
-        return await self.start_agent(site, f"{site.name}-new-{self._joined:03d}")
+        await self.start_agent(site, f"{site.name}-new-{self._joined:03d}")
 
     async def stop_agent(self, device: str) -> None:
-        agent, task = self.agents.pop(device), self.tasks.pop(device)
-        self.sources.pop(device, None)
-        agent.stop()
-        await asyncio.gather(task, return_exceptions=True)
-        self._note_crash(device, task)
-        self.retired.append(agent)
+        self.running.discard(device)
+        await self.host_of[device].stop_device(device)
 
-    def stop_producing(self) -> None:
-        for source in self.sources.values():
-            source.limit = 0
+    async def set_sources(self, devices: list[str], **change: Any) -> None:
+        """Change what the devices' sensors read (``extra_drift``, ``relabel``)."""
+        if "relabel" in change:
+            change["relabel"] = {str(k): v for k, v in change["relabel"].items()}
+        for host, mine in self._by_host(devices).items():
+            for device in mine:
+                host.specs[device].source.update(change)  # a restarted device reads the same
+            if host.alive():  # else it is being restarted, and its devices start with the change
+                await host.tell({"op": "source", "devices": mine, **change})
+
+    async def set_disk_limit(self, devices: list[str], max_bytes: int | None) -> None:
+        for host, mine in self._by_host(devices).items():
+            if host.alive():  # a device killed -9 boots with its disk as it is
+                await host.tell({"op": "disk_limit", "devices": mine, "max_bytes": max_bytes})
+
+    async def stop_producing(self) -> None:
+        await asyncio.gather(*(h.tell({"op": "stop_producing"}) for h in self.hosts() if h.alive()))
+
+    def _by_host(self, devices: list[str]) -> dict[AgentHostProcess, list[str]]:
+        out: dict[AgentHostProcess, list[str]] = defaultdict(list)
+        for device in devices:
+            if device in self.running:
+                out[self.host_of[device]].append(device)
+        return out
+
+    def hosts(self) -> list[AgentHostProcess]:
+        return [host for site in self.sites for host in site.hosts]
+
+    # -- what the runner asks, from the agent processes' last status -----------------------
+
+    async def poll(self) -> None:
+        """Read every agent process's status (the answers below come from it)."""
+        statuses = await asyncio.gather(*(host.refresh() for host in self.hosts()))
+        for status in statuses:
+            if status is not None:
+                self._host_delay = max(self._host_delay, status.loop_delay_s)
+
+    def take_host_delay(self) -> float:
+        """The worst scheduling delay of the agent processes' loops since the last call."""
+        delay, self._host_delay = self._host_delay, 0.0
+        return delay
 
     def check_crashes(self) -> None:
-        for device, task in self.tasks.items():
-            self._note_crash(device, task)
+        for host in self.hosts():
+            for device, error in host.status.crashed.items():
+                if device not in self.crashed:
+                    self.crashed.append(device)
+                    log.error("virtual device %s crashed: %s", device, error)
+            name = f"agents {host.name}"
+            if host.died_unexpectedly() and name not in self.crashed:
+                self.crashed.append(name)
         for site in self.sites:
             process, name = site.gateway.process, f"gateway {site.name}"
             # A fault restarts what it kills (-9) before the next check; any other exit is a crash.
@@ -202,50 +263,54 @@ class FleetRun:
         if not self.controller.alive() and "controller" not in self.crashed:
             self.crashed.append("controller")
 
-    def _note_crash(self, device: str, task: asyncio.Task[None]) -> None:
-        if (
-            task.done()
-            and not task.cancelled()
-            and task.exception() is not None
-            and device not in self.crashed
-        ):
-            self.crashed.append(device)
-            log.error("virtual device %s crashed: %s", device, task.exception())
-
     def outboxes_empty(self) -> bool:
         """Every running device stopped reading and its broker acknowledged all it stored."""
-        for agent in self.agents.values():
-            stats = agent.outbox.stats
-            if not agent.source_done.is_set() or stats.depth or stats.pending:
+        for device in self.running:
+            row = self.host_of[device].status.devices.get(device)
+            if row is None or not row["source_done"] or row["waiting"]:
                 return False
         return True
 
     def pace(self) -> FleetPace:
         """How the running sensors keep their declared rates (for `simulators.lag`)."""
-        now = time.monotonic()
-        running = [s for s in self.sources.values() if s.started_at is not None and not s.done]
+        paces = [host.status.pace for host in self.hosts()]
         return FleetPace(
-            devices=len(running),
-            due_per_s=sum(s.rate_hz or 0.0 for s in running),
-            behind=sum(s.behind(now) for s in running),
-            given=sum(s.given for s in running),
+            devices=int(sum(p["devices"] for p in paces)),
+            due_per_s=sum(p["due_per_s"] for p in paces),
+            behind=sum(p["behind"] for p in paces),
+            given=int(sum(p.get("given", 0) for p in paces)),
         )
 
     def produced(self) -> dict[str, int]:
         """Records each device made (its last seq), running or retired."""
         out: dict[str, int] = {}
-        for agent in [*self.retired, *self.agents.values()]:
-            device = agent.settings.device_id
-            out[device] = max(out.get(device, 0), agent.outbox.stats.last_seq)
+        for host in self.hosts():
+            for device, seq in host.last_seq.items():
+                out[device] = max(out.get(device, 0), seq)
+        for device in self.running:
+            out.setdefault(device, 0)
         return out
 
+    def killed(self) -> dict[str, int]:
+        """Per device, how many times its process was killed -9 on purpose."""
+        return {device: host.kills for host in self.hosts() for device in host.last_seq if host.kills}
+
+    def bundle_fetches(self) -> dict[str, float]:
+        """Per site, bundles its gateway downloaded over the uplink (every life of it)."""
+        return {site.name: site.gateway.bundle_fetches() for site in self.sites}
+
+    def swap_gaps(self) -> dict[str, float]:
+        """Per device that switched models, its last swap gap (`Agent.swap_gap_s`)."""
+        return {
+            device: row["swap_gap_s"]
+            for host in self.hosts()
+            for device, row in host.status.devices.items()
+            if row.get("swap_gap_s") is not None
+        }
+
     async def close(self) -> None:
-        for agent in self.agents.values():
-            agent.stop()
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await asyncio.gather(*(host.close() for host in self.hosts()))
         for site in self.sites:
             await asyncio.to_thread(site.gateway.stop)
             await site.uplink.close()
             await asyncio.to_thread(site.broker.stop)
-        self._outbox_pool.shutdown(wait=False)
-        self._infer_pool.shutdown(wait=False)

@@ -2,7 +2,9 @@
 
 The observer process builds it message by message (`FleetView.add`) and hands it to the runner
 as JSON (`to_wire` / `from_wire`): sets of seqs travel as inclusive runs, so a view of a
-large fleet stays small.
+large fleet stays small, and so do the model versions of the records (runs of one version, in
+seq order). Over-the-air updates are followed too: each device's ``ota.*`` events and every
+model assignment its desired state named.
 """
 
 from __future__ import annotations
@@ -13,7 +15,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleet_protocol import ProtocolError, ReportedState, TelemetryBatch, TopicKind, decode, parse_topic
+from fleet_protocol import (
+    DesiredState,
+    DeviceEvent,
+    ProtocolError,
+    ReportedState,
+    TelemetryBatch,
+    TopicKind,
+    decode,
+    parse_topic,
+)
 
 
 def to_runs(seqs: Iterable[int]) -> list[list[int]]:
@@ -34,6 +45,40 @@ def from_runs(runs: Iterable[Iterable[int]]) -> set[int]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class VersionRun:
+    """Consecutive records of one device (in seq order) made by one model version."""
+
+    version: str
+    first_seq: int
+    last_seq: int
+    first_ts: float
+    last_ts: float
+    records: int
+
+
+@dataclass(frozen=True, slots=True)
+class OtaEvent:
+    """One ``ota.*`` event of a device, as the broker delivered it."""
+
+    ts: float
+    kind: str
+    version: str | None
+    manifest_sha256: str | None
+    reason: str | None
+    rollout_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A model a device's desired state named, and the bundle it named for it (its sha256 address)."""
+
+    revision: int
+    version: str
+    bundle: str | None
+    rollout_id: str | None
+
+
 @dataclass
 class FleetView:
     seqs: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
@@ -51,6 +96,13 @@ class FleetView:
     accuracy: dict[int, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
     #: Timestamp of each (device, seq) seen, to tell a redelivery from a reused seq; observer only.
     stamps: dict[tuple[str, int], float] = field(default_factory=dict)
+    #: Per device, seq -> index in `version_names` of the model version that made it; observer only.
+    record_versions: dict[str, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))
+    version_names: list[str] = field(default_factory=list)
+    #: Per device, its records' model versions as runs in seq order (`to_wire` builds them).
+    version_runs: dict[str, list[VersionRun]] = field(default_factory=dict)
+    ota: dict[str, list[OtaEvent]] = field(default_factory=lambda: defaultdict(list))
+    desired: dict[str, list[Assignment]] = field(default_factory=lambda: defaultdict(list))
 
     def accuracy_between(self, start: float, end: float) -> float | None:
         correct = labelled = 0
@@ -75,6 +127,10 @@ class FleetView:
             elif kind is TopicKind.STATE:
                 state = decode(payload, ReportedState)
                 self.states[state.device_id] = state
+            elif kind is TopicKind.EVENTS:
+                self._event(decode(payload, DeviceEvent))
+            elif kind is TopicKind.DESIRED:
+                self._desired(decode(payload, DesiredState))
             return
         self.rejected += 1
 
@@ -89,6 +145,7 @@ class FleetView:
                 continue
             self.stamps[key] = record.ts
             seen.add(record.seq)
+            self.record_versions[batch.device_id][record.seq] = self._version_index(record.model_version)
             self.records += 1
             if record.anomaly:
                 self.anomalies += 1
@@ -100,6 +157,77 @@ class FleetView:
                 bucket = self.accuracy[int(record.ts)]
                 bucket[0] += right
                 bucket[1] += 1
+
+    def _version_index(self, version: str | None) -> int:
+        name = version or "none"
+        try:
+            return self.version_names.index(name)
+        except ValueError:
+            self.version_names.append(name)
+            return len(self.version_names) - 1
+
+    def _event(self, event: DeviceEvent) -> None:
+        if not event.kind.startswith("ota."):
+            return
+        data = event.data
+        self.ota[event.device_id].append(
+            OtaEvent(
+                ts=float(data.get("ts", event.ts)),
+                kind=event.kind,
+                version=data.get("version"),
+                manifest_sha256=data.get("manifest_sha256"),
+                reason=data.get("reason"),
+                rollout_id=data.get("rollout_id"),
+            )
+        )
+
+    def _desired(self, desired: DesiredState) -> None:
+        model = desired.model
+        if model is None:
+            return
+        url = (model.bundle_url or "").rstrip("/")
+        assignment = Assignment(
+            revision=desired.revision,
+            version=model.version,
+            bundle=url.rsplit("/", 1)[-1] if url else None,
+            rollout_id=model.rollout.rollout_id if model.rollout else None,
+        )
+        seen = self.desired[desired.device_id]
+        if assignment not in seen:
+            seen.append(assignment)
+
+    def runs_of(self, device: str) -> list[VersionRun]:
+        """The device's records' model versions as runs in seq order (observer side)."""
+        versions = self.record_versions.get(device, {})
+        runs: list[VersionRun] = []
+        for seq in sorted(versions):
+            name, ts = self.version_names[versions[seq]], self.stamps.get((device, seq), 0.0)
+            last = runs[-1] if runs else None
+            if last is not None and last.version == name:
+                runs[-1] = VersionRun(name, last.first_seq, seq, last.first_ts, ts, last.records + 1)
+            else:
+                runs.append(VersionRun(name, seq, seq, ts, ts, 1))
+        return runs
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        """Per device, its model and update as its last state says, and the model it was last asked for."""
+        out: dict[str, dict[str, Any]] = {}
+        for device, state in self.states.items():
+            ota = state.ota
+            desired = self.desired[device][-1] if self.desired.get(device) else None
+            out[device] = {
+                "online": state.online,
+                "version": state.model_version,
+                "reason": state.model_reason.value if state.model_reason else None,
+                "revision": state.desired_revision,
+                "ota_state": ota.state.value if ota else None,
+                "ota_version": ota.version if ota else None,
+                # The last desired state the broker delivered for it: the device has applied it when
+                # its reported revision is this one.
+                "desired_version": desired.version if desired else None,
+                "desired_revision": desired.revision if desired else None,
+            }
+        return out
 
     # -- handing it over -------------------------------------------------------------------
 
@@ -123,6 +251,12 @@ class FleetView:
             "states": {d: s.model_dump(mode="json") for d, s in self.states.items()},
             "flagged": sorted(self.flagged),
             "accuracy": {str(second): pair for second, pair in self.accuracy.items()},
+            "version_runs": {
+                device: [list(_run_fields(run)) for run in self.runs_of(device)]
+                for device in self.record_versions
+            },
+            "ota": {d: [list(_event_fields(e)) for e in events] for d, events in self.ota.items()},
+            "desired": {d: [list(_assignment_fields(a)) for a in seen] for d, seen in self.desired.items()},
         }
 
     @classmethod
@@ -143,4 +277,24 @@ class FleetView:
             view.seqs[device] = from_runs(runs)
         for second, pair in data["accuracy"].items():
             view.accuracy[int(second)] = list(pair)
+        view.version_runs = {
+            d: [VersionRun(*run) for run in runs] for d, runs in data["version_runs"].items()
+        }
+        for device, events in data["ota"].items():
+            # In the order the device made them (a broker restart can reorder deliveries).
+            view.ota[device] = sorted((OtaEvent(*event) for event in events), key=lambda e: e.ts)
+        for device, seen in data["desired"].items():
+            view.desired[device] = [Assignment(*a) for a in seen]
         return view
+
+
+def _run_fields(run: VersionRun) -> tuple[Any, ...]:
+    return (run.version, run.first_seq, run.last_seq, run.first_ts, run.last_ts, run.records)
+
+
+def _event_fields(e: OtaEvent) -> tuple[Any, ...]:
+    return (e.ts, e.kind, e.version, e.manifest_sha256, e.reason, e.rollout_id)
+
+
+def _assignment_fields(a: Assignment) -> tuple[Any, ...]:
+    return (a.revision, a.version, a.bundle, a.rollout_id)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from simulators.brokers import free_port
 from simulators.scenario import SimError
+
+FETCHES_OK = 'edge_gateway_bundle_fetches_total{result="ok"}'
+
+
+@dataclass(frozen=True)
+class InTransit:
+    """A gateway's part of the records on their way: queued upstream, in open windows, or not read yet."""
+
+    upstream_items: int  # items in its upstream queue
+    open_windows: int  # summary and drift windows not closed yet (their records not sent yet)
+    highest_seq: dict[str, int]  # per device, the highest seq it has read from the broker
 
 
 class GatewayProcess:
@@ -36,6 +49,8 @@ class GatewayProcess:
         self.config_path.write_text(yaml.safe_dump(self.config))
         self.process: subprocess.Popen[bytes] | None = None
         self.log = workdir / "gateway.log"
+        #: Bundle downloads counted by processes since killed (a restart starts its counters at 0).
+        self.fetches_before = 0.0
 
     @property
     def url(self) -> str:
@@ -68,10 +83,21 @@ class GatewayProcess:
         raise SimError(f"edge-gateway not healthy within {within}s:\n{self.log.read_text()[-3000:]}")
 
     def kill(self) -> None:
-        """kill -9: no flush, no goodbye."""
+        """kill -9: no flush, no goodbye (its counters are read first: they die with it)."""
         assert self.process is not None
+        with contextlib.suppress(httpx.HTTPError):
+            self.fetches_before += self.metric(FETCHES_OK)
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
+
+    def bundle_fetches(self) -> float:
+        """Bundles downloaded over the uplink, over every life of the gateway (``result="ok"``)."""
+        return self.fetches_before + self.metric(FETCHES_OK)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where the gateway keeps bundles, each under its sha256 (what an attacker on the box edits)."""
+        return Path(self.config["data_dir"]) / "bundles"
 
     def stop(self) -> int:
         if self.process is None or self.process.poll() is not None:
@@ -99,6 +125,16 @@ class GatewayProcess:
 
     def metric(self, name: str) -> float:
         return self.metrics().get(name, 0.0)
+
+    def in_transit(self) -> InTransit:
+        """What the gateway holds that the controller has not got yet, from its own store."""
+        with sqlite3.connect(
+            f"file:{Path(self.config['data_dir']) / 'gateway.sqlite'}?mode=ro", uri=True, timeout=10
+        ) as db:
+            queued = db.execute("SELECT count(*) FROM upstream").fetchone()[0]
+            windows = db.execute("SELECT count(*) FROM windows").fetchone()[0]
+            seen = dict(db.execute("SELECT device_id, hwm FROM dedup").fetchall())
+        return InTransit(int(queued), int(windows), {d: int(h) for d, h in seen.items()})
 
     def dead_letters(self) -> list[tuple[str, str]]:
         """``(topic, reason)`` of what the gateway refused, oldest first, from its own store."""

@@ -1,6 +1,7 @@
 """How late the simulator itself runs: event-loop delay, timeline lateness, readings behind schedule.
 
-Hundreds of agents share one loop. When the machine cannot carry them, events fire late and
+Hundreds of agents share one loop in each agent process. When the machine cannot carry them,
+their loops stall (each process measures its own, `simulators.agent_host`), events fire late and
 sensors make fewer readings than declared: the run is no longer the scenario, and its verdict
 must say so instead of passing or failing it. `LagMonitor` measures while the fleet streams and
 `LagMonitor.verdict` tells whether any measure crossed the scenario's ``lag_limit_s``, when,
@@ -52,6 +53,8 @@ class LagMonitor:
     judging: bool = False
     #: Set by the runner when the observer could not read all the brokers had accepted in time.
     observer_incomplete: str | None = None
+    #: The worst delay of the agent processes' loops since the last call (they run the devices).
+    host_delay: Callable[[], float] | None = None
 
     async def run(self) -> None:
         """Sample until cancelled: a 0.1 s sleep that wakes late means the loop had no time for it."""
@@ -65,6 +68,11 @@ class LagMonitor:
             if self.judging:
                 self.delays.append(delay)
             if now - last_sample >= _SAMPLE_S:
+                if self.host_delay is not None:
+                    hosts = self.host_delay()
+                    worst = max(worst, hosts)
+                    if self.judging:
+                        self.delays.append(hosts)
                 self.sample(now, worst)
                 worst, last_sample = 0.0, now
 

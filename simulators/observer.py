@@ -12,6 +12,7 @@ Commands, one JSON object a line on stdin; each answer is a line on stdout with 
 
 - ``{"op": "watch", "site", "port"}``: subscribe to a site; answers once subscribed.
 - ``{"op": "stats"}``: records seen, devices online, online devices per model version.
+- ``{"op": "models"}``: per device, the model and update its last reported state names.
 - ``{"op": "sync", "timeout_s"}``: ``{"synced": true}`` once every site's marker came back.
 - ``{"op": "view"}``: the whole view (`FleetView.to_wire`).
 
@@ -21,10 +22,7 @@ End of stdin or SIGTERM ends it; SIGINT is the runner's to handle (it closes std
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import signal
-import sys
 import uuid
 from typing import Any
 
@@ -32,6 +30,7 @@ from edge_agent.exceptions import LinkError
 from edge_agent.mqtt_link import LinkSettings, MqttLink
 from fleet_protocol.pacing import Backoff
 from simulators.fleet_view import FleetView
+from simulators.json_lines import run_child, serve
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +102,8 @@ class Observer:
             return {"ok": True}
         if op == "stats":
             return self.view.stats()
+        if op == "models":
+            return {"models": self.view.models()}
         if op == "sync":
             try:
                 async with asyncio.timeout(float(command.get("timeout_s", 30))):
@@ -116,39 +117,18 @@ class Observer:
 
 
 async def _serve() -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout)
-    writer = asyncio.StreamWriter(transport, protocol, None, loop)
-    loop.add_signal_handler(signal.SIGTERM, reader.feed_eof)
     observer = Observer()
-    pending: set[asyncio.Task[None]] = set()
-
-    async def handle(command: dict[str, Any]) -> None:
-        try:
-            reply = await observer.answer(command)
-        except Exception as exc:  # an answer that fails is reported to the runner, which decides
-            log.exception("observer: %s failed", command.get("op"))
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
-        writer.write(json.dumps({"id": command.get("id"), **reply}).encode() + b"\n")
-        await writer.drain()
-
-    while line := await reader.readline():
-        # Commands run concurrently: a sync waiting on a slow broker must not hold up stats.
-        task = asyncio.create_task(handle(json.loads(line)))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-    for task in [*pending, *observer.tasks]:
-        task.cancel()
-    # Cancelling a site's task leaves its `async with link`: a clean disconnect, the session kept.
-    await asyncio.gather(*pending, *observer.tasks, return_exceptions=True)
+    try:
+        await serve(observer.answer)
+    finally:
+        for task in observer.tasks:
+            task.cancel()
+        # Cancelling a site's task leaves its `async with link`: a clean disconnect, the session kept.
+        await asyncio.gather(*observer.tasks, return_exceptions=True)
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(_serve())
+    run_child(_serve)
 
 
 if __name__ == "__main__":

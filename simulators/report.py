@@ -84,11 +84,26 @@ def print_report(result: RunResult, console: Console) -> None:
         console.print(
             f"  {_lost_label(summary)}: {summary['records_lost']}, e.g. {_examples(summary, 'lost')}"
         )
+        if summary["records_in_transit_at_drain_timeout"]:
+            console.print(f"  still on their way: {summary['records_in_transit_at_drain_timeout']}")
     if summary["records_counted_twice"]:
         twice = summary["records_counted_twice"]
         console.print(f"  records counted twice: {twice}, e.g. {_examples(summary, 'counted_twice')}")
     if summary["crashed"]:
         console.print(f"  crashed: {', '.join(summary['crashed'])}")
+    ota = summary["ota"]
+    if ota is not None:
+        for name, problems in ota["problems"].items():
+            console.print(f"  {name.replace('_', ' ')}: {'; '.join(problems)}", soft_wrap=True)
+        downloads = ", ".join(
+            f"{site} {f['downloads']:g} for {f['bundles']}"
+            for site, f in ota["bundle_downloads_per_site"].items()
+        )
+        console.print(f"  bundle downloads over each uplink: {downloads}")
+        if ota["swap_gap_ms_max"] is not None:
+            console.print(f"  longest pause of inference at a model switch: {ota['swap_gap_ms_max']} ms")
+    if summary["devices_unknown_to_controller"]:
+        console.print(f"  unknown to the controller: {', '.join(summary['devices_unknown_to_controller'])}")
     if summary["devices_off_model"]:
         console.print(
             "  off their desired model without a final model_reason:"

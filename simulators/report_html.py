@@ -60,6 +60,87 @@ def line_chart(
     return f'<figure class="chart"><figcaption>{html.escape(title)}</figcaption>{"".join(parts)}</figure>'
 
 
+def version_strips(
+    title: str,
+    runs: dict[str, list[list[Any]]],
+    origin: float,
+    *,
+    marks: list[tuple[float, str]] = (),
+    limit: int = 300,
+) -> str:
+    """One row per device, coloured by the model version its records came from, over run time.
+
+    ``runs``: per device, ``[version, first_ts, last_ts]`` in seq order (record times, Unix);
+    ``marks``: ``(unix time, label)``, e.g. each wave's start. Devices past ``limit`` are left out
+    (and the caption says so): a row must stay a visible line.
+    """
+    devices = sorted(runs)[:limit]
+    spans = [(r[1] - origin, r[2] - origin) for d in devices for r in runs[d]]
+    if not spans:
+        return f'<figure class="chart"><figcaption>{html.escape(title)}</figcaption><p>no data</p></figure>'
+    width, left, top_pad = 900, 130, 30
+    x1 = max(max(end for _, end in spans), max((t - origin for t, _ in marks), default=0.0), 1.0)
+    row = max(1.0, min(8.0, 400 / len(devices)))
+    height = top_pad + row * len(devices) + 30
+    colours = {
+        v: _COLOURS[i % len(_COLOURS)] for i, v in enumerate(sorted({r[0] for d in devices for r in runs[d]}))
+    }
+
+    def px(t: float) -> float:
+        return left + max(0.0, t) / x1 * (width - left - 10)
+
+    parts = [f'<svg viewBox="0 0 {width} {height:.0f}" width="{width}" height="{height:.0f}" role="img">']
+    for i, device in enumerate(devices):
+        y = top_pad + i * row
+        if row >= 6:
+            parts.append(
+                f'<text x="{left - 4}" y="{y + row - 1:.1f}" text-anchor="end" font-size="7">'
+                f"{html.escape(device)}</text>"
+            )
+        for version, first, last in runs[device]:
+            x0, x_end = px(first - origin), px(last - origin)
+            parts.append(
+                f'<rect class="strip" x="{x0:.1f}" y="{y:.1f}" width="{max(1.0, x_end - x0):.1f}"'
+                f' height="{max(0.8, row - 0.5):.1f}" fill="{colours[version]}"><title>{html.escape(device)}:'
+                f" {html.escape(version)}</title></rect>"
+            )
+    bottom = top_pad + row * len(devices)
+    for t, label in marks:
+        x = px(t - origin)
+        parts.append(
+            f'<line class="wave" x1="{x:.1f}" y1="{top_pad - 4}" x2="{x:.1f}" y2="{bottom:.1f}"'
+            ' stroke="#111" stroke-dasharray="2,2"/>'
+            f'<text x="{x + 2:.1f}" y="{top_pad - 6}" font-size="9" transform="rotate(-20 {x + 2:.1f}'
+            f' {top_pad - 6})">{html.escape(label)}</text>'
+        )
+    parts.append(f'<text x="{left}" y="{bottom + 14:.1f}" font-size="10">0s</text>')
+    parts.append(
+        f'<text x="{width - 10}" y="{bottom + 14:.1f}" text-anchor="end" font-size="10">{x1:.0f}s</text>'
+    )
+    for i, (version, colour) in enumerate(colours.items()):
+        parts.append(
+            f'<rect x="{left + 90 * i}" y="{bottom + 18:.1f}" width="10" height="8" fill="{colour}"/>'
+            f'<text x="{left + 14 + 90 * i}" y="{bottom + 26:.1f}" font-size="10">'
+            f"{html.escape(version)}</text>"
+        )
+    parts.append("</svg>")
+    shown = f" ({len(devices)} of {len(runs)} devices)" if len(devices) < len(runs) else ""
+    caption = html.escape(title + shown)
+    return f'<figure class="chart wide"><figcaption>{caption}</figcaption>{"".join(parts)}</figure>'
+
+
+def wave_marks(rollouts: list[dict[str, Any]]) -> list[tuple[float, str]]:
+    """Each started wave of each rollout, and each rollout's end, as ``(unix time, label)``."""
+    marks = []
+    for r in rollouts:
+        for wave in r.get("waves", []):
+            if wave.get("started_at") is not None:
+                marks.append((float(wave["started_at"]), f"{r['version']} w{wave['index'] + 1}"))
+        if r.get("ended_at") is not None:
+            marks.append((float(r["ended_at"]), f"{r['version']} {r['state']}"))
+    return marks
+
+
 def bar_chart(title: str, bars: dict[str, float | None]) -> str:
     """Horizontal bars of values in [0, 1] (accuracies); a missing value is said, not drawn."""
     rows = []
@@ -141,6 +222,17 @@ def render_html(report: dict[str, Any]) -> str:
         ("devices, after drift", report.get("accuracy_after_drift")),
     ]
     charts.append(bar_chart("Device model accuracy before and after drift", dict(accuracy)))
+    ota = report.get("ota")
+    if ota:
+        charts.insert(
+            3,
+            version_strips(
+                "Model version of each device's records over time (dashed: rollout waves and ends)",
+                ota["version_runs"],
+                ota["stream_started_at"],
+                marks=wave_marks(report.get("rollouts", [])),
+            ),
+        )
     lag = report.get("simulator", {})
     series = lag.get("series", {})
     charts.append(
@@ -175,6 +267,7 @@ def render_html(report: dict[str, Any]) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>edgefleet run {name}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}}
 .charts{{display:flex;flex-wrap:wrap;gap:1em}} figure{{margin:0}} figcaption{{font-weight:600}}
+.wide{{flex-basis:100%}}
 table{{border-collapse:collapse}} th,td{{border:1px solid #ddd;padding:2px 8px;text-align:left}}
 .pass{{color:#16a34a}} .fail{{color:#dc2626;font-weight:700}} .unjudged{{color:#ca8a04;font-weight:700}}
 .behind{{background:#fee2e2;border:2px solid #dc2626;padding:0.5em 1em;font-weight:600}}</style></head><body>
@@ -183,11 +276,40 @@ table{{border-collapse:collapse}} th,td{{border:1px solid #ddd;padding:2px 8px;t
 <h2>Charts</h2><div class="charts">{"".join(charts)}</div>
 <h2>Model accuracy</h2>{_table(accuracy)}
 <h2>Compiler</h2><table><tr>{"".join(f"<th>{c}</th>" for c in _COMPILER)}</tr>{compiler_rows}</table>
+{_rollouts(report.get("rollouts", []), report.get("ota"))}
 <h2>Events</h2><ol>{"".join(f"<li>{html.escape(e)}</li>" for e in report.get("events", []))}</ol>
 <h2>Figures</h2>{_table(list(figures.items()))}
 <h2>The simulator's own lag</h2>{_table(lag_rows)}
 </body></html>
 """
+
+
+def _rollouts(rollouts: list[dict[str, Any]], ota: dict[str, Any] | None) -> str:
+    """The rollouts: how each ended against how it should have, and every decision with its numbers."""
+    if not rollouts:
+        return ""
+    rows = []
+    for r in rollouts:
+        seconds = f"{r['seconds']:.0f}" if r.get("seconds") is not None else "-"
+        decisions = "<br>".join(
+            html.escape(f"w{d['wave'] + 1} {d['action']}: {d['reason']}") for d in r.get("decisions", [])
+        )
+        rows.append(
+            f"<tr><td>{html.escape(r['version'])}</td><td>{html.escape(str(r.get('defect') or ''))}</td>"
+            f"<td>{html.escape(r['state'])}</td><td>{html.escape(r['expected'])}</td><td>{seconds}</td>"
+            f"<td>{decisions}</td></tr>"
+        )
+    problems = ""
+    if ota and ota.get("problems"):
+        items = "".join(
+            f"<li>{html.escape(name.replace('_', ' '))}: {html.escape('; '.join(found))}</li>"
+            for name, found in ota["problems"].items()
+        )
+        problems = f"<ul>{items}</ul>"
+    return (
+        "<h2>Rollouts</h2><table><tr><th>version</th><th>defect</th><th>ended</th><th>expected</th>"
+        f"<th>seconds</th><th>decisions</th></tr>{''.join(rows)}</table>{problems}"
+    )
 
 
 _VERDICT = {True: ("PASS", "pass"), False: ("FAIL", "fail"), None: ("NOT JUDGED", "unjudged")}

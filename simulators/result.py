@@ -1,9 +1,12 @@
 """A run's outcome: what was produced, delivered and counted, the invariants, and the exit code.
 
 An invariant is PASS (True), FAIL (False) or NOT JUDGED (None). Not judged means the run
-cannot tell: the observer's view was incomplete, or the simulator fell behind and a drain
-that timed out cannot tell a lost record from a late one. A record counted twice, a crash,
-or a device off its model without a final reason fail whatever the lag.
+cannot tell: the observer's view was incomplete, or a drain that timed out cannot tell a lost
+record from a late one (the simulator fell behind, or records were demonstrably still on their
+way: in a gateway's upstream queue or open windows, or not yet read from its broker). A record
+counted twice, a crash, or a device off its model without a final reason fail whatever the lag.
+When the timeline rolls out model versions, the invariants of over-the-air updates join them
+(`simulators.ota_checks`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from cloud_controller.models import Device
 from fleet_protocol import ModelReason, ReportedState
 from simulators.fleet_view import FleetView
 from simulators.ledger import Ledger, Reconciliation, reconcile
+from simulators.ota_checks import OtaVerdicts
+from simulators.rollouts import RolloutOutcome
 from simulators.scenario import Scenario
 from simulators.timeline import Timeline
 
@@ -30,23 +35,27 @@ def off_model(
     at_controller: Mapping[str, Device],
     reported: Mapping[str, ReportedState],
     model: tuple[str, str],
-) -> list[str]:
-    """Devices not on ``model`` (id, version) without a final reason from the closed list.
+) -> tuple[list[str], list[str]]:
+    """Devices not on ``model`` (id, version) without a final reason from the closed list, and
+    devices the controller never heard of (a FAIL only when the run's view is complete).
 
     The version is what the controller knows of the device; the reason is the controller's
     if it keeps one, else the device's own last reported state.
     """
-    out = []
+    off, unknown = [], []
     for device in devices:
         row = at_controller.get(device)
-        if row is not None and (row.model_id, row.model_version) == model:
+        if row is None:
+            unknown.append(device)
+            continue
+        if (row.model_id, row.model_version) == model:
             continue
         reason = getattr(row, "model_reason", None)
         if reason is None and device in reported:
             reason = reported[device].model_reason
-        if row is None or reason is None or reason == ModelReason.UPDATE_PENDING:
-            out.append(device)
-    return out
+        if reason is None or reason == ModelReason.UPDATE_PENDING:
+            off.append(device)
+    return off, unknown
 
 
 @dataclass
@@ -65,6 +74,18 @@ class RunResult:
     #: `reconcile(view.seqs, ledger)`, set once both are final.
     books: Reconciliation = field(default_factory=lambda: Reconciliation([], [], []))
     devices_off_model: list[str] = field(default_factory=list)
+    #: Devices the controller never heard of (judged only on a complete view).
+    devices_unknown: list[str] = field(default_factory=list)
+    #: The version every device should end on: the last rollout that succeeded, or the first model.
+    final_version: str = ""
+    #: Why records not counted when the drain timed out were still on their way, if they demonstrably were.
+    in_transit: str | None = None
+    rollouts: list[RolloutOutcome] = field(default_factory=list)
+    ota: OtaVerdicts | None = None
+    #: Per device, its last swap gap in seconds (`Agent.swap_gap_s`), for devices that switched.
+    swap_gaps: dict[str, float] = field(default_factory=dict)
+    #: Unix time at which the fleet started streaming (the report's charts count from there).
+    stream_started_at: float = 0.0
     events: list[str] = field(default_factory=list)
     crashed: list[str] = field(default_factory=list)
     drained: bool = False
@@ -99,17 +120,23 @@ class RunResult:
             and not self.ledger.unlisted
         )
         lost: bool | None = arrived
-        if not self.view_complete or (not arrived and self.behind):
+        if not self.view_complete or (not arrived and (self.behind or self.in_transit)):
             lost = None
         doubled: bool | None = not books.doubled and self.view.seq_reused == 0
         if doubled and not self.view_complete:
             doubled = None  # a seq reused for two readings may be in what the observer did not read
-        return {
+        on_model: bool | None = not self.devices_off_model and not self.devices_unknown
+        if not self.devices_off_model and self.devices_unknown and not self.view_complete:
+            on_model = None  # the controller may not have heard of them yet: the run cannot tell
+        verdicts = {
             "no_acknowledged_record_lost": lost,
             "no_record_stored_twice": doubled,
-            "every_device_on_its_desired_model_or_says_why": not self.devices_off_model,
+            "every_device_on_its_desired_model_or_says_why": on_model,
             "no_daemon_crashed": not self.crashed,
         }
+        if self.ota is not None:
+            verdicts.update(self.ota.verdicts)
+        return verdicts
 
     def exit_code(self) -> int:
         verdicts = self.invariants().values()
@@ -118,6 +145,24 @@ class RunResult:
         if self.behind or any(v is None for v in verdicts):
             return EXIT_FELL_BEHIND
         return EXIT_OK
+
+    def _ota_summary(self) -> dict[str, Any] | None:
+        if self.ota is None:
+            return None
+        gaps = sorted(self.swap_gaps.values())
+        return {
+            "problems": {k: v for k, v in self.ota.problems.items() if v},
+            "devices_by_version": self.ota.devices,
+            "bundle_downloads_per_site": self.ota.fetches,
+            "switches_without_their_event_on_killed_devices": self.ota.unconfirmed_switches,
+            "swap_gap_ms_max": round(gaps[-1] * 1000, 1) if gaps else None,
+            "swap_gap_ms_p50": round(gaps[len(gaps) // 2] * 1000, 1) if gaps else None,
+            "stream_started_at": self.stream_started_at,
+            "version_runs": {
+                device: [[r.version, r.first_ts, r.last_ts] for r in runs]
+                for device, runs in sorted(self.view.version_runs.items())
+            },
+        }
 
     def summary(self) -> dict[str, Any]:
         view = self.view
@@ -164,6 +209,11 @@ class RunResult:
             "events": sorted(self.events, key=lambda line: float(line.split("s", 1)[0])),
             "crashed": self.crashed,
             "devices_off_model": self.devices_off_model,
+            "devices_unknown_to_controller": self.devices_unknown,
+            "final_model_version": self.final_version,
+            "records_in_transit_at_drain_timeout": self.in_transit,
+            "rollouts": [r.as_dict() for r in self.rollouts],
+            "ota": self._ota_summary(),
             "drift_scores": self.drift_scores,
             "invariants": self.invariants(),
             "exit_code": self.exit_code(),

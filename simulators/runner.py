@@ -1,11 +1,11 @@
 """Runs a scenario end to end: controller, sites, a first model, devices, the timeline, a report.
 
-1. A controller process, the observer process; per site a Mosquitto, an uplink proxy and an
-   `edge-gateway` process.
-2. A first model trained on generated data, compiled, measured and signed by `model_compiler`,
-   uploaded to the controller, deployed to every device and provisioned on each of them.
-3. Devices stream; events fire on the scenario's timeline; a sample is taken every second, and
-   the simulator's own lag is measured (`simulators.lag`).
+1-2. The fleet comes up (`simulators.bringup`): a controller process, the observer process; per
+   site a Mosquitto, an uplink proxy and an `edge-gateway` process; a first model trained on
+   generated data, compiled, measured and signed by `model_compiler`, uploaded, deployed to every
+   device and provisioned on each; the model versions the timeline rolls out, built and uploaded.
+3. Devices (in agent processes of their own) stream; events fire on the scenario's timeline; a
+   sample is taken every second, and the simulator's own lag is measured (`simulators.lag`).
 4. Devices stop producing; the run drains: every outbox empty, the observer has read all the
    brokers accepted, every record is at the controller (or the drain times out). Then the
    invariants are judged against what the controller stored (`simulators.result`).
@@ -26,84 +26,31 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from fleet_protocol.signing import generate_private_key, public_key_pem
-from model_compiler.archive import pack
+from simulators.bringup import fleet_up
 from simulators.controller import ControllerProcess
 from simulators.events import Event, apply
 from simulators.fleet import FleetRun
 from simulators.lag import LagMonitor
-from simulators.observer_process import ObserverProcess
+from simulators.ota_checks import judge
+from simulators.releases import MODEL_ID
 from simulators.result import RunResult, off_model
-from simulators.scenario import Scenario, SimError, device_class
+from simulators.scenario import FIRST_MODEL_VERSION, Scenario
 
 log = logging.getLogger(__name__)
 
-MODEL_ID, MODEL_VERSION = "sensor-mlp", "1.0.0"
+MODEL_VERSION = FIRST_MODEL_VERSION
 #: The observer catches up once devices stop producing; it gets at least this long to.
 _OBSERVER_CATCH_UP_S = 60.0
-#: Devices that have not loaded their model by then start late, and their lag is measured.
-_START_WITHIN_S = 300.0
 
 
 async def run_scenario(scenario: Scenario, run_dir: Path, console: Console | None = None) -> RunResult:
     console = console or Console()
     # Absolute: the daemons' configs are files in the run directory, and theirs resolve against them.
     run_dir = await asyncio.to_thread(run_dir.resolve)
-    await asyncio.to_thread(run_dir.mkdir, parents=True, exist_ok=True)
     result = RunResult(scenario, run_dir, time.time())
-    console.print(
-        f"[bold]edgefleet[/] scenario [cyan]{scenario.name}[/]: {scenario.sites} sites x "
-        f"{scenario.devices_per_site} devices, {scenario.duration_s:.0f} s, {len(scenario.events)} events"
-    )
-    key = generate_private_key()
-    key_file = run_dir / "fleet-signing.pub"
-    await asyncio.to_thread(key_file.write_bytes, public_key_pem(key.public_key()))
-    controller = ControllerProcess(run_dir / "controller", key_file)
-    observer = ObserverProcess(run_dir / "observer.log")
-    fleet: FleetRun | None = None
-    lag: LagMonitor | None = None
-    monitor: asyncio.Task[None] | None = None
-    try:
-        with console.status("training and compiling the first model, starting the controller"):
-            compiled, _, _ = await asyncio.gather(
-                asyncio.to_thread(_compile, run_dir, key, scenario),
-                asyncio.to_thread(controller.start),
-                observer.start(),
-            )
-        result.model_accuracy, result.compiler_table = compiled.accuracy, compiled.table
-        console.print(
-            f"model {MODEL_ID}@{MODEL_VERSION}: accuracy {compiled.accuracy:.3f}, built"
-            f" {', '.join(compiled.bundles)} in {compiled.seconds:.1f}s; controller at {controller.url}"
-        )
-        await asyncio.to_thread(_register_and_deploy, controller, compiled.bundles)
-        fleet = FleetRun(scenario, run_dir, controller, compiled.bundles, key_file, observer)
-        with console.status("starting brokers, uplinks and gateways"):
-            for index in range(scenario.sites):
-                await fleet.add_site(index)
-        lag = LagMonitor(scenario.lag_limit_s, fleet.pace)
-        monitor = asyncio.create_task(lag.run(), name="lag-monitor")
-        with console.status(f"starting {scenario.sites * scenario.devices_per_site} devices"):
-            for site in fleet.sites:
-                for number in range(scenario.devices_per_site):
-                    kind = device_class(scenario, number).name
-                    await fleet.start_agent(site, f"{site.name}-{kind}-{number:04d}")
-            await fleet.wait_running(within_s=_START_WITHIN_S)
-        fleet.started = time.monotonic()
-        await _stream(fleet, result, lag, console)
-        await _final_checks(fleet, result)
-    finally:
-        if monitor is not None:
-            monitor.cancel()
-            await asyncio.gather(monitor, return_exceptions=True)
-        if fleet is not None:
-            result.produced = fleet.produced()
-            result.crashed = list(fleet.crashed)
-            result.drift_started_at = _wall(fleet, fleet.drift_started_at)
-            if lag is not None:
-                result.lag, result.lag_series = lag.verdict(fleet.started), lag.series(fleet.started)
-            await fleet.close()
-        await observer.close()
-        await asyncio.to_thread(controller.stop)
+    async with fleet_up(scenario, run_dir, console, result) as up:
+        await _stream(up.fleet, result, up.lag, console)
+        await _final_checks(up.fleet, result)
     await asyncio.to_thread(_write_reports, result)
     return result
 
@@ -139,7 +86,7 @@ async def _stream(fleet: FleetRun, result: RunResult, lag: LagMonitor, console: 
             progress.update(bar, completed=scenario.duration_s)
             await asyncio.gather(*running)  # temporary faults end before the drain
             lag.stop_judging()
-            fleet.stop_producing()
+            await fleet.stop_producing()
             drain = progress.add_task("draining to the controller", total=None, records=0, online=0)
             await _drain(
                 fleet, result, lag, lambda: progress.update(drain, records=result.timeline.delivered_now())
@@ -162,10 +109,12 @@ async def _sample_every_second(fleet: FleetRun, result: RunResult) -> None:
 async def _drain(fleet: FleetRun, result: RunResult, lag: LagMonitor, tick: Callable[[], None]) -> None:
     """Outboxes empty, then the observer's view complete, then every record at the controller."""
     deadline = time.monotonic() + fleet.scenario.drain_timeout_s
+    await fleet.poll()
     while not fleet.outboxes_empty() and time.monotonic() < deadline:
         fleet.check_crashes()
         tick()
         await asyncio.sleep(0.5)
+        await fleet.poll()
     outboxes_empty = fleet.outboxes_empty()
     catch_up = max(deadline - time.monotonic(), _OBSERVER_CATCH_UP_S)
     result.view_complete = await fleet.observer.sync(catch_up)
@@ -213,10 +162,28 @@ async def _final_checks(fleet: FleetRun, result: RunResult) -> None:
     result.ledger = await asyncio.to_thread(controller.ledger)
     result.produced = fleet.produced()
     await asyncio.to_thread(result.settle)
+    if not result.drained and result.books.lost:
+        result.in_transit = await _in_transit(fleet, result)
     devices = await asyncio.to_thread(controller.devices)
-    result.devices_off_model = off_model(
-        fleet.produced(), devices, result.view.states, (MODEL_ID, MODEL_VERSION)
+    result.rollouts = list(fleet.rollouts)
+    succeeded = [r.version for r in fleet.rollouts if r.state == "succeeded"]
+    result.final_version = succeeded[-1] if succeeded else MODEL_VERSION
+    result.devices_off_model, result.devices_unknown = off_model(
+        fleet.produced(), devices, result.view.states, (MODEL_ID, result.final_version)
     )
+    if fleet.rollouts:
+        site_of = {device: site.name for site in fleet.sites for device in site.devices}
+        fetches = await asyncio.to_thread(fleet.bundle_fetches)
+        result.ota = judge(
+            fleet.rollouts,
+            result.view,
+            site_of=site_of,
+            killed=fleet.killed(),
+            fetches=fetches,
+            planted=fleet.planted,
+            complete=result.view_complete,
+        )
+        result.swap_gaps = fleet.swap_gaps()
     for site in fleet.sites:
         # A gateway that crashed is reported as such; its bytes are not counted.
         with contextlib.suppress(httpx.HTTPError):
@@ -225,26 +192,26 @@ async def _final_checks(fleet: FleetRun, result: RunResult) -> None:
     result.drift_scores = await asyncio.to_thread(_drift_scores, controller)
 
 
-def _compile(run_dir: Path, key: Any, scenario: Scenario):  # type: ignore[no-untyped-def]
-    from simulators.model_factory import compile_first_model
-
-    return compile_first_model(run_dir / "model", key, sorted(set(scenario.runtimes)), version=MODEL_VERSION)
-
-
-def _register_and_deploy(controller: ControllerProcess, bundles: dict[str, Path]) -> None:
-    """Upload every bundle, then deploy the version to a group that selects every device."""
-    with controller.client("operator") as client:
-        for target, bundle in bundles.items():
-            response = client.post("/api/v1/bundles", content=pack(bundle).read_bytes())
-            if response.status_code != 201:
-                raise SimError(f"the controller refused the {target} bundle: {response.text}")
-        group = client.post("/api/v1/groups", json={"name": "every-device", "selector": {}})
-        if group.status_code != 201:
-            raise SimError(f"cannot create the device group: {group.text}")
-        body = {"group_id": group.json()["id"], "model_id": MODEL_ID, "version": MODEL_VERSION}
-        deployed = client.post("/api/v1/deployments", json=body)
-        if deployed.status_code != 201:
-            raise SimError(f"cannot deploy {MODEL_ID}@{MODEL_VERSION}: {deployed.text}")
+async def _in_transit(fleet: FleetRun, result: RunResult) -> str | None:
+    """Why records not counted are demonstrably still on their way, if they are (read from the gateways)."""
+    reasons = []
+    lost_by_device: dict[str, int] = {}
+    for device, seq in result.books.lost:
+        lost_by_device[device] = max(lost_by_device.get(device, 0), seq)
+    for site in fleet.sites:
+        try:
+            held = await asyncio.to_thread(site.gateway.in_transit)
+        except Exception as exc:  # a gateway's store that cannot be read tells nothing either way
+            log.warning("cannot read %s's gateway store: %s", site.name, exc)
+            continue
+        unread = sum(1 for d in site.devices if lost_by_device.get(d, 0) > held.highest_seq.get(d, 0))
+        if held.upstream_items:
+            reasons.append(f"{site.name}: {held.upstream_items} items in the gateway's upstream queue")
+        if held.open_windows:
+            reasons.append(f"{site.name}: {held.open_windows} windows still open at the gateway")
+        if unread:
+            reasons.append(f"{site.name}: {unread} devices' records not yet read from the broker")
+    return "; ".join(reasons) or None
 
 
 def _drift_scores(controller: ControllerProcess) -> list[dict[str, Any]]:
@@ -269,13 +236,6 @@ def _drift_scores(controller: ControllerProcess) -> list[dict[str, Any]]:
             ]
     finally:
         engine.dispose()
-
-
-def _wall(fleet: FleetRun, elapsed: float | None) -> float | None:
-    """A time on the run's clock as Unix time (the records' clock)."""
-    if elapsed is None:
-        return None
-    return time.time() - (time.monotonic() - fleet.started) + elapsed
 
 
 def _write_reports(result: RunResult) -> None:

@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fleet_protocol.codec import describe_validation_error
+
+#: The version of the model every device is provisioned with; rollouts bring the others.
+FIRST_MODEL_VERSION = "1.0.0"
 
 
 class SimError(Exception):
@@ -59,6 +62,12 @@ class Scenario(_Strict):
     device_classes: list[DeviceClass] = Field(default_factory=lambda: [DeviceClass()], min_length=1)
     gateway: GatewayFilters = Field(default_factory=GatewayFilters)
     drain_timeout_s: float = Field(default=90, gt=0)
+    agent_processes_per_site: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Processes a site's devices run in: a fault kills a process and its devices together",
+    )
     lag_limit_s: float = Field(
         default=2.0,
         gt=0,
@@ -84,6 +93,19 @@ class Scenario(_Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return parsed
+
+    @model_validator(mode="after")
+    def _versions_once(self) -> Scenario:
+        # Each rollout trains and uploads its own version: the registry would refuse a second one.
+        seen = {FIRST_MODEL_VERSION: "the first model"}
+        for index, spec in enumerate(self.events):
+            version = getattr(spec, "version", None)
+            if version is None:
+                continue
+            if version in seen:
+                raise ValueError(f"events.{index}.version: {version} is already {seen[version]}")
+            seen[version] = f"events.{index}'s"
+        return self
 
 
 def load_scenario(path: str | Path, **overrides: object) -> Scenario:

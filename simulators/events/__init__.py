@@ -2,7 +2,9 @@
 
 A handler gets the running fleet and its event, does what the event says (a fault, a change
 of the world), undoes it after ``for_s`` when the event is temporary, and returns a line for the
-report. Handlers are registered with `event`, which refuses a kind registered twice.
+report. Handlers are registered with `event`, which refuses a kind registered twice. A kind
+that needs work done before the fleet streams (a model version to train and build) registers a
+``prepare`` too; the runner calls it for each such event before the clock starts.
 """
 
 from __future__ import annotations
@@ -30,19 +32,39 @@ class Event(BaseModel):
 
 
 Handler = Callable[["FleetRun", Any], Awaitable[str]]
+Prepare = Callable[["FleetRun", Any], Awaitable[None]]
 _REGISTRY: dict[str, tuple[type[Event], Handler]] = {}
+_PREPARE: dict[str, Prepare] = {}
 
 
-def event(kind: str, spec: type[Event] = Event) -> Callable[[Handler], Handler]:
+def event(
+    kind: str, spec: type[Event] = Event, *, prepare: Prepare | None = None
+) -> Callable[[Handler], Handler]:
     """Register ``handler`` for events of ``kind``, whose fields ``spec`` declares."""
 
     def register(handler: Handler) -> Handler:
         if kind in _REGISTRY:
             raise ValueError(f"event kind {kind!r} is registered twice")
         _REGISTRY[kind] = (spec, handler)
+        if prepare is not None:
+            _PREPARE[kind] = prepare
         return handler
 
     return register
+
+
+def describe() -> list[tuple[str, str, dict[str, str]]]:
+    """Each kind: its one-line summary and its own fields with their descriptions (for --help)."""
+    out = []
+    common = set(Event.model_fields)
+    for kind in kinds():
+        spec, handler = _REGISTRY[kind]
+        summary = (handler.__doc__ or "").strip().splitlines()[0] if handler.__doc__ else ""
+        fields = {
+            name: info.description or "" for name, info in spec.model_fields.items() if name not in common
+        }
+        out.append((kind, summary, fields))
+    return out
 
 
 def kinds() -> list[str]:
@@ -75,5 +97,11 @@ async def apply(run: FleetRun, spec: Event) -> str:
     return await _REGISTRY[spec.kind][1](run, spec)
 
 
+async def prepare(run: FleetRun, spec: Event) -> None:
+    """Do what the event needs done before the fleet streams (nothing, for most kinds)."""
+    if spec.kind in _PREPARE:
+        await _PREPARE[spec.kind](run, spec)
+
+
 # Each module registers its kinds on import.
-from simulators.events import brokers, devices, drift, gateways, network  # noqa: E402, F401
+from simulators.events import agents, brokers, devices, drift, gateways, network, rollouts  # noqa: E402, F401

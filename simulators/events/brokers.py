@@ -24,9 +24,11 @@ async def _down(run: FleetRun, spec: Event, sig: int) -> str:
 
 @event("broker_restart")
 async def broker_restart(run: FleetRun, spec: Event) -> str:
+    """The site's Mosquitto stops cleanly and starts again after for_s."""
     return await _down(run, spec, signal.SIGTERM)
 
 
 @event("broker_kill")
 async def broker_kill(run: FleetRun, spec: Event) -> str:
+    """The site's Mosquitto is killed -9 (keeps its last autosave) and starts again after for_s."""
     return await _down(run, spec, signal.SIGKILL)

@@ -20,6 +20,7 @@ class Churn(Event):
 
 @event("device_churn", Churn)
 async def device_churn(run: FleetRun, spec: Churn) -> str:
+    """Devices leave and boot again after for_s with the same outbox; new devices join."""
     lines = []
     for site in run.sites_for(spec.site):
         leaving = run.devices_of(site)[: spec.leave]
@@ -40,12 +41,9 @@ class DiskFull(Event):
 
 @event("device_disk_full", DiskFull)
 async def device_disk_full(run: FleetRun, spec: DiskFull) -> str:
+    """The last devices of the site get a full disk (SQLITE_FULL in their outbox) for for_s."""
     hit = [d for site in run.sites_for(spec.site) for d in run.devices_of(site)[-spec.devices :]]
-    for device in hit:
-        await run.agents[device].outbox.set_disk_limit(0)
+    await run.set_disk_limit(hit, 0)
     await asyncio.sleep(spec.for_s)
-    for device in hit:
-        agent = run.agents.get(device)
-        if agent is not None:
-            await agent.outbox.set_disk_limit(None)
+    await run.set_disk_limit(hit, None)
     return f"disk full on {', '.join(hit)} for {spec.for_s:.0f}s"

@@ -18,11 +18,11 @@ class Drift(Event):
 
 @event("drift", Drift)
 async def drift(run: FleetRun, spec: Drift) -> str:
+    """The site's sensors read shifted values from now on (covariate drift)."""
     sites = run.sites_for(spec.site)
     for site in sites:
-        for device in run.devices_of(site):
-            run.sources[device].extra_drift = spec.shift
         site.drift_shift = spec.shift
+        await run.set_sources(run.devices_of(site), extra_drift=spec.shift)
     if run.drift_started_at is None:
         run.drift_started_at = run.elapsed()
     return f"{', '.join(s.name for s in sites)} sensors drift by {spec.shift}"
@@ -34,12 +34,12 @@ class ConceptDrift(Event):
 
 @event("concept_drift", ConceptDrift)
 async def concept_drift(run: FleetRun, spec: ConceptDrift) -> str:
+    """Two classes exchange meaning at the site from now on: inputs unchanged, labels tell."""
     a, b = spec.swap
     sites = run.sites_for(spec.site)
     for site in sites:
         site.relabel = {a: b, b: a}
-        for device in run.devices_of(site):
-            run.sources[device].relabel = site.relabel
+        await run.set_sources(run.devices_of(site), relabel=site.relabel)
     if run.drift_started_at is None:
         run.drift_started_at = run.elapsed()
     return f"{', '.join(s.name for s in sites)}: classes {a} and {b} exchange meaning (inputs unchanged)"

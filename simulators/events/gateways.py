@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 @event("gateway_kill")
 async def gateway_kill(run: FleetRun, spec: Event) -> str:
+    """The site's edge-gateway is killed -9 and starts again after for_s on its store."""
     sites = run.sites_for(spec.site)
     for site in sites:
         await asyncio.to_thread(site.gateway.kill)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 @event("uplink_partition")
 async def uplink_partition(run: FleetRun, spec: Event) -> str:
+    """The site's uplink to the controller is cut for for_s (every connection reset, new ones too)."""
     sites = run.sites_for(spec.site)
     for site in sites:
         site.uplink.cut()
@@ -25,12 +26,13 @@ async def uplink_partition(run: FleetRun, spec: Event) -> str:
 
 
 class SlowLink(Event):
-    latency_s: float = Field(default=0.2, ge=0, le=10)
+    latency_s: float = Field(default=0.2, ge=0, le=10, description="Added to each chunk, in each direction")
     loss: float = Field(default=0.05, ge=0, le=1, description="Share of chunks delayed by a retransmission")
 
 
 @event("uplink_slow", SlowLink)
 async def uplink_slow(run: FleetRun, spec: SlowLink) -> str:
+    """The site's uplink gets latency and loss for for_s."""
     sites = run.sites_for(spec.site)
     for site in sites:
         site.uplink.set_latency(spec.latency_s)

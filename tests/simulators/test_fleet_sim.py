@@ -51,7 +51,9 @@ def test_fleet_sim_ci_scenario_holds_every_invariant_under_every_kind_of_event(c
         "no_daemon_crashed",
     }
     scenario = load_scenario(ROOT / "fleet_configs" / "ci.yaml")
-    assert {e.kind for e in scenario.events} == set(kinds()), "ci.yaml exercises every event kind"
+    # Rollouts and agents killed mid-update are tests/ota's (fleet_configs/ota.yaml): they take minutes.
+    ota = {"rollout", "bad_rollout", "agents_kill"}
+    assert {e.kind for e in scenario.events} == set(kinds()) - ota, "ci.yaml exercises every other kind"
     assert len(report["events"]) == len(scenario.events)
     assert not any("failed" in line for line in report["events"])
     assert report["devices"] == 11, "10 devices and one that joined"
@@ -117,14 +119,14 @@ def _run_scenario_text(
     )
 
 
-#: Two devices asked for 20,000 readings a second each: no machine of ours makes that. The drain
+#: Two devices asked for 200,000 readings a second each: no machine of ours makes that. The drain
 #: is too short for the gateway's 10 s windows, so records are still on their way when it ends.
 _IMPOSSIBLE = """
 name: overloaded
 sites: 1
 devices_per_site: 2
 duration_s: 5
-rate_hz: 20000
+rate_hz: 200000
 drain_timeout_s: 3
 events: [{at_s: 2, kind: drift, site: 0, shift: 1.0}]
 """

@@ -160,10 +160,43 @@ def test_a_device_off_its_model_passes_only_with_a_final_reason_from_the_closed_
     model = ("sensor-mlp", "1.0.0")
     from_device = off_model([DEVICE], {DEVICE: _device("0.9.0")}, {DEVICE: _state(reason, text)}, model)
     from_controller = off_model([DEVICE], {DEVICE: _device("0.9.0", reason)}, {}, model)
-    assert from_device == from_controller == ([DEVICE] if off else [])
+    assert from_device == from_controller == ([DEVICE] if off else [], [])
 
 
-def test_a_device_on_its_model_passes_and_one_the_controller_never_heard_of_fails() -> None:
+def test_a_device_the_controller_never_heard_of_fails_on_a_complete_view() -> None:
     model = ("sensor-mlp", "1.0.0")
-    assert off_model([DEVICE], {DEVICE: _device("1.0.0")}, {}, model) == []
-    assert off_model(["site-a-dev-0002"], {}, {}, model) == ["site-a-dev-0002"]
+    assert off_model([DEVICE], {DEVICE: _device("1.0.0")}, {}, model) == ([], [])
+    assert off_model(["site-a-dev-0002"], {}, {}, model) == ([], ["site-a-dev-0002"])
+    result = _result(DEVICE, set(), produced=0)
+    result.devices_unknown = ["site-a-dev-0002"]
+
+    assert result.invariants()["every_device_on_its_desired_model_or_says_why"] is False
+
+
+def test_a_device_the_controller_never_heard_of_is_not_judged_when_the_view_is_incomplete() -> None:
+    result = _result(DEVICE, set(), produced=0)
+    result.view_complete = False
+    result.devices_unknown = ["site-a-dev-0002"]
+
+    assert result.invariants()["every_device_on_its_desired_model_or_says_why"] is None
+    assert result.exit_code() == EXIT_FELL_BEHIND
+    result.devices_off_model = [DEVICE]  # a device the controller knows, off its model: a FAIL still
+    assert result.invariants()["every_device_on_its_desired_model_or_says_why"] is False
+
+
+def test_records_still_in_transit_when_the_drain_times_out_are_not_judged_lost(
+    controller: ControllerProcess,
+) -> None:
+    # Seqs 1-5 delivered, 1-3 counted; the gateway still held the rest when the drain timed out.
+    device = "site-a-dev-transit"
+    _ingest(controller, [_summary(device, 0.0, [(1, 3)])])
+    result = _result(device, {1, 2, 3, 4, 5}, produced=5)
+    result.drained = False
+    result.ledger = _ledger_of(controller, device)
+    result.settle()
+    assert result.invariants()["no_acknowledged_record_lost"] is False, "no evidence: a loss"
+
+    result.in_transit = "site-a: 2 items in the gateway's upstream queue"
+
+    assert result.invariants()["no_acknowledged_record_lost"] is None
+    assert result.exit_code() == EXIT_FELL_BEHIND
