@@ -28,6 +28,8 @@ class _Class:
     confidence_sum: float = 0.0
     confidence_n: int = 0
     feature_sum: np.ndarray | None = None
+    #: Rows in ``feature_sum``: fewer than ``count`` once the device changed its input width.
+    feature_n: int = 0
 
 
 @dataclass(slots=True)
@@ -105,7 +107,10 @@ class WindowStats:
         self.low_confidence += low_confidence
         if moments is not None:
             if self.total is not None and len(self.total) != len(moments.total):
-                self.n, self.total = 0, None  # the device changed input shape: start again from here
+                # The device changed input shape: the feature statistics start again from here.
+                self.n, self.total = 0, None
+                for cls in self.classes.values():
+                    cls.feature_sum, cls.feature_n = None, 0
             if self.total is None:
                 self.total, self.squares = np.zeros_like(moments.total), np.zeros_like(moments.total)
                 self.low, self.high = moments.low.copy(), moments.high.copy()
@@ -120,6 +125,7 @@ class WindowStats:
                 if record.predicted is not None:
                     cls = self.classes[record.predicted]
                     cls.feature_sum = row.copy() if cls.feature_sum is None else cls.feature_sum + row
+                    cls.feature_n += 1
 
     def summary(self, key: Key, feature_names: list[str] | None) -> WindowSummary:
         device, start, model_id, version = key
@@ -135,7 +141,9 @@ class WindowStats:
                 predicted=predicted,
                 count=c.count,
                 mean_confidence=round(c.confidence_sum / c.confidence_n, 6) if c.confidence_n else None,
-                mean=_round(c.feature_sum / c.count) if c.feature_sum is not None else None,
+                mean=_round(c.feature_sum / c.feature_n)
+                if c.feature_sum is not None and c.feature_n
+                else None,
             )
             for predicted, c in sorted(self.classes.items())
         ]
@@ -163,7 +171,7 @@ class WindowStats:
     def pack(self) -> bytes:
         arrays = {k: _bytes(getattr(self, k)) for k in ("total", "squares", "low", "high")}
         classes = [
-            [p, c.count, c.confidence_sum, c.confidence_n, _bytes(c.feature_sum)]
+            [p, c.count, c.confidence_sum, c.confidence_n, _bytes(c.feature_sum), c.feature_n]
             for p, c in self.classes.items()
         ]
         head = [self.window_s, self.class_means, self.first_seq, self.last_seq, self.count]
@@ -179,8 +187,10 @@ class WindowStats:
         stats = cls(*scalars, runs=runs)
         for name, blob in arrays.items():
             setattr(stats, name, _array(blob))
-        for p, count, conf_sum, conf_n, blob in classes:
-            stats.classes[p] = _Class(count, conf_sum, conf_n, _array(blob))
+        for p, count, conf_sum, conf_n, blob, *rest in classes:
+            # Stored before feature_n was kept: every row of the class had features then.
+            feature_n = rest[0] if rest else (count if blob is not None else 0)
+            stats.classes[p] = _Class(count, conf_sum, conf_n, _array(blob), feature_n)
         return stats
 
 

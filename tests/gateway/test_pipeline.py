@@ -145,6 +145,45 @@ def test_window_summary_statistics_match_numpy_and_survive_a_pack_round_trip() -
     assert np.allclose(summary.classes[1].mean or [], x[1::2].mean(axis=0), atol=1e-5)
 
 
+def test_class_means_start_again_when_a_device_changes_its_input_width() -> None:
+    stats = WindowStats(window_s=60.0, class_means=True)
+    wide = [record("dev-1", i, features=[1.0, 2.0, 3.0], predicted=0) for i in range(1, 4)]
+    narrow = [record("dev-1", i, features=[5.0, 7.0], predicted=0) for i in range(4, 6)]
+    for batch in (wide, narrow):
+        (m,) = moments([batch])
+        stats.add(batch, [False] * len(batch), T0, m)
+    summary = WindowStats.unpack(stats.pack()).summary(("dev-1", T0, "sensor-mlp", "1.0.0"), None)
+    assert summary.count == 5 and summary.classes[0].count == 5
+    assert summary.classes[0].mean == [5.0, 7.0], "the mean of the rows of the current width"
+
+
+async def test_a_piece_closed_for_too_many_runs_goes_on_in_a_new_piece_that_the_store_keeps(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path, device_classes=[{"name": "c", "window_s": 60}])
+    store = GatewayStore(tmp_path / "gateway.sqlite")
+    pipeline = Pipeline(settings, GatewayMetrics())
+    pipeline.restore(await store.open())
+    # Every other seq: one run each, more than a summary may list (in one window of record time).
+    odd = [s for s in range(1, 2 * 300, 2)]
+    changes = pipeline.process(
+        _messages(*[("fleet/site-a/dev-1/telemetry", telemetry("dev-1", [s], ts=T0 + 1)) for s in odd]),
+        now=T0 + 2,
+    )
+    await store.commit(changes)
+    early = [json.loads(body) for kind, body in changes.upstream if kind == "summary"]
+    assert len(early) == 1 and len(early[0]["seq_ranges"]) == 256, "the full piece went up at once"
+    # Restarted from the store, the open piece holds the rest: no record is lost from the summaries.
+    again = Pipeline(settings, GatewayMetrics())
+    again.restore(await store.snapshot())
+    rest = again.windows.close_due(T0 + 1000, {})
+    assert [s.count for s in rest] == [300 - 256]
+    counted = {low for piece in (*early,) for low, _ in piece["seq_ranges"]}
+    counted |= {low for s in rest for low, _ in s.seq_ranges or []}
+    assert counted == set(odd)
+    await store.close()
+
+
 def test_pipeline_forwards_flagged_summarises_the_rest_and_drops_duplicates(tmp_path: Path) -> None:
     settings = _settings(tmp_path, device_classes=[{"name": "c", "window_s": 10}])
     pipeline = Pipeline(settings, GatewayMetrics())
