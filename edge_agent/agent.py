@@ -7,13 +7,13 @@ writer (a local disk), and the syncer drains the outbox whenever a broker is rea
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter, deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
+import msgpack
 import numpy as np
 
 from edge_agent import __version__
@@ -23,7 +23,8 @@ from edge_agent.metrics import AgentMetrics, serve_metrics
 from edge_agent.model import LoadedModel, Predictions, load_model, load_trusted_keys
 from edge_agent.ota.slots import Slots
 from edge_agent.ota.updater import Updater, runs
-from edge_agent.outbox import Outbox, PendingRecord
+from edge_agent.outbox import Outbox, PackedRecords
+from edge_agent.readings import ReadingBuffer
 from edge_agent.records import rows_as_bytes
 from edge_agent.sources import Reading, SensorSource, build_source
 from edge_agent.state_store import JsonStore
@@ -101,6 +102,7 @@ class Agent:
         ota = settings.ota
         self.slots = Slots(ota.models_dir or settings.data_dir / "models", settings.model_dir)
         self._recent: deque[Any] = deque(maxlen=ota.recent_inputs)
+        self._packer = msgpack.Packer(use_bin_type=True)
         self.updater: Updater | None = None
         if ota.enabled:
             self.updater = Updater(
@@ -175,7 +177,7 @@ class Agent:
             metrics_runner = await serve_metrics(
                 self.metrics, self.settings.metrics.host, self.settings.metrics.port
             )
-        queue: asyncio.Queue[Reading | None] = asyncio.Queue(maxsize=self.settings.inference.queue_size)
+        queue = ReadingBuffer(self.settings.inference.queue_size)
         background = [
             asyncio.create_task(self.outbox.run_writer(), name="outbox-writer"),
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
@@ -208,7 +210,7 @@ class Agent:
 
     async def _shutdown(
         self,
-        queue: asyncio.Queue[Reading | None],
+        queue: ReadingBuffer,
         reader: asyncio.Task[None] | None,
         infer: asyncio.Task[None] | None,
         sync_task: asyncio.Task[None],
@@ -219,14 +221,11 @@ class Agent:
         if reader is not None:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(None)
+        queue.close()
         if infer is not None and not self._model_ready.is_set():
             infer.cancel()  # it never had a model to run: nothing was read
         if infer is not None:
             # What was read gets inferred and stored: a clean stop loses no reading.
-            if queue.full() and not infer.done():
-                await queue.put(None)
             await asyncio.gather(infer, return_exceptions=True)
         await self.outbox.flush()
         await self.syncer.stop()
@@ -266,40 +265,30 @@ class Agent:
 
     # -- the data path -----------------------------------------------------------------
 
-    async def _read_source(self, queue: asyncio.Queue[Reading | None]) -> None:
+    async def _read_source(self, queue: ReadingBuffer) -> None:
         await self._model_ready.wait()
         try:
             async for reading in self.source.readings(self.outbox.saved_cursor):
                 await queue.put(reading)
         finally:
             self.source_done.set()
-        await queue.put(None)
+            queue.close()
 
-    async def _infer_loop(self, queue: asyncio.Queue[Reading | None]) -> None:
+    async def _infer_loop(self, queue: ReadingBuffer) -> None:
         max_batch = self.settings.inference.micro_batch_max
         await self._model_ready.wait()
         while True:
-            first = await queue.get()
-            if first is None:
-                return
-            # Micro-batch whatever else is already waiting: one model call for many readings.
-            batch = [first]
-            ended = False
-            while len(batch) < max_batch and not queue.empty():
-                item = queue.get_nowait()
-                if item is None:
-                    ended = True
-                    break
-                batch.append(item)
+            # Micro-batch whatever is waiting: one model call for many readings.
+            batch = await queue.take(max_batch)
+            if not batch:
+                return  # the source ended (or the agent stops) and everything read is stored
             async with self._model_lock:
                 records = await self._infer(batch)
                 self._batch_done()
-            if records:
-                await self.outbox.put(records)
-            if ended:
-                return
+            if records is not None:
+                await self.outbox.put_packed(records)
 
-    async def _infer(self, readings: list[Reading]) -> list[PendingRecord]:
+    async def _infer(self, readings: list[Reading]) -> PackedRecords | None:
         assert self.model is not None
         model = self.model
         raw, kept_index, rejected = model.preprocessor.batch([r.values for r in readings])
@@ -312,7 +301,7 @@ class Agent:
             self._window_example.setdefault(exc.reason, str(exc))
             log.debug("rejected reading: %s", exc)
         if not kept_index:
-            return []
+            return None
         kept = [readings[i] for i in kept_index]
         scaled = model.preprocessor.scale(raw)
         started = time.perf_counter()
@@ -324,7 +313,7 @@ class Agent:
                 predictions = await loop.run_in_executor(self._inference_executor, model.predict, scaled)
         except Exception as exc:  # the runtime failed on this batch: counted, and the agent goes on
             self._model_raised(model, exc, len(kept))
-            return []
+            return None
         seconds = time.perf_counter() - started
         self.metrics.inference_seconds.observe(seconds)
         self.metrics.batch_size.observe(len(kept))
@@ -390,7 +379,7 @@ class Agent:
 
     def _records(
         self, model: LoadedModel, readings: list[Reading], raw: np.ndarray, p: Predictions
-    ) -> list[PendingRecord]:
+    ) -> PackedRecords:
         manifest = model.manifest
         n = len(readings)
         # Everything numeric is converted per batch (numpy), not per record; arrays stay bytes.
@@ -410,10 +399,11 @@ class Agent:
                 )
             ]
         device, model_id, version = self.settings.device_id, manifest.model_id, manifest.version
-        return [
-            PendingRecord(
-                # The layout of edge_agent.records.FIELDS.
-                body=[
+        pack = self._packer.pack
+        # The layout of edge_agent.records.FIELDS, packed here: no object per record.
+        bodies = [
+            pack(
+                [
                     device,
                     r.ts,
                     model_id,
@@ -426,12 +416,13 @@ class Agent:
                     features[i],
                     summaries[i],
                     r.label,
-                ],
-                flagged=anomaly[i] or low[i],
-                cursor=r.cursor,
+                ]
             )
             for i, r in enumerate(readings)
         ]
+        flagged = [a or lo for a, lo in zip(anomaly, low, strict=True)]
+        cursor = next((r.cursor for r in reversed(readings) if r.cursor is not None), None)
+        return PackedRecords(bodies, flagged, cursor)
 
     # -- state, desired state, events -------------------------------------------------
 

@@ -61,6 +61,18 @@ class PendingRecord:
     cursor: str | None = None
 
 
+@dataclass(slots=True)
+class PackedRecords:
+    """Records already packed by the caller: msgpack bodies, their flags, the cursor after the last.
+
+    The agent's inference path builds these a micro-batch at a time: no object per record.
+    """
+
+    bodies: list[bytes]
+    flagged: list[bool]
+    cursor: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
     seq: int
@@ -104,7 +116,8 @@ class Outbox:
         self._conn: sqlite3.Connection | None = None
         # Serialises use of the one connection, whichever executor thread runs it.
         self._db_lock = asyncio.Lock()
-        self._pending: list[PendingRecord] = []
+        self._pending: list[PackedRecords] = []
+        self._pending_count = 0
         self._writing = 0
         self._changed = asyncio.Condition()
         self._new_records = asyncio.Event()
@@ -160,9 +173,17 @@ class Outbox:
     async def put(self, records: Iterable[PendingRecord]) -> None:
         """Queue records for the writer. Waits while ``max_pending`` are queued: never drops."""
         items = list(records)
+        cursor = next((r.cursor for r in reversed(items) if r.cursor is not None), None)
+        # msgpack: several times cheaper than JSON to write, and the sync re-encodes anyway.
+        bodies = [msgpack.packb(r.body, use_bin_type=True) for r in items]
+        await self.put_packed(PackedRecords(bodies, [r.flagged for r in items], cursor))
+
+    async def put_packed(self, records: PackedRecords) -> None:
+        """Queue packed records for the writer. Waits while ``max_pending`` are queued: never drops."""
         async with self._changed:
-            await self._changed.wait_for(lambda: len(self._pending) < self.max_pending)
-            self._pending.extend(items)
+            await self._changed.wait_for(lambda: self._pending_count < self.max_pending)
+            self._pending.append(records)
+            self._pending_count += len(records.bodies)
             self._changed.notify_all()
 
     async def run_writer(self) -> None:
@@ -170,14 +191,15 @@ class Outbox:
         while True:
             async with self._changed:
                 await self._changed.wait_for(lambda: bool(self._pending))
-                batch, self._pending = self._pending, []
+                batch, self._pending, self._pending_count = self._pending, [], 0
                 self._writing += 1
                 self._changed.notify_all()
             try:
                 await self._run(self._write, batch)
             except Exception as exc:  # not SQLite's (those `_write` handles): still counted, never silent
-                log.exception("outbox write of %d records failed", len(batch))
-                self._dropped(len(batch), f"{exc.__class__.__name__}: {exc}")
+                count = sum(len(b.bodies) for b in batch)
+                log.exception("outbox write of %d records failed", count)
+                self._dropped(count, f"{exc.__class__.__name__}: {exc}")
             finally:
                 async with self._changed:
                     self._writing -= 1
@@ -187,7 +209,7 @@ class Outbox:
     async def flush(self) -> None:
         """Return once every record put so far is committed (or counted as dropped)."""
         async with self._changed:
-            batch, self._pending = self._pending, []
+            batch, self._pending, self._pending_count = self._pending, [], 0
             self._writing += 1
         try:
             if batch:
@@ -199,17 +221,23 @@ class Outbox:
                 self._changed.notify_all()
                 await self._changed.wait_for(lambda: not self._pending and self._writing == 0)
 
-    def _write(self, batch: list[PendingRecord]) -> None:
+    def _write(self, batch: list[PackedRecords]) -> None:
         seq = self._counters["last_seq"]
-        rows = []
+        rows: list[tuple[int, int, int, bytes]] = []
         cursor = None
-        for item in batch:
-            seq += 1
-            # msgpack: several times cheaper than JSON to write, and the sync re-encodes anyway.
-            body = msgpack.packb(item.body, use_bin_type=True)
-            rows.append((seq, int(item.flagged), len(body), body))
-            if item.cursor is not None:
-                cursor = item.cursor
+        for part in batch:
+            rows.extend(
+                zip(
+                    range(seq + 1, seq + 1 + len(part.bodies)),
+                    map(int, part.flagged),
+                    map(len, part.bodies),
+                    part.bodies,
+                    strict=True,
+                )
+            )
+            seq += len(part.bodies)
+            if part.cursor is not None:
+                cursor = part.cursor
         incoming = sum(r[2] for r in rows)
         try:
             self._insert_retrying(rows, incoming, seq, cursor)
@@ -405,7 +433,7 @@ class Outbox:
             evicted_flagged=c["evicted_flagged"],
             dropped_disk_full=c["dropped_disk_full"],
             dropped_write_error=c["dropped_write_error"],
-            pending=len(self._pending),
+            pending=self._pending_count,
             last_error=self.last_error,
         )
 

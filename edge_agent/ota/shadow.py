@@ -16,6 +16,9 @@ import numpy as np
 from edge_agent.model import Predictions
 from fleet_protocol import RolloutDirective, RunStats, ShadowStats
 
+#: A shadow that has not seen ``min_samples`` inputs is judged on what it saw after this many soaks.
+_PATIENCE = 10
+
 
 def rss_mb() -> float:
     """The process's resident memory now, in MB (Linux ``/proc``; peak RSS where that is missing)."""
@@ -87,11 +90,11 @@ class ShadowRun:
         return time.monotonic() - self.started
 
     def due(self) -> bool:
-        """The soak is over (enough samples, or twice the soak without them)."""
+        """The soak is over: its time has passed with enough samples, or ten times its time has."""
         elapsed = self.seconds
         if elapsed < self.directive.shadow_s:
             return False
-        return self.samples >= self.directive.min_samples or elapsed >= 2 * self.directive.shadow_s
+        return self.samples >= self.directive.min_samples or elapsed >= _PATIENCE * self.directive.shadow_s
 
     def stats(self) -> ShadowStats:
         return ShadowStats(
@@ -106,6 +109,9 @@ class ShadowRun:
         """Why the challenger failed its gates, or None when it passed."""
         stats = self.stats()
         d = self.directive
+        if not stats.samples:
+            # No evidence is no pass: a rollout that asks for a shadow gets one or a refusal.
+            return f"no input came during {stats.seconds:.0f} s of shadow: nothing to judge the new model on"
         if stats.challenger.non_finite:
             return f"{stats.challenger.non_finite} of {stats.samples} shadow outputs were not finite"
         if stats.agreement is not None and stats.agreement < d.min_agreement:

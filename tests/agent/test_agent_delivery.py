@@ -33,8 +33,10 @@ async def test_10000_records_survive_three_broker_restarts(
         for _ in range(3):
             await asyncio.sleep(1.2)
             await asyncio.to_thread(broker.stop)
+            await wait_until(lambda: not agent.syncer.connected.is_set(), 10, "the agent saw the broker go")
             await asyncio.sleep(0.4)  # the agent keeps inferring into its outbox meanwhile
             await asyncio.to_thread(broker.start)
+            await wait_until(agent.syncer.connected.is_set, 20, "the agent back on the broker")
         await wait_until(agent.source_done.is_set, 60)
         await wait_until(lambda: len(sub.seqs("dev-1")) >= total and agent.outbox.stats.depth == 0, 60)
         agent.stop()
