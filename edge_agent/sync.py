@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -23,7 +22,7 @@ from edge_agent.exceptions import LinkError
 from edge_agent.metrics import AgentMetrics
 from edge_agent.mqtt_link import LastWill, LinkSettings, MqttLink
 from edge_agent.outbox import Outbox, OutboxRow
-from edge_agent.records import to_wire
+from edge_agent.records import to_wire, wire_json
 from fleet_protocol import (
     DesiredState,
     DeviceEvent,
@@ -93,6 +92,11 @@ class Syncer:
         self.backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
         self._events: asyncio.Queue[DeviceEvent] = asyncio.Queue(maxsize=_EVENT_QUEUE)
         self._state_changed = asyncio.Event()
+        #: Records the broker acknowledged that are still in the outbox: deleted in batches by
+        #: `_delete_acked`, so that a publish never waits for a delete, and never sent again.
+        self._acked: set[int] = set()
+        self._to_delete: list[int] = []
+        self._acked_ready = asyncio.Event()
         self._stopping = asyncio.Event()
         self.connected = asyncio.Event()
 
@@ -115,6 +119,15 @@ class Syncer:
 
     async def run(self) -> None:
         """Connect, sync, reconnect on failure, until `stop`."""
+        deleter = asyncio.create_task(self._delete_acked(), name="outbox-delete")
+        try:
+            await self._connect_loop()
+        finally:
+            deleter.cancel()
+            await asyncio.gather(deleter, return_exceptions=True)
+            await self._delete_now()  # what the broker has must not be sent again after a restart
+
+    async def _connect_loop(self) -> None:
         backoff = self.backoff
         while not self._stopping.is_set():
             try:
@@ -175,6 +188,13 @@ class Syncer:
                 rows = await self.outbox.read_after(
                     sent_upto, limit=cfg.batch_max_records, max_bytes=cfg.batch_max_bytes
                 )
+                if rows and self._acked:
+                    unsent = [r for r in rows if r.seq not in self._acked]
+                    if not unsent:
+                        # All acknowledged already, waiting for their delete: look past them.
+                        sent_upto = rows[-1].seq
+                        continue
+                    rows = unsent
                 if not rows:
                     await self.outbox.wait_for_records()
                     continue
@@ -188,27 +208,42 @@ class Syncer:
     async def _publish_batch(self, payload: bytes, seqs: list[int], inflight: asyncio.Semaphore) -> None:
         try:
             await self.link.publish(self._topics["telemetry"], payload, qos=1)
-            # Only now may the records leave the outbox: the broker has them.
-            await self.outbox.ack(seqs)
         finally:
             inflight.release()
+        # Only now may the records leave the outbox: the broker has them.
+        self._acked.update(seqs)
+        self._to_delete.extend(seqs)
+        self._acked_ready.set()
         self.metrics.records_sent.inc(len(seqs))
         self.metrics.bytes_sent.inc(len(payload))
         self.metrics.publishes.inc()
 
+    async def _delete_acked(self) -> None:
+        """Delete what the broker acknowledged, many batches per transaction."""
+        while True:
+            await self._acked_ready.wait()
+            self._acked_ready.clear()
+            await self._delete_now()
+
+    async def _delete_now(self) -> None:
+        seqs, self._to_delete = self._to_delete, []
+        if seqs:
+            await self.outbox.ack(seqs)
+            self._acked.difference_update(seqs)
+
     def _batch_payload(self, rows: list[OutboxRow]) -> bytes:
         # Records were built to the TelemetryRecord schema by the agent; re-validating
         # each one with pydantic here would cost more than the rest of the path.
-        batch = {
+        head = {
             "schema_version": TelemetryBatch.CURRENT_VERSION,
             "device_id": self.device_id,
             "site": self.site,
             "sent_at": time.time(),
-            "records": to_wire([(row.seq, row.value()) for row in rows]),
         }
         if self.encoding is Encoding.JSON:
-            return json.dumps(batch, separators=(",", ":")).encode()
-        return msgpack.packb(batch, use_bin_type=True)
+            return wire_json(head, [(row.seq, row.body) for row in rows])
+        head["records"] = to_wire([(row.seq, row.value()) for row in rows])
+        return msgpack.packb(head, use_bin_type=True)
 
     async def _receive(self) -> None:
         async for message in self.link.messages():
