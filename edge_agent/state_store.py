@@ -55,3 +55,9 @@ class JsonStore:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
+        # The rename is durable only once the folder is: a power cut must not bring the old file back.
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
