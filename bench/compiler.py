@@ -22,6 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._machine import machine  # noqa: E402
 from fleet_protocol.signing import generate_private_key  # noqa: E402
 from model_compiler.build import BuildRequest, build  # noqa: E402
 from tests.compiler.data import train, vibration_npz  # noqa: E402
@@ -91,6 +92,7 @@ def main() -> None:
                     "torch_accuracy": report.torch_accuracy,
                     "table": [r.as_dict() for r in report.rows],
                     "model": "1-D CNN 6x256 -> 4 classes, 102k parameters",
+                    **machine(),
                 }
             )
         )
