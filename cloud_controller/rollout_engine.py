@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from cloud_controller import rollouts
+from cloud_controller import audit, rollouts
 from cloud_controller.models import Deployment
 from cloud_controller.rollout_gates import measure, reports
 from cloud_controller.rollout_models import Action, GateValues, Rollout, RolloutState
@@ -157,20 +157,16 @@ class RolloutEngine:
         done = _with(rollout.progress, rollout.current_wave, reached_at=verdict.reached_at)
         following = rollout.current_wave + 1
         if following >= len(rollout.waves):
-            # The group's deployment becomes the new version, in the same transaction: every device
-            # of the group gets it, and desired state agrees once the rollout is no longer a layer.
-            session.add(
-                Deployment(
-                    group_id=rollout.group_id,
-                    model_id=rollout.model_id,
-                    version=rollout.version,
-                    created_by=f"{ACTOR}:{rollout.id}",
-                    created_at=now,
-                )
-            )
             complete = Verdict(Action.COMPLETE, f"{verdict.reason}; the last wave passed")
             return self._record(
-                session, rollout, complete, values, now, state=RolloutState.SUCCEEDED, progress=done
+                session,
+                rollout,
+                complete,
+                values,
+                now,
+                then=lambda s: _deploy(s, rollout, now),
+                state=RolloutState.SUCCEEDED,
+                progress=done,
             )
         previous = int(done[-1]["threshold"])
         limit, target = threshold(rollout.waves[following], (d.position for d in devices), previous)
@@ -208,6 +204,27 @@ class RolloutEngine:
         if written and verdict.action is not Action.HOLD:
             log.info("rollout %s: %s (%s)", rollout.id, verdict.action.value, verdict.reason)
         return verdict.action if written else None
+
+
+def _deploy(session: Session, rollout: Rollout, now: float) -> None:
+    """The group's deployment becomes the new version, with the decision: every device of the group
+    gets it, and desired state agrees once the rollout is no longer a layer."""
+    deployment = Deployment(
+        group_id=rollout.group_id,
+        model_id=rollout.model_id,
+        version=rollout.version,
+        created_by=f"{ACTOR}:{rollout.id}",
+        created_at=now,
+    )
+    session.add(deployment)
+    session.flush()
+    audit.record(
+        session=session,
+        actor=ACTOR,
+        action="deploy",
+        resource=f"deployment/{deployment.id}",
+        after=audit.snapshot(deployment),
+    )
 
 
 def _with(progress: list[dict[str, Any]], index: int, **update: Any) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import update
@@ -92,6 +93,13 @@ def create(*, session: Session, body: RolloutCreate, actor: str) -> Rollout:
     except IntegrityError:
         session.rollback()
         raise Conflict(f"Group {group.name} has an active rollout: abort it first") from None
+    audit(
+        session=session,
+        actor=actor,
+        action="create",
+        resource=f"rollout/{rollout.id}",
+        after=public(rollout).model_dump(mode="json"),
+    )
     reason = f"wave 0 starts with a target of {count} of {len(positions)} devices"
     _decide(session, rollout, Action.START, reason, {"devices": len(positions), "target": count}, actor, now)
     session.commit()
@@ -186,10 +194,14 @@ def record(
     values: dict[str, Any],
     actor: str,
     now: float,
+    then: Callable[[Session], None] | None = None,
     **changes: Any,
 ) -> bool:
     """Apply ``changes`` and write the decision and its audit entry, in one transaction, if the
-    rollout is still at the step it was read at. False (nothing written) if it was not."""
+    rollout is still at the step it was read at. False (nothing written) if it was not.
+
+    ``then``: more to write in the same transaction once the step is taken.
+    """
     step = rollout.step
     result = session.execute(
         update(Rollout)
@@ -203,6 +215,8 @@ def record(
     if action is Action.ADVANCE:
         wave -= 1  # the decision is about the wave that passed
     _decide(session, rollout, action, reason, values, actor, now, wave=wave)
+    if then is not None:
+        then(session)
     session.commit()
     return True
 

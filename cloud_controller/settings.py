@@ -30,7 +30,7 @@ class ControllerSettings(BaseSettings):
     environment: Literal["development", "production"] = "development"
     max_ingest_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     rollout_tick_s: float = Field(
-        default=5.0, gt=0, le=3600, description="Seconds between two judgements of every running rollout"
+        default=2.0, gt=0, le=3600, description="Seconds between two judgements of every running rollout"
     )
 
     @classmethod

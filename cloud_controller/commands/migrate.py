@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from cloud_controller.migrate import current_revision, upgrade
-from cloud_controller.settings import load_settings
-
 
 def add(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = commands.add_parser(
@@ -20,6 +17,10 @@ def add(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, as in `serve`: Alembic is for this command only.
+    from cloud_controller.migrate import current_revision, upgrade
+    from cloud_controller.settings import load_settings
+
     settings = load_settings(args.config)
     before = current_revision(settings.database_url)
     upgrade(settings.database_url, args.revision)

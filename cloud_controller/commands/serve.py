@@ -4,13 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import uvicorn
-
-from cloud_controller.app import create_app
-from cloud_controller.logs import log_config
-from cloud_controller.migrate import upgrade
-from cloud_controller.settings import load_settings
-
 
 def add(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = commands.add_parser(
@@ -29,6 +22,14 @@ def add(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: the other commands (`rollout ...` above all) should not load the server stack.
+    import uvicorn
+
+    from cloud_controller.app import create_app
+    from cloud_controller.logs import log_config
+    from cloud_controller.migrate import upgrade
+    from cloud_controller.settings import load_settings
+
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     settings = load_settings(args.config, **overrides)
     if not args.no_migrate:

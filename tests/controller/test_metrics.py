@@ -58,7 +58,9 @@ def test_drift_score_is_the_latest_scored_window_of_each_model_version_and_site(
     assert _metric(text, "edgefleet_drift_windows", model="sensor-mlp") == 6.0
 
 
-def test_metrics_stay_fast_and_right_with_many_drift_windows(controller: Controller) -> None:
+def test_metrics_and_the_drift_page_stay_fast_and_right_with_many_drift_windows(
+    controller: Controller,
+) -> None:
     keys = [(site, "sensor-mlp", version) for site in ("site-a", "site-b") for version in ("1.0.0", "1.1.0")]
     windows = 50_000  # 200,000 rows
     bulk_drift(controller.database_url, keys, windows)
@@ -72,6 +74,20 @@ def test_metrics_stay_fast_and_right_with_many_drift_windows(controller: Control
         assert score == pytest.approx(bulk_score(windows - 1))
     assert _metric(text, "edgefleet_drift_windows", model="sensor-mlp") == len(keys) * windows
     # Reading every window took seconds; a scrape must take well under Prometheus's 10 s timeout.
+    assert elapsed < 1.0
+
+    # The dashboard's drift page reads the windows it draws, the latest 240 of each key, by index.
+    with controller.client(None) as browser:
+        browser.post("/login", data={"token": controller.tokens["viewer"]})
+        browser.get("/drift")  # warm
+        started = time.perf_counter()
+        page = browser.get("/drift")
+        elapsed = time.perf_counter() - started
+    print(f"/drift with {len(keys) * windows:,} drift windows: {elapsed * 1000:.0f} ms")
+    assert page.status_code == 200
+    assert page.text.count('class="drift-chart"') == 2, "one chart per model version, a line per site"
+    lines = re.findall(r'<polyline class="series" points="([^"]*)"', page.text)
+    assert [len(points.split()) for points in lines] == [240] * 4
     assert elapsed < 1.0
 
 

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: One test that needs PostgreSQL and one that needs Chromium, both cheap to reach the check.
 NEEDING_BOTH = [
     "tests/controller/test_migrations.py::test_migrate_on_postgresql_makes_every_integer_64_bit",
-    "tests/controller/test_dashboard_browser.py",
+    "tests/controller/test_dashboard_browser.py::test_dashboard_shows_the_seeded_fleet_without_console_errors",
 ]
 
 

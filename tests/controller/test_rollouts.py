@@ -92,13 +92,25 @@ def test_waves_advance_as_devices_report_promoted_until_the_group_runs_the_new_v
         deployments = client.get("/api/v1/deployments").json()
         audit = client.get("/api/v1/audit", params={"resource": f"rollout/{rid}"}).json()
         listed = client.get("/api/v1/rollouts", params={"state": "succeeded"}).json()
+        device = client.get(f"/api/v1/devices/{fleet.devices[0]}").json()
     assert (deployments[0]["version"], deployments[0]["created_by"]) == (NEW, f"rollout-engine:{rid}")
+    with fleet.client() as client:
+        deployed = client.get(
+            "/api/v1/audit", params={"resource": f"deployment/{deployments[0]['id']}"}
+        ).json()
+    assert [(e["actor"], e["action"]) for e in deployed] == [("rollout-engine", "deploy")]
     assert {(e["actor"], e["action"]) for e in audit} >= {
+        ("operator:test-operator", "create"),
         ("operator:test-operator", "rollout.start"),
         ("rollout-engine", "rollout.advance"),
         ("rollout-engine", "rollout.complete"),
     }
     assert [r["id"] for r in listed["data"]] == [rid] and listed["count"] == 1
+    assert (device["model_version"], device["ota"]["state"], device["ota"]["rollout_id"]) == (
+        NEW,
+        "promoted",
+        rid,
+    )
     metrics = _scrape(controller)
     assert _metric(metrics, "edgefleet_rollouts", state="succeeded") == 1.0
     assert _metric(metrics, "edgefleet_rollouts", state="running") == 0.0
