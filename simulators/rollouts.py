@@ -1,8 +1,10 @@
 """Rollouts through the controller's API, as an operator runs them: create, follow to the end, record.
 
 A group has one active rollout at a time (the controller answers 409 to a second), so a
-rollout that comes while another runs waits for it. What each one did (its waves, its
-decisions with their numbers, how it ended) is kept for the report and the invariants.
+rollout that comes while another runs waits for it. One that has not ended within the time
+the scenario gives it (paused at an install deadline, say) is aborted, as an operator would,
+so that the group is free for the next. What each one did (its waves, its decisions with their
+numbers, how it ended) is kept for the report and the invariants.
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ async def run_rollout(
             response = await client.post("/api/v1/rollouts", json=body)
             if response.status_code == 201:
                 break
-            if response.status_code != 409 or time.monotonic() >= deadline:
+            busy = response.status_code == 409 and "active rollout" in response.text
+            if not busy or time.monotonic() >= deadline:
                 outcome.error = f"the controller refused the rollout: {response.status_code} {response.text}"
                 return outcome
             await asyncio.sleep(1.0)  # another rollout runs on the group: this one waits its turn
@@ -101,7 +104,11 @@ async def run_rollout(
                 outcome.ended_at = time.time()
                 return outcome
             if time.monotonic() >= deadline:
-                outcome.error = f"still {outcome.state} after {within_s:.0f}s"
+                outcome.error = f"still {outcome.state} after {within_s:.0f}s: aborted"
+                aborted = await client.post(f"/api/v1/rollouts/{outcome.id}/abort")
+                if aborted.status_code == 200:
+                    outcome.state = aborted.json()["state"]
+                outcome.ended_at = time.time()
                 return outcome
 
 

@@ -86,7 +86,7 @@ def test_a_good_version_goes_through_every_wave_to_every_device(report) -> None:
     good = _rollout(report, GOOD)
     assert good["state"] == "succeeded" and good["previous"] == PREVIOUS
     assert [w["started_at"] is not None for w in good["waves"]] == [True, True, True]
-    assert [w["target"] for w in good["waves"]] == [5, 25, 50], "10, 50 and 100 % of 50 devices"
+    assert [w["target"] for w in good["waves"]] == [10, 25, 50], "20, 50 and 100 % of 50 devices"
     actions = [d["action"] for d in good["decisions"]]
     assert actions.count("advance") == 2 and actions[-1] == "complete", actions
     assert report["final_model_version"] == GOOD
