@@ -38,6 +38,9 @@ from simulators.scenario import Scenario, device_class
 
 log = logging.getLogger(__name__)
 
+#: Update states that are not an outcome yet (`fleet_protocol.OtaState`).
+_MID_UPDATE = ("downloading", "verified", "shadow")
+
 
 @dataclass
 class Site:
@@ -290,6 +293,29 @@ class FleetRun:
         for device in self.running:
             out.setdefault(device, 0)
         return out
+
+    async def settle_updates(self, within_s: float, version: str | None = None) -> list[str]:
+        """Until no online device is mid-update (to ``version``, or any), as its retained state says;
+        returns the devices still mid-update when ``within_s`` ran out.
+
+        A rollout ends by the controller's decision, and a device of it can still be downloading or
+        shadowing then: the agent goes on with an update its desired state no longer names, and a
+        newer desired state cancels it without a word. Letting it finish first keeps each update's
+        outcome on record.
+        """
+        deadline = time.monotonic() + within_s
+        while True:
+            models = await self.observer.models(within_s=30)
+            busy = sorted(
+                device
+                for device, m in models.items()
+                if m["online"]
+                and m["ota_state"] in _MID_UPDATE
+                and (version is None or m["ota_version"] == version)
+            )
+            if not busy or time.monotonic() >= deadline:
+                return busy
+            await asyncio.sleep(1.0)
 
     def killed(self) -> dict[str, int]:
         """Per device, how many times its process was killed -9 on purpose."""

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 MODEL_VERSION = FIRST_MODEL_VERSION
 #: The observer catches up once devices stop producing; it gets at least this long to.
 _OBSERVER_CATCH_UP_S = 60.0
+#: After the timeline, devices still in an update get this long to finish it before the drain.
+_SETTLE_UPDATES_S = 60.0
 
 
 async def run_scenario(scenario: Scenario, run_dir: Path, console: Console | None = None) -> RunResult:
@@ -85,6 +87,8 @@ async def _stream(fleet: FleetRun, result: RunResult, lag: LagMonitor, console: 
                 await asyncio.sleep(max(0.0, min(0.2, due - elapsed)))
             progress.update(bar, completed=scenario.duration_s)
             await asyncio.gather(*running)  # temporary faults end before the drain
+            if fleet.rollouts:
+                await _settle_updates(fleet, result, _SETTLE_UPDATES_S)
             lag.stop_judging()
             await fleet.stop_producing()
             drain = progress.add_task("draining to the controller", total=None, records=0, online=0)
@@ -96,6 +100,16 @@ async def _stream(fleet: FleetRun, result: RunResult, lag: LagMonitor, console: 
         await asyncio.gather(sampler, return_exceptions=True)
     await result.timeline.sample(fleet)
     result.seconds = fleet.elapsed()
+
+
+async def _settle_updates(fleet: FleetRun, result: RunResult, within_s: float) -> None:
+    """Devices still in an update finish it (reading, shadowing) before the drain: how each update
+    ended is what the invariants of updates judge."""
+    busy = await fleet.settle_updates(within_s)
+    if busy:
+        result.events.append(
+            f"{fleet.elapsed():>5.0f}s still mid-update after {within_s:.0f}s: {', '.join(busy)}"
+        )
 
 
 async def _sample_every_second(fleet: FleetRun, result: RunResult) -> None:

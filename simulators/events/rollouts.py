@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from simulators.fleet import FleetRun
 
 _SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$"
+#: How long a rollout's devices get to finish their updates once it ended.
+_SETTLE_S = 60.0
 Defect = Literal["nan_outputs", "slow_10x", "disagrees", "tampered_signature"]
 assert set(Defect.__args__) == set(DEFECTS)  # type: ignore[attr-defined]
 
@@ -123,6 +125,11 @@ async def _roll(run: FleetRun, spec: Rollout, defect: str | None) -> str:
             "gates": spec.gates.model_dump(),
         }
         await run_rollout(run.controller, outcome, body, within_s=spec.within_s)
+        # The next rollout waits for this one's devices to finish their updates: one that came
+        # now would cancel them mid-way, and their outcome would never be known.
+        busy = await run.settle_updates(_SETTLE_S, version=spec.version)
+        if busy:
+            note += f"; still mid-update after {_SETTLE_S:.0f}s: {', '.join(busy)}"
     return outcome.line() + note
 
 
