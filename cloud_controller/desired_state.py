@@ -176,7 +176,7 @@ def issue(*, session: Session, devices: Sequence[DeviceRef], site_id: str | None
     ``site_id``: every device of that site is in ``devices``, and their stored revisions are read
     by a join instead of by id.
     """
-    for _ in range(_ATTEMPTS):
+    for attempt in range(_ATTEMPTS):
         layers = load_layers(session)
         assignments = _Assignments(session)
         wanted = {d.id: assignments.get(resolve(layers, d.id, d.labels), d.runtime) for d in devices}
@@ -188,7 +188,7 @@ def issue(*, session: Session, devices: Sequence[DeviceRef], site_id: str | None
         }
         if not changed:
             break
-        _store(session, changed, stored)
+        _store(session, changed, stored, force=attempt == _ATTEMPTS - 1)
         stored |= _stored(session, changed, None)
         if all(stored[device_id][1] == digest for device_id, digest in changed.items()):
             break
@@ -230,9 +230,16 @@ def _stored(
     return out
 
 
-def _store(session: Session, changed: dict[str, str], stored: dict[str, tuple[int, str, float]]) -> None:
+def _store(
+    session: Session, changed: dict[str, str], stored: dict[str, tuple[int, str, float]], *, force: bool
+) -> None:
     """New revisions for changed assignments: above the device's last, and above any revision of the
-    scheme before this one (deployment ids), since they start from the time in milliseconds."""
+    scheme before this one (deployment ids), since they start from the time in milliseconds.
+
+    ``force``: write over another digest stored meanwhile too, so that what is answered is what is
+    stored (a device must never get one revision with two assignments); a stale assignment written
+    so gets a higher revision again at the next computation.
+    """
     now = time.time()
     insert: Any = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     rows = [
@@ -248,6 +255,8 @@ def _store(session: Session, changed: dict[str, str], stored: dict[str, tuple[in
         statement = insert(DesiredRevision).values(rows[start : start + _CHUNK])
         # Written only over an older revision with another digest: of two requests racing, the
         # higher revision stays, and both answer with what is stored.
+        newer = col(DesiredRevision.revision) < statement.excluded.revision
+        other = col(DesiredRevision.fingerprint) != statement.excluded.fingerprint
         session.execute(
             statement.on_conflict_do_update(
                 index_elements=["device_id"],
@@ -256,8 +265,7 @@ def _store(session: Session, changed: dict[str, str], stored: dict[str, tuple[in
                     "fingerprint": statement.excluded.fingerprint,
                     "issued_at": statement.excluded.issued_at,
                 },
-                where=(col(DesiredRevision.fingerprint) != statement.excluded.fingerprint)
-                & (col(DesiredRevision.revision) < statement.excluded.revision),
+                where=newer if force else newer & other,
             )
         )
     session.commit()

@@ -15,7 +15,7 @@ from cloud_controller.audit import record as audit
 from cloud_controller.desired_state import selector_selects
 from cloud_controller.exceptions import Conflict, NotFound
 from cloud_controller.models import Bundle, Deployment, Device, DeviceGroup, ModelVersion, Stage
-from cloud_controller.rollout_gates import measure, reports
+from cloud_controller.rollout_gates import Measured, measure, reports
 from cloud_controller.rollout_models import (
     ACTIVE,
     Action,
@@ -172,7 +172,7 @@ def _operate(
     return rollout
 
 
-def current(session: Session, rollout: Rollout) -> Any:
+def current(session: Session, rollout: Rollout) -> Measured | None:
     """The current wave's measure, or None before any wave started."""
     if not rollout.progress:
         return None

@@ -4,7 +4,10 @@ pause, resume and abort, and a restart changes nothing. Devices are played throu
 from __future__ import annotations
 
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -304,3 +307,42 @@ def _restart(process: ControllerProcess, tmp_path: Path, bundles, signing_key) -
     assert actions(done) == ["start", "advance", "complete"]
     decided = [(d["wave"], d["action"], d["reason"]) for d in done["decisions"]]
     assert len(decided) == len(set(decided))
+
+
+def test_concurrent_polls_while_assignments_change_never_reuse_a_revision(
+    controller: Controller, bundles, signing_key, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    fleet = make_fleet(controller, bundles, signing_key, tmp_path, devices=30)
+    seen: dict[tuple[str, int], set[str]] = {}
+    stop = threading.Event()
+
+    def poll() -> list[dict[str, int]]:
+        answers = []
+        with fleet.client("gateway") as gateway:
+            while not stop.is_set():
+                states = gateway.get("/api/v1/sites/site-a/desired").json()["states"]
+                answers.append({s["device_id"]: s["revision"] for s in states})
+                for s in states:
+                    version = s["model"]["version"] if s["model"] else "none"
+                    seen.setdefault((s["device_id"], s["revision"]), set()).add(version)
+        return answers
+
+    with ThreadPoolExecutor(4) as pool:
+        pollers = [pool.submit(poll) for _ in range(4)]
+        with fleet.client() as client:
+            for version in (NEW, OLD, NEW, OLD, NEW):
+                deployed = client.post(
+                    "/api/v1/deployments",
+                    json={"group_id": fleet.group_id, "model_id": "sensor-mlp", "version": version},
+                )
+                assert deployed.status_code == 201
+                time.sleep(0.2)
+        stop.set()
+        answers = [p.result() for p in pollers]
+    assert {key: versions for key, versions in seen.items() if len(versions) > 1} == {}, (
+        "one revision, one assignment"
+    )
+    for poller in answers:
+        for earlier, later in pairwise(poller):
+            assert all(later[d] >= earlier[d] for d in earlier), "a device's revision never goes back"
+    assert on(fleet.desired(), NEW) == set(fleet.devices)
