@@ -66,19 +66,21 @@ def version_strips(
     origin: float,
     *,
     marks: list[tuple[float, str]] = (),
+    flags: dict[str, list[tuple[float, str]]] | None = None,
     limit: int = 300,
 ) -> str:
     """One row per device, coloured by the model version its records came from, over run time.
 
     ``runs``: per device, ``[version, first_ts, last_ts]`` in seq order (record times, Unix);
-    ``marks``: ``(unix time, label)``, e.g. each wave's start. Devices past ``limit`` are left out
-    (and the caption says so): a row must stay a visible line.
+    ``marks``: ``(unix time, label)``, e.g. each wave's start; ``flags``: per device, ``(unix time,
+    label)`` drawn as a triangle on its row (a bad version it was sent, which made no record).
+    Devices past ``limit`` are left out (and the caption says so): a row must stay a visible line.
     """
     devices = sorted(runs)[:limit]
     spans = [(r[1] - origin, r[2] - origin) for d in devices for r in runs[d]]
     if not spans:
         return f'<figure class="chart"><figcaption>{html.escape(title)}</figcaption><p>no data</p></figure>'
-    width, left, top_pad = 900, 130, 30
+    width, left, top_pad = 900, 130, 50
     x1 = max(max(end for _, end in spans), max((t - origin for t, _ in marks), default=0.0), 1.0)
     row = max(1.0, min(8.0, 400 / len(devices)))
     height = top_pad + row * len(devices) + 30
@@ -104,14 +106,24 @@ def version_strips(
                 f' height="{max(0.8, row - 0.5):.1f}" fill="{colours[version]}"><title>{html.escape(device)}:'
                 f" {html.escape(version)}</title></rect>"
             )
+        for t, label in (flags or {}).get(device, []):
+            x, half = px(t - origin), max(2.0, row / 2)
+            shape = f"M{x - half:.1f},{y + row:.1f} l{half:.1f},{-row:.1f} l{half:.1f},{row:.1f}z"
+            parts.append(
+                f'<path class="flag" d="{shape}" fill="#111">'
+                f"<title>{html.escape(device)}: {html.escape(label)}</title></path>"
+            )
     bottom = top_pad + row * len(devices)
-    for t, label in marks:
+    last_x, level = -1e9, 0
+    for t, label in sorted(marks):
         x = px(t - origin)
+        # Marks close together (a rollout's end, the next one's start) get their labels on three levels.
+        level = (level + 1) % 3 if x - last_x < 90 else 0
+        last_x, ty = x, top_pad - 6 - 12 * level
         parts.append(
-            f'<line class="wave" x1="{x:.1f}" y1="{top_pad - 4}" x2="{x:.1f}" y2="{bottom:.1f}"'
+            f'<line class="wave" x1="{x:.1f}" y1="{ty + 2}" x2="{x:.1f}" y2="{bottom:.1f}"'
             ' stroke="#111" stroke-dasharray="2,2"/>'
-            f'<text x="{x + 2:.1f}" y="{top_pad - 6}" font-size="9" transform="rotate(-20 {x + 2:.1f}'
-            f' {top_pad - 6})">{html.escape(label)}</text>'
+            f'<text x="{x + 2:.1f}" y="{ty}" font-size="9">{html.escape(label)}</text>'
         )
     parts.append(f'<text x="{left}" y="{bottom + 14:.1f}" font-size="10">0s</text>')
     parts.append(
@@ -127,6 +139,21 @@ def version_strips(
     shown = f" ({len(devices)} of {len(runs)} devices)" if len(devices) < len(runs) else ""
     caption = html.escape(title + shown)
     return f'<figure class="chart wide"><figcaption>{caption}</figcaption>{"".join(parts)}</figure>'
+
+
+def bad_version_flags(
+    rollouts: list[dict[str, Any]], devices_by_version: dict[str, dict[str, dict[str, Any]]]
+) -> dict[str, list[tuple[float, str]]]:
+    """Each device a defective version was sent to, at its canary's start, with how it ended there."""
+    flags: dict[str, list[tuple[float, str]]] = {}
+    for r in rollouts:
+        started = next((w["started_at"] for w in r.get("waves", []) if w.get("started_at")), None)
+        if not r.get("defect") or started is None:
+            continue
+        for device, ended in devices_by_version.get(r["version"], {}).items():
+            label = f"{r['version']} ({r['defect']}): {ended.get('outcome')}, {ended.get('reason')}"
+            flags.setdefault(device, []).append((float(started), label))
+    return flags
 
 
 def wave_marks(rollouts: list[dict[str, Any]]) -> list[tuple[float, str]]:
@@ -227,10 +254,12 @@ def render_html(report: dict[str, Any]) -> str:
         charts.insert(
             3,
             version_strips(
-                "Model version of each device's records over time (dashed: rollout waves and ends)",
+                "Model version of each device's records over time (dashed: rollout waves and ends;"
+                " triangles: a defective version sent to that device, refused or rolled back)",
                 ota["version_runs"],
                 ota["stream_started_at"],
                 marks=wave_marks(report.get("rollouts", [])),
+                flags=bad_version_flags(report.get("rollouts", []), ota.get("devices_by_version", {})),
             ),
         )
     lag = report.get("simulator", {})
