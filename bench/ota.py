@@ -3,7 +3,8 @@
 The fleet is fleet-sim's (`simulators.bringup.fleet_up`), every part real: a ``cloud-controller``
 process, per site a Mosquitto, an uplink proxy and an ``edge-gateway`` process, and the devices,
 real ``edge_agent.Agent``s in one process per site (``--devices-per-site``, 500 by default, at
-``--rate-hz``; a few of each site's devices, the ``fast`` class, read at 10 Hz). The versions are
+``--rate-hz``; a few of each site's devices, the ``fast`` class, read at 10 Hz in a process of
+their own). The versions are
 trained, built and signed by ``model_compiler`` during the run (one ONNX int8 bundle each) and
 rolled out through the controller's rollout API, as ``fleet-sim``'s ``rollout`` event does.
 
@@ -68,7 +69,9 @@ def _scenario(args: argparse.Namespace) -> Scenario:
             "runtimes": ["onnx-int8"],
             "device_classes": [
                 {"name": "dev", "share": args.devices_per_site - fast},
-                {"name": "fast", "share": fast, "rate_hz": 10.0},
+                # In agent processes of their own: the swap gap is the agent's, not the stall of a
+                # process where 500 other devices load a new model at the same moment.
+                {"name": "fast", "share": fast, "rate_hz": 10.0, "own_process": True},
             ],
             "gateway": {"window_s": 30, "drift_window_s": 30},
             "agent_processes_per_site": args.agent_processes_per_site,
@@ -142,11 +145,12 @@ async def bench(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     result = RunResult(scenario, run_dir, time.time())
     console = Console(stderr=True)
     out: dict[str, Any] = {"devices": devices, "sites": scenario.sites, "rate_hz": args.rate_hz}
+    started = time.monotonic()
     async with fleet_up(scenario, run_dir, console, result) as up:
         fleet = up.fleet
         up.lag.start_judging()
-        ready = await _until("every device online", lambda: _all_on(fleet, FIRST_MODEL_VERSION, devices), 300)
-        out["fleet_started_seconds"] = round(time.monotonic() - fleet.started, 1) if ready else None
+        await _until("every device online", lambda: _all_on(fleet, FIRST_MODEL_VERSION, devices), 300)
+        out["fleet_up_seconds"] = round(time.monotonic() - started, 1)
         await asyncio.sleep(5)  # the gateways' first desired polls and bundle prefetches settle
         before = await asyncio.to_thread(fleet.bundle_fetches)
         watch = asyncio.create_task(

@@ -50,6 +50,8 @@ class Site:
     uplink: FaultyLink
     gateway: GatewayProcess
     hosts: list[AgentHostProcess] = field(default_factory=list)
+    #: Device classes with an agent process of their own (`DeviceClass.own_process`): its host.
+    class_hosts: dict[str, AgentHostProcess] = field(default_factory=dict)
     devices: list[str] = field(default_factory=list)
     drift_shift: float = 0.0
     relabel: dict[int, int] = field(default_factory=dict)
@@ -134,6 +136,12 @@ class FleetRun:
             agents = AgentHostProcess(f"{name}/{number}", home / f"agents-{number}.log")
             await agents.start()
             site.hosts.append(agents)
+        for cls in self.scenario.device_classes:
+            if cls.own_process:
+                agents = AgentHostProcess(f"{name}/{cls.name}", home / f"agents-{cls.name}.log")
+                await agents.start()
+                site.hosts.append(agents)
+                site.class_hosts[cls.name] = agents
         self.sites.append(site)
         return site
 
@@ -185,7 +193,8 @@ class FleetRun:
             "extra_drift": site.drift_shift,
             "relabel": {str(k): v for k, v in site.relabel.items()},
         }
-        host = self.host_of.get(device) or site.hosts[number % len(site.hosts)]
+        shared = [h for h in site.hosts if h not in site.class_hosts.values()]
+        host = self.host_of.get(device) or site.class_hosts.get(cls.name) or shared[number % len(shared)]
         self.host_of[device] = host
         await host.start_device(device, DeviceSpec(settings, source))
         self.running.add(device)

@@ -46,6 +46,11 @@ class DeviceClass(_Strict):
     noise: float = Field(default=0.6, gt=0, description="Sensor noise (the model was trained on 0.6)")
     anomaly_rate: float | None = Field(default=None, ge=0, le=1, description="Default: the scenario's")
     period_s: float = Field(default=60.0, gt=0, description="Period of the machine's slow cycle")
+    own_process: bool = Field(
+        default=False,
+        description="Its devices run in an agent process of their own at each site: the other devices'"
+        " work (hundreds loading a new model at once) does not stall them",
+    )
 
 
 class Scenario(_Strict):
