@@ -194,6 +194,10 @@ def test_run_help_documents_the_exit_codes() -> None:
     text = " ".join(result.stdout.split())
     assert "1 an invariant failed" in text
     assert "4 the simulator itself fell behind" in text
+    for kind in kinds():
+        assert f" {kind}: " in text, f"--help documents {kind}"
+    assert "defect: nan_outputs, slow_10x, disagrees or tampered_signature" in text
+    assert "at: Kill -9 at each of these in turn" in text
 
 
 def test_fleet_sim_refuses_an_invalid_scenario(tmp_path: Path) -> None:
