@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 #: The hook `edge_agent.ota.hooks.crash_point` reads at each point.
 CRASH_AT = "EDGEFLEET_AGENT_CRASH_AT"
 _TICK_S = 0.1
+_BLOCKING_THREADS = 2
 
 
 class AgentHost:
@@ -195,6 +196,12 @@ class AgentHost:
 
 
 async def _serve() -> None:
+    # The agents' blocking work (loading and verifying models, bundle files) goes through the
+    # default executor: a few threads, so that hundreds of devices loading a new model at once
+    # queue there instead of taking the interpreter from the loop that runs them all.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=_BLOCKING_THREADS, thread_name_prefix="blocking")
+    )
     host = AgentHost()
     try:
         await serve(host.answer)
