@@ -62,6 +62,7 @@ OTA_EVENTS = (
     "ota.promoted",
     "ota.rolled_back",
     "ota.refused",
+    "ota.cancelled",  # a newer desired state took over before an outcome
 )
 
 

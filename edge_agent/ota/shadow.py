@@ -18,6 +18,8 @@ from fleet_protocol import RolloutDirective, RunStats, ShadowStats
 
 #: A shadow that has not seen ``min_samples`` inputs is judged on what it saw after this many soaks.
 _PATIENCE = 10
+#: Batches whose latency is not counted: the first runs of a freshly loaded model pay for its warm-up.
+_WARM_UP_BATCHES = 3
 
 
 def rss_mb() -> float:
@@ -33,13 +35,16 @@ def rss_mb() -> float:
 @dataclass
 class _Side:
     latencies_ms: list[float] = field(default_factory=list)  # per reading, one value per batch
+    batches: int = 0
     confidence_sum: float = 0.0
     confidence_n: int = 0
     non_finite: int = 0
     peak_rss_mb: float = 0.0
 
     def add(self, predictions: Predictions, seconds: float, rows: int) -> None:
-        self.latencies_ms.append(seconds * 1000.0 / max(rows, 1))
+        self.batches += 1
+        if self.batches > _WARM_UP_BATCHES:  # a model's first runs are cold: not its latency
+            self.latencies_ms.append(seconds * 1000.0 / max(rows, 1))
         if predictions.confidence is not None:
             finite = predictions.confidence[np.isfinite(predictions.confidence)]
             self.confidence_sum += float(finite.sum())

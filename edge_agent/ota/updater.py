@@ -131,6 +131,8 @@ class Updater:
     def request(self, target: ModelAssignment, revision: int) -> None:
         """The desired state names ``target``: go there unless already there or already refused."""
         if runs(self._current(), target):
+            # Already there (a rollout aborted back to what runs): an update elsewhere stops here.
+            self._cancel(f"the desired state names {target.model_id}@{target.version} again, which runs")
             return
         same = self.target is not None and self.target.manifest_sha256 == target.manifest_sha256
         if same and self.busy:
@@ -196,9 +198,20 @@ class Updater:
 
     # -- the update ------------------------------------------------------------------------
 
+    def _cancel(self, why: str) -> None:
+        """Stop an update under way, and say so (``ota.cancelled``): it is neither refused nor rolled back."""
+        if self._task is None or self._task.done() or self.target is None:
+            return
+        self._task.cancel()
+        log.info("update to %s@%s cancelled: %s", self.target.model_id, self.target.version, why)
+        self._emit(
+            "ota.cancelled", self._status(self.status.state if self.status else OtaState.IDLE, None, why)
+        )
+        self.shadow = None  # its figures belong to the cancelled update
+
     def _start(self, target: ModelAssignment, revision: int | None, *, skip_shadow: bool = False) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        self._cancel(f"the desired state now names {target.model_id}@{target.version}")
+        self.shadow = None
         self.target, self.revision = target, revision
         self.backoff.reset()
         self._task = asyncio.create_task(self._run(target, skip_shadow), name="ota")

@@ -268,3 +268,25 @@ async def test_a_promoted_model_that_raises_while_running_is_rolled_back_to_the_
     assert event.data["reason"] == ModelReason.RUNTIME_ERROR.value and "out of memory" in event.data["detail"]
     assert agent.rejected["runtime_error"] > 0, "the readings of the failed batches are counted"
     assert agent.slots.active() == bundles["onnx-fp32"]
+
+
+async def test_an_update_is_cancelled_when_the_desired_state_goes_back_to_the_running_version(
+    tmp_path: Path, broker: Mosquitto, bundles, bundles_v2, public_key_file
+) -> None:  # type: ignore[no-untyped-def]
+    """A rollout aborted while a device shadows the new version: the device stops there, says so."""
+    agent = Agent(settings(_config(tmp_path, broker, bundles, public_key_file)))
+    async with BundleServer() as server, FleetSubscriber(broker.port) as sub:
+        task = asyncio.create_task(agent.run())
+        await wait_until(lambda: len(sub.records) >= 10, 20, "records of 1.0.0")
+        v2 = bundles_v2["onnx-fp32"]
+        await _publish_desired(broker.port, _desired(server.url(server.add(v2)), v2, "2.0.0", 3, shadow_s=60))
+        await wait_until(lambda: any(e.kind == "ota.shadow" for e in sub.events), 30, "shadowing 2.0.0")
+        v1 = bundles["onnx-fp32"]
+        await _publish_desired(broker.port, _desired(server.url(server.add(v1)), v1, "1.0.0", 4))
+        await wait_until(lambda: any(e.kind == "ota.cancelled" for e in sub.events), 10, "cancelled")
+        await wait_until(lambda: sub.states["dev-1"].model_reason is None, 10, "on its desired model")
+        assert agent.updater is not None and not agent.updater.busy and agent.updater.challenger is None
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+    assert not any(e.kind == "ota.promoted" for e in sub.events)
+    assert {r.model_version for r in sub.records} == {"1.0.0"}
