@@ -67,13 +67,25 @@ def test_drift_score_is_psi_against_the_bundle_reference(controller: Controller,
     assert latest == pytest.approx(psi1), "the metric shows the latest window's score"
 
 
+def test_a_window_of_a_few_records_is_stored_but_not_scored(controller: Controller, bundles) -> None:  # type: ignore[no-untyped-def]
+    reference = json.loads((bundles["onnx-int8"] / DRIFT_REFERENCE_FILE).read_text())
+    assert _upload(controller, bundles["onnx-int8"]).status_code == 201
+    names, counts = reference["feature_names"], reference["counts"]
+    few = [[0] * (len(feature) - 1) + [9] for feature in counts]  # 9 records, all in one bin
+    enough = [[3 * c for c in feature] for feature in counts]
+    _ingest_drift(controller, histogram_drift(0.0, names, few), histogram_drift(60.0, names, enough))
+    (_, method0, score0), (_, method1, score1) = _scores(controller)
+    assert (method0, score0) == (None, None), "9 records: no score rather than a false alarm"
+    assert method1 == "psi" and score1 is not None and score1 < 0.01
+
+
 def test_drift_score_is_mean_shift_when_histograms_do_not_match_the_reference_bins(
     sqlite_controller: Controller, bundles
 ) -> None:  # type: ignore[no-untyped-def]
     reference = json.loads((bundles["onnx-int8"] / DRIFT_REFERENCE_FILE).read_text())
     assert _upload(sqlite_controller, bundles["onnx-int8"]).status_code == 201
     names = reference["feature_names"]
-    three_bins = [[10, 10, 10] for _ in names]
+    three_bins = [[20, 20, 20] for _ in names]  # 60 records: enough to be scored
     first, later = histogram_drift(0.0, names, three_bins), histogram_drift(60.0, names, three_bins)
     later = later.model_copy(update={"mean": [2.0] * len(names)})  # 2 std from the first window
     _ingest_drift(sqlite_controller, first, later)
