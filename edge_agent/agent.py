@@ -306,11 +306,7 @@ class Agent:
         scaled = model.preprocessor.scale(raw)
         started = time.perf_counter()
         try:
-            if self._inline:
-                predictions = model.predict(scaled)
-            else:
-                loop = asyncio.get_running_loop()
-                predictions = await loop.run_in_executor(self._inference_executor, model.predict, scaled)
+            predictions = await self._predict(model, scaled)
         except Exception as exc:  # the runtime failed on this batch: counted, and the agent goes on
             self._model_raised(model, exc, len(kept))
             return None
@@ -324,6 +320,13 @@ class Agent:
             await self._shadow(self.updater.challenger, kept, predictions, seconds)
         return self._records(model, kept, raw, predictions)
 
+    async def _predict(self, model: LoadedModel, scaled: np.ndarray) -> Predictions:
+        """One model call, on the inference thread unless the settings ask for inline calls."""
+        if self._inline:
+            return model.predict(scaled)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._inference_executor, model.predict, scaled)
+
     async def _shadow(
         self, challenger: LoadedModel, kept: list[Reading], champion: Predictions, champion_s: float
     ) -> None:
@@ -335,11 +338,7 @@ class Agent:
         scaled = challenger.preprocessor.scale(raw)
         started = time.perf_counter()
         try:
-            if self._inline:
-                predictions = challenger.predict(scaled)
-            else:
-                loop = asyncio.get_running_loop()
-                predictions = await loop.run_in_executor(self._inference_executor, challenger.predict, scaled)
+            predictions = await self._predict(challenger, scaled)
         except Exception as exc:  # the update fails; the running model is untouched
             self.updater.challenger_raised(exc)
             return

@@ -59,18 +59,23 @@ def to_wire(stored: list[tuple[int, list[Any]]]) -> list[dict[str, Any]]:
 
 
 def _decode_arrays(rows: list[list[Any]], index: int) -> None:
+    for group, array in _float32_groups(rows, index):
+        for values, decoded in zip(group, np.round(array.astype(np.float64), DECIMALS).tolist(), strict=True):
+            values[index] = decoded
+
+
+def _float32_groups(rows: list[list[Any]], index: int) -> list[tuple[list[list[Any]], np.ndarray]]:
+    """The rows whose field ``index`` holds float32 bytes, grouped by length, each group one array."""
     # Group by length so that every group decodes in one numpy call.
     by_length: dict[int, list[list[Any]]] = {}
     for values in rows:
         blob = values[index]
         if isinstance(blob, bytes):
             by_length.setdefault(len(blob), []).append(values)
-    for length, group in by_length.items():
-        array = np.frombuffer(b"".join(v[index] for v in group), dtype=np.float32).reshape(
-            len(group), length // 4
-        )
-        for values, decoded in zip(group, np.round(array.astype(np.float64), DECIMALS).tolist(), strict=True):
-            values[index] = decoded
+    return [
+        (group, np.frombuffer(b"".join(v[index] for v in group), dtype=np.float32).reshape(len(group), -1))
+        for group in by_length.values()
+    ]
 
 
 def wire_json(head: dict[str, Any], stored: list[tuple[int, bytes]]) -> bytes:
@@ -88,14 +93,6 @@ def wire_json(head: dict[str, Any], stored: list[tuple[int, bytes]]) -> bytes:
 
 def _arrays_as_numpy(rows: list[list[Any]], index: int) -> None:
     """Float32 byte fields become rows of one numpy array per length (rounded like `to_wire`)."""
-    by_length: dict[int, list[list[Any]]] = {}
-    for values in rows:
-        blob = values[index]
-        if isinstance(blob, bytes):
-            by_length.setdefault(len(blob), []).append(values)
-    for length, group in by_length.items():
-        array = np.frombuffer(b"".join(v[index] for v in group), dtype=np.float32).reshape(
-            len(group), length // 4
-        )
+    for group, array in _float32_groups(rows, index):
         for values, row in zip(group, np.round(array, DECIMALS), strict=True):
             values[index] = row
