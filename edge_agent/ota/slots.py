@@ -39,7 +39,6 @@ class Slots:
     def __init__(self, root: Path, factory: Path) -> None:
         self.root = root
         self.factory = factory
-        root.mkdir(parents=True, exist_ok=True)
 
     def slot(self, sha256: str) -> Path:
         return self.root / sha256
@@ -74,6 +73,7 @@ class Slots:
 
     def unpack(self, archive: Path, sha256: str) -> Path:
         """Extract a downloaded bundle into its partial slot (safe paths only); returns that folder."""
+        self.root.mkdir(parents=True, exist_ok=True)
         into = self.partial(sha256)
         if into.exists():
             shutil.rmtree(into)
@@ -117,6 +117,8 @@ class Slots:
     def collect(self) -> None:
         """Delete slots neither link names (after a successful switch), and leftovers of failed tries."""
         keep = {p.name for p in (self._target(CURRENT), self._target(PREVIOUS)) if p is not None}
+        if not self.root.is_dir():
+            return
         for path in self.root.iterdir():
             if path.is_symlink() or path.name in keep or path.name.startswith("."):
                 continue
@@ -126,6 +128,7 @@ class Slots:
                 path.unlink(missing_ok=True)
 
     def _link(self, name: str, to: Path) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".{name}.tmp"
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(to.name)  # relative: the data folder can move

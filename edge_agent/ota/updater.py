@@ -274,6 +274,7 @@ class Updater:
             raise UpdateFailed(
                 ModelReason.DOWNLOAD_FAILED, "the desired state names no bundle URL", loaded=False
             )
+        await asyncio.to_thread(self.slots.root.mkdir, parents=True, exist_ok=True)
         archive = self.slots.root / f"{address(urls[0]) or target.manifest_sha256}.tar"
         await self._write("download", OtaState.DOWNLOADING)
         self._emit("ota.downloading", self._status(OtaState.DOWNLOADING))
