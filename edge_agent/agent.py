@@ -304,13 +304,11 @@ class Agent:
             return None
         kept = [readings[i] for i in kept_index]
         scaled = model.preprocessor.scale(raw)
-        started = time.perf_counter()
         try:
-            predictions = await self._predict(model, scaled)
+            predictions, seconds = await self._predict(model, scaled)
         except Exception as exc:  # the runtime failed on this batch: counted, and the agent goes on
             self._model_raised(model, exc, len(kept))
             return None
-        seconds = time.perf_counter() - started
         self.metrics.inference_seconds.observe(seconds)
         self.metrics.batch_size.observe(len(kept))
         self.metrics.inferences.inc(len(kept))
@@ -320,12 +318,16 @@ class Agent:
             await self._shadow(self.updater.challenger, kept, predictions, seconds)
         return self._records(model, kept, raw, predictions)
 
-    async def _predict(self, model: LoadedModel, scaled: np.ndarray) -> Predictions:
-        """One model call, on the inference thread unless the settings ask for inline calls."""
+    async def _predict(self, model: LoadedModel, scaled: np.ndarray) -> tuple[Predictions, float]:
+        """One model call and its duration, on the inference thread unless settings ask for inline.
+
+        The clock runs inside the call: time waiting for the (shared) inference thread is not the
+        model's latency, and the shadow gates compare models by it.
+        """
         if self._inline:
-            return model.predict(scaled)
+            return _timed(model, scaled)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._inference_executor, model.predict, scaled)
+        return await loop.run_in_executor(self._inference_executor, _timed, model, scaled)
 
     async def _shadow(
         self, challenger: LoadedModel, kept: list[Reading], champion: Predictions, champion_s: float
@@ -336,13 +338,12 @@ class Agent:
         if len(index) != len(kept):
             return  # the new model reads other features: compare on batches both can read
         scaled = challenger.preprocessor.scale(raw)
-        started = time.perf_counter()
         try:
-            predictions = await self._predict(challenger, scaled)
+            predictions, seconds = await self._predict(challenger, scaled)
         except Exception as exc:  # the update fails; the running model is untouched
             self.updater.challenger_raised(exc)
             return
-        self.updater.observe_shadow(champion, champion_s, predictions, time.perf_counter() - started)
+        self.updater.observe_shadow(champion, champion_s, predictions, seconds)
 
     def _model_raised(self, model: LoadedModel, exc: Exception, readings: int) -> None:
         """A model that raises is rolled back when an update installed it; otherwise reported."""
@@ -576,3 +577,9 @@ class Agent:
             self.input_problem = None
         if before != self.input_problem and (before is None or self.input_problem is None):
             self.syncer.state_changed()
+
+
+def _timed(model: LoadedModel, scaled: np.ndarray) -> tuple[Predictions, float]:
+    started = time.perf_counter()
+    predictions = model.predict(scaled)
+    return predictions, time.perf_counter() - started
