@@ -22,6 +22,7 @@ from fleet_protocol.exceptions import (
     SignatureError,
     UnknownSchemaVersion,
 )
+from fleet_protocol.labels import DeviceLabels, Label, LabelBatch, LabelResult, LabelUpload
 from fleet_protocol.messages import (
     DesiredState,
     DeviceEvent,
@@ -43,6 +44,7 @@ from fleet_protocol.topics import (
     desired_topic,
     device_topic,
     events_topic,
+    labels_topic,
     parse_topic,
     site_subscription,
     state_topic,
@@ -60,6 +62,7 @@ __all__ = [
     "BundleManifest",
     "DesiredState",
     "DeviceEvent",
+    "DeviceLabels",
     "DeviceTopic",
     "DigestMismatch",
     "DriftReference",
@@ -68,6 +71,10 @@ __all__ = [
     "FileEntry",
     "Health",
     "InvalidTopic",
+    "Label",
+    "LabelBatch",
+    "LabelResult",
+    "LabelUpload",
     "Lineage",
     "MalformedPayload",
     "ModelAssignment",
@@ -95,6 +102,7 @@ __all__ = [
     "device_topic",
     "encode",
     "events_topic",
+    "labels_topic",
     "parse_topic",
     "population_stability_index",
     "site_subscription",

@@ -6,7 +6,8 @@ a lost response is answered with the same counts moved to ``duplicates``.
 
 Schema version 2 adds ``summaries``: per-device window statistics, which a gateway sends in
 place of the routine records it does not forward whole. Version 3 adds each summary's
-``seq_ranges``: which records it counts. Versions 1 and 2 are still accepted.
+``seq_ranges``: which records it counts. Version 4 adds ``labels``: delayed ground truth the site's
+labelling systems published (`fleet_protocol.labels`). Versions 1 to 3 are still accepted.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fleet_protocol.labels import DeviceLabels
 from fleet_protocol.messages import (
     INT64_MAX,
     DesiredState,
@@ -122,10 +124,10 @@ class WindowSummary(BaseModel):
 class IngestBatch(ProtocolModel):
     """One upload from a site gateway. ``batch_id`` is unique per gateway (for logs and retries)."""
 
-    SUPPORTED_VERSIONS: ClassVar[frozenset[int]] = frozenset({1, 2, 3})
-    CURRENT_VERSION: ClassVar[int] = 3
+    SUPPORTED_VERSIONS: ClassVar[frozenset[int]] = frozenset({1, 2, 3, 4})
+    CURRENT_VERSION: ClassVar[int] = 4
 
-    schema_version: int = Field(default=3, strict=True, description="Version of this payload's schema")
+    schema_version: int = Field(default=4, strict=True, description="Version of this payload's schema")
 
     site: SiteId
     gateway_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -136,6 +138,8 @@ class IngestBatch(ProtocolModel):
     drift: list[DriftSummary] = Field(default_factory=list, max_length=1000)
     events: list[DeviceEvent] = Field(default_factory=list, max_length=MAX_INGEST_RECORDS)
     summaries: list[WindowSummary] = Field(default_factory=list, max_length=MAX_INGEST_RECORDS)
+    #: Labels per device (schema version 4); at most `MAX_INGEST_RECORDS` labels in all.
+    labels: list[DeviceLabels] = Field(default_factory=list, max_length=MAX_INGEST_RECORDS)
 
     @model_validator(mode="after")
     def _summaries_need_v2(self) -> IngestBatch:
@@ -143,6 +147,10 @@ class IngestBatch(ProtocolModel):
             raise ValueError("summaries need schema_version 2")
         if self.schema_version < 3 and any(s.seq_ranges is not None for s in self.summaries):
             raise ValueError("summaries with seq_ranges need schema_version 3")
+        if self.schema_version < 4 and self.labels:
+            raise ValueError("labels need schema_version 4")
+        if sum(len(d.labels) for d in self.labels) > MAX_INGEST_RECORDS:
+            raise ValueError(f"more than {MAX_INGEST_RECORDS} labels in one batch")
         return self
 
 
@@ -156,6 +164,7 @@ class IngestResult(BaseModel):
     drift_stored: int = Field(ge=0)
     events_stored: int = Field(default=0, ge=0)
     summaries_stored: int = Field(default=0, ge=0)
+    labels_stored: int = Field(default=0, ge=0)
 
 
 class SiteDesiredStates(ProtocolModel):

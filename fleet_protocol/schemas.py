@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fleet_protocol.bundle import BundleManifest
 from fleet_protocol.ingest import IngestBatch
+from fleet_protocol.labels import LabelBatch, LabelUpload
 from fleet_protocol.messages import (
     DesiredState,
     DeviceEvent,
@@ -28,6 +29,8 @@ PAYLOADS: dict[str, type[ProtocolModel]] = {
     "device-event": DeviceEvent,
     "bundle-manifest": BundleManifest,
     "ingest-batch": IngestBatch,
+    "label-batch": LabelBatch,
+    "label-upload": LabelUpload,
     "drift-reference": DriftReference,
 }
 

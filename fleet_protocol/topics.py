@@ -1,6 +1,6 @@
 """The MQTT topic tree every daemon and any MQTT client shares.
 
-``fleet/{site}/{device}/{kind}`` with ``kind`` one of telemetry, state, desired, events.
+``fleet/{site}/{device}/{kind}`` with ``kind`` one of telemetry, state, desired, events, labels.
 ``mosquitto_sub -t 'fleet/#'`` follows a whole fleet.
 """
 
@@ -25,6 +25,7 @@ class TopicKind(StrEnum):
     STATE = "state"  # retained reported state; the Last Will marks the device offline
     DESIRED = "desired"  # retained desired state, cloud -> gateway -> device
     EVENTS = "events"  # OTA progress, errors
+    LABELS = "labels"  # delayed ground truth from a labelling system at the site, QoS 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,10 @@ def desired_topic(site: str, device: str) -> str:
 
 def events_topic(site: str, device: str) -> str:
     return device_topic(site, device, TopicKind.EVENTS)
+
+
+def labels_topic(site: str, device: str) -> str:
+    return device_topic(site, device, TopicKind.LABELS)
 
 
 def site_subscription(site: str) -> str:
