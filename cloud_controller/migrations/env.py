@@ -6,7 +6,8 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
 
-# Registers every table on SQLModel.metadata (the rollouts' module imports cloud_controller.models).
+# Registers every table on SQLModel.metadata (both modules import cloud_controller.models).
+import cloud_controller.label_models
 import cloud_controller.rollout_models  # noqa: F401
 
 config = context.config

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import IntegrityError
 
 from cloud_controller.migrate import current_revision, head_revision, upgrade
 from tests.controller.conftest import database_url
@@ -16,11 +17,11 @@ from tests.controller.conftest import database_url
 def test_migrate_from_empty_reaches_head(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'c.sqlite'}"
     upgrade(url)
-    assert current_revision(url) == head_revision(url) == "0008"
+    assert current_revision(url) == head_revision(url) == "0009"
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
-@pytest.mark.parametrize("previous", ["0007", "0006", "0001"])
+@pytest.mark.parametrize("previous", ["0008", "0006", "0001"])
 def test_migrate_from_the_previous_revision_keeps_data(tmp_path: Path, previous: str, kind: str) -> None:
     for url in database_url(kind, tmp_path):
         _migrate_keeping_data(url, previous)
@@ -67,7 +68,7 @@ def _migrate_keeping_data(url: str, previous: str) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert f"schema {previous} -> 0008" in result.stdout
+    assert f"schema {previous} -> 0009" in result.stdout
     with engine.begin() as conn:
         device = conn.execute(
             text(
@@ -95,14 +96,44 @@ def _migrate_keeping_data(url: str, previous: str) -> None:
         ]
         assert conn.execute(text("SELECT COUNT(*) FROM drift")).scalar() == 0
         assert conn.execute(text("SELECT COUNT(*) FROM window_summary")).scalar() == 0
-        if previous != "0001":
+        if "0001" < previous < "0008":
             # An ota.* event's rollout, read from its data, so that the rollout's events are found.
             rollouts = conn.execute(text("SELECT kind, rollout_id FROM event ORDER BY ts")).all()
             assert rollouts == [("ota.promoted", "r-0123abcd"), ("outbox.evicted", None)]
         assert conn.execute(text("SELECT COUNT(*) FROM rollout")).scalar() == 0
+        # Labels of a record stored before the labels came, and 64-bit seqs and classes.
+        conn.execute(
+            text(
+                "INSERT INTO label (device_id, seq, label, labelled_at, received_at, site_id)"
+                " VALUES ('d1', 1, 3, 9.0, 9.5, 's1'), ('d1', :seq, :label, 9.0, 9.5, 's1')"
+            ),
+            {"seq": 2**40, "label": 2**31},
+        )
+        joined = conn.execute(
+            text(
+                "SELECT t.seq, l.label FROM telemetry t JOIN label l"
+                " ON l.device_id = t.device_id AND l.seq = t.seq ORDER BY t.seq"
+            )
+        ).all()
+        assert joined == [(1, 3), (2**40, 2**31)]
+        assert conn.execute(text("SELECT COUNT(*) FROM alarm")).scalar() == 0
         version = conn.execute(text("SELECT stage, drift_reference FROM model_version")).one()
         assert (version.stage, version.drift_reference) == ("PRODUCTION", None)
+    _one_open_alarm_per_model_site_and_kind(engine)
     engine.dispose()
+
+
+def _one_open_alarm_per_model_site_and_kind(engine: Engine) -> None:
+    insert = text(
+        "INSERT INTO alarm (model_id, site_id, kind, value, threshold, samples, action, fired_at,"
+        " last_value, evaluated_at, resolved_at) VALUES ('m', 's1', 'accuracy', 0.5, 0.8, 40, 'auto',"
+        " 1.0, 0.5, 1.0, :resolved)"
+    )
+    with engine.begin() as conn:
+        conn.execute(insert, {"resolved": 2.0})
+        conn.execute(insert, {"resolved": None})
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(insert, {"resolved": None})
 
 
 def test_migrate_on_postgresql_makes_every_integer_64_bit(tmp_path: Path) -> None:
@@ -133,6 +164,7 @@ def test_migrate_on_postgresql_makes_every_integer_64_bit(tmp_path: Path) -> Non
             (c.table_name, c.column_name) for c in columns
         }
         assert sorted(sequences) == [
+            ("alarm_id_seq", "bigint"),
             ("api_token_id_seq", "bigint"),
             ("audit_log_id_seq", "bigint"),
             ("deployment_id_seq", "bigint"),
