@@ -26,6 +26,18 @@ class GatewayMetrics:
         self.summaries = Counter("edge_gateway_summaries", "Window summaries queued", registry=r)
         self.drift = Counter("edge_gateway_drift_summaries", "Drift summaries queued", registry=r)
         self.events = Counter("edge_gateway_events", "Device events queued", registry=r)
+        self.labels_received = Counter(
+            "edge_gateway_labels_received", "Labels from the site's labelling systems, queued", registry=r
+        )
+        self.labels_forwarded = Counter(
+            "edge_gateway_labels_forwarded", "Labels the controller took", registry=r
+        )
+        self.label_messages_rejected = Counter(
+            "edge_gateway_label_messages_rejected",
+            "Label batches refused and dead-lettered (also in edge_gateway_rejected)",
+            ["reason"],
+            registry=r,
+        )
         self.commit_seconds = Histogram(
             "edge_gateway_store_commit_seconds",
             "One store transaction",

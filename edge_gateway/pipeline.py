@@ -1,9 +1,11 @@
 """What the gateway does with a batch of MQTT messages, as one set of `Changes` for the store.
 
 validate -> dedup on (device_id, seq) -> window summaries and drift statistics -> the records
-that go up whole -> upstream queue; state -> presence; events -> upstream queue; anything bad
--> dead letters. Pure in-memory work: the caller commits the changes, then acknowledges the
-messages; when a commit fails it rebuilds this from the store (`restore`) and tries again.
+that go up whole -> upstream queue; state -> presence; events -> upstream queue; labels -> the
+upstream queue, one row per label (not deduplicated: the controller keeps the last one sent, so
+a resend is harmless); anything bad -> dead letters. Pure in-memory work: the caller commits
+the changes, then acknowledges the messages; when a commit fails it rebuilds this from the
+store (`restore`) and tries again.
 """
 
 from __future__ import annotations
@@ -21,7 +23,16 @@ from edge_gateway.mqtt_link import Message
 from edge_gateway.store import Changes, Snapshot
 from edge_gateway.summaries import DeviceWindows, feature_matrix
 from edge_gateway.validate import Rejection, validate
-from fleet_protocol import DeviceEvent, DriftReference, ReportedState, TelemetryBatch, TelemetryRecord, decode
+from fleet_protocol import (
+    DeviceEvent,
+    DriftReference,
+    LabelBatch,
+    ReportedState,
+    TelemetryBatch,
+    TelemetryRecord,
+    TopicKind,
+    decode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +96,8 @@ class Pipeline:
                 kinds["ignored"] += 1
             elif isinstance(parsed, Rejection):
                 self.metrics.rejected.labels(parsed.reason).inc()
+                if message.topic.endswith("/" + TopicKind.LABELS.value):
+                    self.metrics.label_messages_rejected.labels(parsed.reason).inc()
                 changes.dead_letters.append(
                     (now, message.topic, parsed.reason, parsed.detail, message.payload)
                 )
@@ -94,6 +107,9 @@ class Pipeline:
             elif isinstance(parsed, ReportedState):
                 kinds["state"] += 1
                 self._state(parsed, changes, now)
+            elif isinstance(parsed, LabelBatch):
+                kinds["labels"] += 1
+                self._labels(parsed, changes)
             else:
                 kinds["event"] += 1
                 self._event(parsed, changes)
@@ -156,6 +172,17 @@ class Pipeline:
             self._state_sent_at[state.device_id] = now
         if before is None or before.online != state.online:
             self._count_devices()
+
+    def _labels(self, batch: LabelBatch, changes: Changes) -> None:
+        # One queue row per label: a batch of the uplink then counts labels, not messages (an
+        # ingest batch takes at most MAX_INGEST_RECORDS of them), and halving a refused batch
+        # narrows down to the one label the controller refused. Each row is a valid
+        # `DeviceLabels` of its own; the uplink groups them by device.
+        head = b'{"device_id":"' + batch.device_id.encode() + b'","labels":['
+        for label in batch.labels:
+            body = head + label.model_dump_json(exclude_none=True).encode() + b"]}"
+            changes.upstream.append(("label", body))
+        self.metrics.labels_received.inc(len(batch.labels))
 
     def _event(self, event: DeviceEvent, changes: Changes) -> None:
         self.metrics.events.inc()

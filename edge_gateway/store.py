@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS upstream (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,          -- record | summary | drift | event
+    kind TEXT NOT NULL,          -- record | summary | drift | event | label
     body BLOB NOT NULL           -- the item's JSON, as it goes into an ingest batch
 );
 CREATE TABLE IF NOT EXISTS devices (

@@ -6,6 +6,10 @@ retries, and the controller stores each ``(device_id, seq)`` once: a batch whose
 lost is sent again and counted as duplicates there. A batch the controller refuses for its
 content is split until the one bad item is found, which goes to the dead letters; the rest
 go up. Nothing leaves the queue before the controller answered 200.
+
+Labels are queued one per row and go up grouped by device (schema version 4); a seq labelled
+twice within one batch goes up once, with the later label (the controller keeps the last one
+sent anyway, and one `DeviceLabels` may not name a seq twice).
 """
 
 from __future__ import annotations
@@ -27,14 +31,21 @@ from fleet_protocol.pacing import Backoff, ByteBudget
 log = logging.getLogger(__name__)
 
 _FIELDS = {"record": "records", "summary": "summaries", "drift": "drift", "event": "events"}
+_LABEL = "label"
 
 
 def ingest_body(batch: UpstreamBatch, *, site: str, gateway_id: str) -> bytes:
     """The `IngestBatch` JSON, spliced from the queued items' own JSON (no re-encoding)."""
     groups: dict[str, list[bytes]] = {name: [] for name in _FIELDS.values()}
+    labels: list[bytes] = []
     for _, kind, body in batch.items:
-        groups[_FIELDS[kind]].append(body)
+        if kind == _LABEL:
+            labels.append(body)
+        else:
+            groups[_FIELDS[kind]].append(body)
     groups["devices"] = [body for _, _, body in batch.devices]
+    if labels:
+        groups["labels"] = _labels_by_device(labels)
     batch_id = (
         f"{gateway_id}-{batch.first_id}-{batch.last_id}" if batch.items else f"{gateway_id}-s{time.time_ns()}"
     )
@@ -50,6 +61,26 @@ def ingest_body(batch: UpstreamBatch, *, site: str, gateway_id: str) -> bytes:
         if bodies:
             parts.append(b',"' + name.encode() + b'":[' + b",".join(bodies) + b"]")
     return b"".join(parts) + b"}"
+
+
+def _labels_by_device(rows: list[bytes]) -> list[bytes]:
+    """One-label `DeviceLabels` rows -> one `DeviceLabels` per device, the later label of a seq kept."""
+    devices: dict[str, dict[int, dict[str, object]]] = {}
+    for body in rows:
+        item = json.loads(body)
+        by_seq = devices.setdefault(item["device_id"], {})
+        for label in item["labels"]:
+            by_seq.pop(label["seq"], None)  # the later one wins, in the order it came
+            by_seq[label["seq"]] = label
+    return [
+        json.dumps({"device_id": device, "labels": list(by_seq.values())}, separators=(",", ":")).encode()
+        for device, by_seq in devices.items()
+    ]
+
+
+def label_count(batch: UpstreamBatch) -> int:
+    """Label rows in a batch (one label each)."""
+    return sum(1 for _, kind, _ in batch.items if kind == _LABEL)
 
 
 class Uplink:
@@ -117,6 +148,7 @@ class Uplink:
         self.last_success, self.last_error = time.time(), None
         self.metrics.upstream_batches.inc()
         self.metrics.upstream_items.inc(len(batch.items) + len(batch.devices))
+        self.metrics.labels_forwarded.inc(label_count(batch))
         self.metrics.upstream_bytes.inc(len(compressed))
         self.metrics.upstream_raw_bytes.inc(len(body))
         self.metrics.upstream_last_success.set(self.last_success)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from fleet_protocol import (
     DeviceEvent,
     DeviceTopic,
+    LabelBatch,
     ProtocolError,
     ReportedState,
     TelemetryBatch,
@@ -20,7 +21,7 @@ from fleet_protocol import (
     parse_topic,
 )
 
-Parsed = TelemetryBatch | ReportedState | DeviceEvent
+Parsed = TelemetryBatch | ReportedState | DeviceEvent | LabelBatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,7 @@ _MODELS: dict[TopicKind, type[Parsed]] = {
     TopicKind.TELEMETRY: TelemetryBatch,
     TopicKind.STATE: ReportedState,
     TopicKind.EVENTS: DeviceEvent,
+    TopicKind.LABELS: LabelBatch,
 }
 
 
@@ -41,7 +43,7 @@ def validate(topic: str, payload: bytes, site: str) -> Parsed | Rejection | None
 
     Returns
     -------
-    TelemetryBatch, ReportedState or DeviceEvent
+    TelemetryBatch, ReportedState, DeviceEvent or LabelBatch
         A payload that meets the contract and belongs to the device of its topic.
     Rejection
         Why it does not.
@@ -67,7 +69,7 @@ def validate(topic: str, payload: bytes, site: str) -> Parsed | Rejection | None
             f"{kind.value} payload is from device {message.device_id!r},"
             f" published on the topic of {parsed_topic.device!r}",
         )
-    if isinstance(message, TelemetryBatch | ReportedState) and message.site != site:
+    if isinstance(message, TelemetryBatch | ReportedState | LabelBatch) and message.site != site:
         return Rejection("site_mismatch", f"payload names site {message.site!r} on a topic of site {site!r}")
     return message
 
