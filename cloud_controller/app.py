@@ -14,7 +14,19 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.routing import Match, Route
 
-from cloud_controller.api.routes import audit, devices, groups, health, ingest, registry, rollouts, sites
+from cloud_controller.alarm_engine import AlarmEngine
+from cloud_controller.api.routes import (
+    alarms,
+    audit,
+    devices,
+    groups,
+    health,
+    ingest,
+    labels,
+    registry,
+    rollouts,
+    sites,
+)
 from cloud_controller.dashboard import router as dashboard_router
 from cloud_controller.dashboard_rollouts import router as rollout_pages
 from cloud_controller.db import make_engine
@@ -22,6 +34,7 @@ from cloud_controller.metrics import ControllerMetrics
 from cloud_controller.rollout_engine import RolloutEngine
 from cloud_controller.settings import ControllerSettings
 from fleet_protocol.ingest import IngestBatch
+from fleet_protocol.labels import LabelUpload
 from fleet_protocol.signing import load_public_key
 
 API = "/api/v1"
@@ -44,13 +57,20 @@ def create_app(settings: ControllerSettings) -> FastAPI:
         rollout_engine = asyncio.create_task(
             RolloutEngine(engine, interval_s=settings.rollout_tick_s).run(stop), name="rollout-engine"
         )
+        alarm_engine = asyncio.create_task(
+            AlarmEngine(
+                engine, interval_s=settings.alarm_tick_s, on_accuracy=app.state.metrics.accuracy.update
+            ).run(stop),
+            name="alarm-engine",
+        )
         yield
         stop.set()
         await rollout_engine
+        await alarm_engine
         engine.dispose()
 
     app = FastAPI(title="edgefleet controller", version="0.1.0", lifespan=lifespan)
-    for module in (sites, devices, groups, rollouts, registry, ingest, audit):
+    for module in (sites, devices, groups, rollouts, labels, alarms, registry, ingest, audit):
         app.include_router(module.router, prefix=API)
     app.include_router(sites.gateways, prefix=API)
     app.include_router(health.router)
@@ -84,8 +104,11 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            batch = IngestBatch.model_json_schema(ref_template="#/components/schemas/{model}")
-            for name, definition in {**batch.pop("$defs", {}), "IngestBatch": batch}.items():
+            read_by_routes: dict[str, Any] = {}
+            for model in (IngestBatch, LabelUpload):  # bodies their routes read themselves
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                read_by_routes.update({**body.pop("$defs", {}), model.__name__: body})
+            for name, definition in read_by_routes.items():
                 if name in components and _shape(components[name]) != _shape(definition):
                     raise RuntimeError(f"Two different models named {name} in the OpenAPI spec")
                 # pydantic's own schema: FastAPI's copy of a protocol model (in a response) turns

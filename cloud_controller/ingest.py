@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
+from cloud_controller.labels import from_devices, from_records, store_labels
 from cloud_controller.models import Device, Drift, Event, Gateway, ModelVersion, Site, Summary, Telemetry
 from fleet_protocol.ingest import DriftSummary, IngestBatch, IngestResult, WindowSummary
 from fleet_protocol.messages import INT64_MAX, DeviceEvent
 from fleet_protocol.reference import DriftReference, population_stability_index
+
+log = logging.getLogger(__name__)
 
 #: Rows per INSERT: 14 columns x 1000 stays under PostgreSQL's 65535 bound parameters.
 _SUMMARY_CHUNK = 1000
@@ -22,7 +26,12 @@ def _insert(session: Session):  # type: ignore[no-untyped-def]
 
 
 def store_batch(*, session: Session, batch: IngestBatch) -> IngestResult:
-    """Everything or nothing: any error rolls the whole batch back."""
+    """Everything or nothing: any error rolls the whole batch back.
+
+    ``labels_stored`` counts new labels and corrections, inline labels of records (source
+    "inline") included; a label sent again is not counted. Labels of a device registered at
+    another site are refused (logged), the rest of the batch is stored.
+    """
     insert = _insert(session)
     now = time.time()
     # Concurrent batches of one site race to create it (and its devices): let the database decide.
@@ -120,6 +129,21 @@ def store_batch(*, session: Session, batch: IngestBatch) -> IngestResult:
         ]
         statement = insert(Drift).values(rows).on_conflict_do_nothing().returning(Drift.id)
         drift_stored = len(session.execute(statement).all())
+    # After the devices' states: a device the batch registers is one of its site's.
+    labels = store_labels(
+        session=session,
+        site=batch.site,
+        labels=from_records(batch.records) + from_devices(batch.labels),
+        now=now,
+        known_devices_only=False,
+    )
+    if labels.refused_devices:
+        log.warning(
+            "batch %s of site %s: labels of devices of another site refused: %s",
+            batch.batch_id,
+            batch.site,
+            ", ".join(labels.refused_devices[:10]),
+        )
     session.commit()
     return IngestResult(
         batch_id=batch.batch_id,
@@ -129,6 +153,7 @@ def store_batch(*, session: Session, batch: IngestBatch) -> IngestResult:
         drift_stored=drift_stored,
         events_stored=len(batch.events),
         summaries_stored=summaries_stored,
+        labels_stored=labels.stored,
     )
 
 

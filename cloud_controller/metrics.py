@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter
@@ -11,13 +12,32 @@ from sqlalchemy import func, tuple_
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from cloud_controller.accuracy import Tally
+from cloud_controller.label_models import Alarm
 from cloud_controller.models import Deployment, Device, Drift
 from cloud_controller.rollout_models import ACTIVE, Rollout, RolloutState
 
 
+class LatestAccuracy:
+    """The alarm evaluator's last tallies: /metrics exports them without querying telemetry."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tallies: list[Tally] = []
+
+    def update(self, tallies: list[Tally]) -> None:
+        with self._lock:
+            self._tallies = list(tallies)
+
+    def read(self) -> list[Tally]:
+        with self._lock:
+            return list(self._tallies)
+
+
 class FleetCollector(Collector):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, accuracy: LatestAccuracy | None = None) -> None:
         self.engine = engine
+        self.accuracy = accuracy or LatestAccuracy()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         online = GaugeMetricFamily(
@@ -47,7 +67,34 @@ class FleetCollector(Collector):
             "Devices reporting an update of an active rollout, by its state",
             labels=["rollout", "state"],
         )
+        model_accuracy = GaugeMetricFamily(
+            "edgefleet_model_accuracy",
+            "Accuracy over the model's alarm window (labelled records stored whole), at the alarm "
+            "evaluator's last pass",
+            labels=["model", "version", "site"],
+        )
+        labelled = GaugeMetricFamily(
+            "edgefleet_model_labelled_records",
+            "Labelled records edgefleet_model_accuracy is computed from",
+            labels=["model", "version", "site"],
+        )
+        for tally in self.accuracy.read():
+            names = [tally.model_id, tally.version, tally.site_id]
+            model_accuracy.add_metric(names, tally.accuracy)
+            labelled.add_metric(names, tally.labelled)
+        alarms_open = GaugeMetricFamily(
+            "edgefleet_alarms_open", "Open alarms by model and kind", labels=["model", "kind"]
+        )
         with Session(self.engine) as session:
+            # Every (model, kind) that ever fired: 0 once resolved, rather than a vanished series.
+            for model, kind, count in session.exec(
+                select(
+                    Alarm.model_id,
+                    Alarm.kind,
+                    func.count(col(Alarm.id)).filter(col(Alarm.resolved_at).is_(None)),
+                ).group_by(Alarm.model_id, Alarm.kind)
+            ):
+                alarms_open.add_metric([model, kind], count)
             by_state = dict(session.exec(select(Rollout.state, func.count()).group_by(Rollout.state)).all())
             for state in RolloutState:
                 rollouts.add_metric([state.value], by_state.get(state.value, 0))
@@ -87,6 +134,7 @@ class FleetCollector(Collector):
             for site, model, version, value in latest_drift_scores(session):
                 score.add_metric([f"{model}@{version}", site], value)
         yield from (online, versions, off_model, deployments, drift, score, rollouts, ota, rollout_devices)
+        yield from (model_accuracy, labelled, alarms_open)
 
 
 def drift_keys(session: Session) -> Iterator[tuple[str, str, str]]:
@@ -143,4 +191,5 @@ class ControllerMetrics:
         self.ingest_duplicates = Counter("edgefleet_ingest_duplicates", "Records already stored", registry=r)
         self.ingest_rejected = Counter("edgefleet_ingest_rejected", "Batches refused", ["reason"], registry=r)
         self.ingest_summaries = Counter("edgefleet_ingest_summaries", "Window summaries stored", registry=r)
-        r.register(FleetCollector(engine))
+        self.accuracy = LatestAccuracy()
+        r.register(FleetCollector(engine, self.accuracy))

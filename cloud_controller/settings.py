@@ -32,6 +32,9 @@ class ControllerSettings(BaseSettings):
     rollout_tick_s: float = Field(
         default=2.0, gt=0, le=3600, description="Seconds between two judgements of every running rollout"
     )
+    alarm_tick_s: float = Field(
+        default=30.0, gt=0, le=3600, description="Seconds between two passes of the alarm evaluator"
+    )
 
     @classmethod
     def settings_customise_sources(
