@@ -27,6 +27,7 @@ from cloud_controller.api.routes import (
     rollouts,
     sites,
 )
+from cloud_controller.api.routes import jobs as job_routes
 from cloud_controller.dashboard import router as dashboard_router
 from cloud_controller.dashboard_rollouts import router as rollout_pages
 from cloud_controller.db import make_engine
@@ -73,6 +74,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     for module in (sites, devices, groups, rollouts, labels, alarms, registry, ingest, audit):
         app.include_router(module.router, prefix=API)
     app.include_router(sites.gateways, prefix=API)
+    app.include_router(job_routes.router, prefix=API)
     app.include_router(health.router)
     app.include_router(dashboard_router)
     app.include_router(rollout_pages)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cloud_controller.commands import admin, migrate, rollout, serve
+from cloud_controller.commands import admin, job, migrate, rollout, serve, worker
 from cloud_controller.exceptions import ControllerError
 
 
@@ -13,11 +13,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="cloud-controller",
         description="edgefleet's fleet service: fleet API, model registry, ingest from gateways, desired "
-        "state, rollouts in waves with gates, audit log, dashboard and metrics. SQLite by default, "
-        "PostgreSQL by database_url.",
+        "state, rollouts in waves with gates, retraining jobs run by workers, audit log, dashboard and "
+        "metrics. SQLite by default, PostgreSQL by database_url.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, migrate, admin, rollout):
+    for module in (serve, migrate, admin, rollout, job, worker):
         module.add(commands)
     args = parser.parse_args(argv)
     try:

@@ -32,6 +32,14 @@ class ControllerSettings(BaseSettings):
     rollout_tick_s: float = Field(
         default=2.0, gt=0, le=3600, description="Seconds between two judgements of every running rollout"
     )
+    signing_key: Path | None = Field(
+        default=None,
+        description="ed25519 private key (PEM) the jobs worker signs the bundles it builds with; its "
+        "public key must be among trusted_keys (and the devices')",
+    )
+    job_dir: Path = Field(
+        default=Path("jobs"), description="Where the jobs worker keeps each job's data, weights and bundles"
+    )
     alarm_tick_s: float = Field(
         default=30.0, gt=0, le=3600, description="Seconds between two passes of the alarm evaluator"
     )

@@ -17,7 +17,7 @@ from tests.controller.conftest import database_url
 def test_migrate_from_empty_reaches_head(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'c.sqlite'}"
     upgrade(url)
-    assert current_revision(url) == head_revision(url) == "0009"
+    assert current_revision(url) == head_revision(url) == "0010"
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
@@ -68,7 +68,7 @@ def _migrate_keeping_data(url: str, previous: str) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert f"schema {previous} -> 0009" in result.stdout
+    assert f"schema {previous} -> 0010" in result.stdout
     with engine.begin() as conn:
         device = conn.execute(
             text(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -25,8 +28,11 @@ from cloud_controller.api.deps import (
     text_query,
 )
 from cloud_controller.api.errors import BODY, errors
+from cloud_controller.audit import who
 from cloud_controller.bundles import BundleRejected, verify_upload
+from cloud_controller.job_models import ModelRecipe, RecipePublic
 from cloud_controller.models import (
+    TEXT_PATTERN,
     ApiToken,
     Bundle,
     BundlePublic,
@@ -35,6 +41,7 @@ from cloud_controller.models import (
     ModelVersionUpdate,
     Stage,
 )
+from fleet_protocol.codec import describe_validation_error
 
 router = APIRouter(tags=["registry"], responses=errors(401))
 
@@ -206,3 +213,81 @@ def download_bundle(
         raise HTTPException(404, "Bundle not found")
     path = Path(request.app.state.settings.bundle_dir) / sha256
     return FileResponse(path, media_type="application/x-tar", headers={"ETag": f'"{sha256}"'})
+
+
+# -- training recipes ----------------------------------------------------------------------------
+
+_RECIPE_BODY = {
+    "required": True,
+    "description": "A `fleet_learning.TrainingRecipe`: entry_point (module:callable), architecture, "
+    "hyperparameters (epochs, batch_size, lr, weight_decay, seed, prune_ratio), feature_names, "
+    "class_names, anomaly_classes",
+    "content": {"application/json": {"schema": {"type": "object"}}},
+}
+
+
+def _model_id(model_id: str) -> str:
+    """The path's model id, checked here: the route answers every 422 itself, in one shape."""
+    if not 1 <= len(model_id) <= 128 or not re.fullmatch(TEXT_PATTERN, model_id):
+        raise HTTPException(422, "model_id must be 1 to 128 characters without control characters")
+    return model_id
+
+
+@router.put(
+    "/models/{model_id}/recipe",
+    response_model=RecipePublic,
+    # The route reads and checks the body itself (validating a recipe needs fleet_learning, which
+    # loads torch: only when a recipe is set, not when the API starts), so every 422 is ours.
+    responses=errors(*BODY, 403, 422),
+    openapi_extra={"requestBody": _RECIPE_BODY},
+)
+async def put_recipe(request: Request, session: SessionDep, caller: Operator, model_id: str) -> RecipePublic:
+    """Set the training recipe a retraining job of this model trains from."""
+    model_id = _model_id(model_id)
+    try:
+        body = json.loads(await request.body())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HTTPException(400, f"The body is not JSON: {exc}") from None
+    recipe = await run_in_threadpool(_check_recipe, body)
+    return await run_in_threadpool(_store_recipe, session, caller, model_id, recipe)
+
+
+def _check_recipe(body: object) -> dict[str, Any]:
+    from pydantic import ValidationError
+
+    from fleet_learning.recipes import TrainingRecipe
+
+    try:
+        return TrainingRecipe.model_validate(body).model_dump(mode="json")
+    except ValidationError as exc:
+        raise HTTPException(422, f"Not a training recipe: {describe_validation_error(exc)}") from None
+
+
+def _store_recipe(session: Session, caller: ApiToken, model_id: str, recipe: dict[str, Any]) -> RecipePublic:
+    row = session.get(ModelRecipe, model_id)
+    before = audit.snapshot(row)
+    if row is None:
+        row = ModelRecipe(model_id=model_id, recipe=recipe, updated_by=who(caller))
+        session.add(row)
+    else:
+        row.recipe, row.updated_by, row.updated_at = recipe, who(caller), time.time()
+    audit.record(
+        session=session,
+        actor=caller,
+        action="recipe",
+        resource=f"model/{model_id}",
+        before=before,
+        after=audit.snapshot(row),
+    )
+    session.commit()
+    session.refresh(row)
+    return RecipePublic.model_validate(row, from_attributes=True)
+
+
+@router.get("/models/{model_id}/recipe", response_model=RecipePublic, responses=errors(403, 404, 422))
+def get_recipe(session: SessionDep, _: Reader, model_id: str) -> RecipePublic:
+    """The training recipe of a model."""
+    row = session.get(ModelRecipe, _model_id(model_id))
+    if row is None:
+        raise HTTPException(404, f"Model {model_id} has no training recipe")
+    return RecipePublic.model_validate(row, from_attributes=True)

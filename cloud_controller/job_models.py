@@ -1,0 +1,252 @@
+"""Pipeline jobs: tables and API models (the template's family: Create / table / Public).
+
+A job is one run of the retraining pipeline for a model: steps in order (dataset, train, build,
+evaluate, register, rollout), each with a state, a log and its times, kept on the job row. A
+worker process claims a queued job, holds a lease it renews, and writes every step before and
+after it runs, so that another worker resumes a job whose worker died at its first unfinished step.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, model_validator
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from cloud_controller.models import MAX_ID, BigId, ModelId
+from cloud_controller.rollout_models import Gates, GroupName, Wave
+
+#: Job ids: "j-" and 8 hex digits.
+JOB_ID_PATTERN = r"^j-[0-9a-f]{8}$"
+
+
+def _now() -> float:
+    return time.time()
+
+
+class JobKind(StrEnum):
+    RETRAIN = "retrain"  # central training on the labelled records the fleet uploaded
+    FEDERATED = "federated"  # Flower rounds over the fleet's clients
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+#: Jobs that may still change.
+UNFINISHED = (JobState.QUEUED, JobState.RUNNING)
+
+
+class JobTrigger(StrEnum):
+    OPERATOR = "operator"
+    ALARM = "alarm"
+    SCHEDULE = "schedule"
+
+
+class StepState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # its work was not needed (e.g. no rollout: the candidate did not win)
+    CANCELLED = "cancelled"
+
+
+# -- tables ------------------------------------------------------------------------------
+
+
+class Job(SQLModel, table=True):
+    __table_args__ = (Index("ix_job_state_created_at", "state", "created_at"),)
+    id: str = Field(primary_key=True)
+    kind: str
+    model_id: str = Field(index=True)
+    state: str
+    trigger: str
+    #: What triggered it: the operator's name, the alarm id, the schedule's name.
+    trigger_ref: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: The step running, or the last one that ran.
+    step: str | None = None
+    #: One entry per step, in order: {name, state, log: [lines], started_at, ended_at}.
+    steps: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    #: What the steps produced, by step: data window and counts, candidate version, bundles, rollout.
+    artifacts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    error: str | None = None
+    #: How the job ended, in a sentence (rolled out as..., candidate did not beat production...).
+    outcome: str | None = None
+    #: Set by a cancel while the job runs: its worker stops at the next check.
+    cancel_requested: bool = False
+    worker_id: str | None = None
+    #: A running job whose lease passed has lost its worker: another worker may take it over.
+    lease_until: float | None = None
+    attempts: int = Field(default=0, sa_type=BigInteger)
+    created_by: str
+    created_at: float = Field(default_factory=_now)
+    updated_at: float = Field(default_factory=_now)
+    started_at: float | None = None
+    ended_at: float | None = None
+
+
+class JobRound(SQLModel, table=True):
+    """One federated round of a job: what it reached and which clients took part."""
+
+    __tablename__ = "job_round"
+    __table_args__ = (UniqueConstraint("job_id", "round"),)
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    job_id: str = Field(foreign_key="job.id", index=True)
+    round: int = Field(sa_type=BigInteger)
+    loss: float | None = None
+    accuracy: float | None = None
+    sampled: int = Field(default=0, sa_type=BigInteger)
+    responded: int = Field(default=0, sa_type=BigInteger)
+    declined: int = Field(default=0, sa_type=BigInteger)
+    failed: int = Field(default=0, sa_type=BigInteger)
+    seconds: float | None = None
+    at: float = Field(default_factory=_now)
+
+
+class ModelRecipe(SQLModel, table=True):
+    """A model's training recipe (`fleet_learning.TrainingRecipe` as JSON), kept by the registry."""
+
+    __tablename__ = "model_recipe"
+    model_id: str = Field(primary_key=True)
+    recipe: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    updated_by: str
+    updated_at: float = Field(default_factory=_now)
+
+
+# -- what the API accepts ----------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class JobParams(_Strict):
+    """How a job runs; every field has a default."""
+
+    window_s: float = Field(
+        default=7 * 86_400,
+        gt=0,
+        le=365 * 86_400,
+        description="Labelled records whose ts is within this many seconds before the job's dataset step",
+    )
+    min_samples: int = Field(
+        default=200, ge=10, le=MAX_ID, description="Fewer labelled records than this fail the dataset step"
+    )
+    max_samples: int = Field(
+        default=200_000, ge=10, le=10_000_000, description="The newest this many labelled records are used"
+    )
+    holdout: float = Field(
+        default=0.2, ge=0.05, le=0.5, description="Share of records held out (by a hash of device and seq)"
+    )
+    epochs: int | None = Field(default=None, ge=1, le=10_000, description="Overrides the recipe's epochs")
+    margin: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="Held-out accuracy the candidate must gain over production to be rolled out",
+    )
+    rollout: bool = Field(default=True, description="False: stop once the candidate is registered")
+    group: GroupName | None = Field(
+        default=None,
+        description="The device group to roll out to; default: the group whose deployment is production",
+    )
+    waves: list[Wave] | None = Field(
+        default=None, min_length=1, max_length=20, description="Default: 10%, 50%, 100%"
+    )
+    soak_s: float = Field(default=60, ge=0, le=30 * 86_400)
+    shadow_s: float = Field(default=0, ge=0, le=7 * 86_400)
+    gates: Gates | None = None
+
+
+class JobCreate(_Strict):
+    kind: JobKind = JobKind.RETRAIN
+    model_id: ModelId
+    params: JobParams = Field(default_factory=JobParams)
+
+    @model_validator(mode="after")
+    def _kind_available(self) -> JobCreate:
+        if self.kind is JobKind.FEDERATED and not federated_available():
+            raise ValueError("federated jobs are not available here (fleet_learning.federated is missing)")
+        return self
+
+
+def federated_available() -> bool:
+    """Whether the Flower side of fleet_learning is installed (the federated train step needs it)."""
+    try:
+        return importlib.util.find_spec("fleet_learning.federated") is not None
+    except ImportError:
+        return False
+
+
+# -- what the API answers ------------------------------------------------------------------
+
+
+class RecipePublic(BaseModel):
+    model_id: str
+    recipe: dict[str, Any] = Field(description="A fleet_learning.TrainingRecipe")
+    updated_by: str
+    updated_at: float
+
+
+class StepPublic(BaseModel):
+    name: str
+    state: StepState
+    log: list[str]
+    started_at: float | None
+    ended_at: float | None
+
+
+class RoundPublic(BaseModel):
+    round: int
+    loss: float | None
+    accuracy: float | None
+    sampled: int
+    responded: int
+    declined: int
+    failed: int
+    seconds: float | None
+
+
+class JobPublic(BaseModel):
+    id: str
+    kind: JobKind
+    model_id: str
+    state: JobState
+    trigger: JobTrigger
+    trigger_ref: str | None
+    params: dict[str, Any]
+    step: str | None
+    error: str | None
+    outcome: str | None
+    cancel_requested: bool
+    worker_id: str | None
+    attempts: int
+    created_by: str
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    ended_at: float | None
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+class JobStatus(JobPublic):
+    steps: list[StepPublic]
+    artifacts: dict[str, Any] = Field(
+        description="By step: dataset window and counts, trained loss, candidate version and bundles, "
+        "evaluation, registered version id, rollout id"
+    )
+    rounds: list[RoundPublic]

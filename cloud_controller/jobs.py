@@ -1,0 +1,327 @@
+"""Jobs in the database: create, list, cancel (the API's side), claim, lease and write steps (a worker's).
+
+Every write a worker makes is conditional on the job still being its own (``worker_id``) and
+running: a worker that lost its lease (it stalled, and another took the job over) or whose job was
+cancelled writes nothing more. A claim is a conditional UPDATE checked by its row count, which is
+atomic on SQLite (one writer) and on PostgreSQL (the second UPDATE re-reads the row the first
+changed), so that several workers never run one job twice.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, or_, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from cloud_controller.audit import record as audit
+from cloud_controller.exceptions import Conflict, NotFound
+from cloud_controller.job_models import (
+    UNFINISHED,
+    Job,
+    JobCreate,
+    JobKind,
+    JobPublic,
+    JobRound,
+    JobState,
+    JobStatus,
+    JobTrigger,
+    RoundPublic,
+    StepPublic,
+    StepState,
+)
+from cloud_controller.label_models import Alarm, AlarmAction
+
+#: The pipeline, in order. A federated job trains with Flower in its ``train`` step.
+STEPS = ("dataset", "train", "build", "evaluate", "register", "rollout")
+#: A job whose worker died this many times is failed rather than claimed again.
+MAX_ATTEMPTS = 3
+
+
+def _new_id(session: Session) -> str:
+    while True:
+        job_id = f"j-{secrets.token_hex(4)}"
+        if session.get(Job, job_id) is None:
+            return job_id
+
+
+def new_job(
+    session: Session, body: JobCreate, *, actor: str, trigger: JobTrigger, trigger_ref: str | None
+) -> Job:
+    """A queued job (added to the session, not committed)."""
+    now = time.time()
+    job = Job(
+        id=_new_id(session),
+        kind=body.kind.value,
+        model_id=body.model_id,
+        state=JobState.QUEUED.value,
+        trigger=trigger.value,
+        trigger_ref=trigger_ref,
+        params=body.params.model_dump(mode="json"),
+        steps=[
+            {"name": s, "state": StepState.PENDING.value, "log": [], "started_at": None, "ended_at": None}
+            for s in STEPS
+        ],
+        created_by=actor,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    return job
+
+
+def create(
+    *,
+    session: Session,
+    body: JobCreate,
+    actor: str,
+    trigger: JobTrigger = JobTrigger.OPERATOR,
+    trigger_ref: str | None = None,
+) -> Job:
+    job = new_job(session, body, actor=actor, trigger=trigger, trigger_ref=trigger_ref)
+    session.flush()
+    audit(
+        session=session,
+        actor=actor,
+        action="create",
+        resource=f"job/{job.id}",
+        after=public(job).model_dump(mode="json"),
+    )
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def get(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"Job {job_id} not found")
+    return job
+
+
+def cancel(*, session: Session, job_id: str, actor: str, now: float | None = None) -> Job:
+    """A queued job, or a running one whose worker is gone, is cancelled now; a running one is asked
+    to stop, and its worker stops at its next check (between steps, and inside long ones)."""
+    now = time.time() if now is None else now
+    job = get(session, job_id)
+    if job.state not in UNFINISHED:
+        raise Conflict(f"Job {job_id} is {job.state}: only a queued or running job can be cancelled")
+    reason = f"cancelled by {actor}"
+    stopped = session.execute(
+        update(Job)
+        .where(
+            col(Job.id) == job_id,
+            or_(
+                col(Job.state) == JobState.QUEUED.value,
+                and_(col(Job.state) == JobState.RUNNING.value, col(Job.lease_until) < now),
+            ),
+        )
+        .values(
+            state=JobState.CANCELLED.value,
+            cancel_requested=True,
+            error=reason,
+            ended_at=now,
+            updated_at=now,
+            steps=[_cancel_step(s, now) for s in job.steps],
+        )
+    )
+    if stopped.rowcount != 1:  # type: ignore[attr-defined]
+        session.execute(
+            update(Job)
+            .where(col(Job.id) == job_id, col(Job.state) == JobState.RUNNING.value)
+            .values(cancel_requested=True, updated_at=now)
+        )
+    audit(session=session, actor=actor, action="cancel", resource=f"job/{job_id}")
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def _cancel_step(step: dict[str, Any], now: float) -> dict[str, Any]:
+    if step["state"] in (StepState.PENDING.value, StepState.RUNNING.value):
+        return {**step, "state": StepState.CANCELLED.value, "ended_at": now}
+    return step
+
+
+# -- a worker's side -------------------------------------------------------------------------
+
+
+def claim(engine: Engine, worker_id: str, *, lease_s: float, now: float | None = None) -> Job | None:
+    """Take the oldest queued job, or a running one whose lease passed (its worker died), or None.
+
+    A job taken over ``MAX_ATTEMPTS`` times is failed instead: a step that kills its worker every
+    time does not keep the fleet's workers busy forever.
+    """
+    now = time.time() if now is None else now
+    claimable = or_(
+        col(Job.state) == JobState.QUEUED.value,
+        and_(col(Job.state) == JobState.RUNNING.value, col(Job.lease_until) < now),
+    )
+    with Session(engine) as session:
+        candidates = session.exec(
+            select(Job.id, Job.attempts, Job.step).where(claimable).order_by(col(Job.created_at)).limit(10)
+        ).all()
+        for job_id, attempts, step in candidates:
+            if attempts >= MAX_ATTEMPTS:
+                _give_up(session, job_id, attempts, step, now, claimable)
+                continue
+            taken = session.execute(
+                update(Job)
+                .where(col(Job.id) == job_id, claimable)
+                .values(
+                    state=JobState.RUNNING.value,
+                    worker_id=worker_id,
+                    lease_until=now + lease_s,
+                    attempts=col(Job.attempts) + 1,
+                    updated_at=now,
+                )
+            )
+            if taken.rowcount == 1:  # type: ignore[attr-defined]
+                session.commit()
+                job = session.get(Job, job_id)
+                assert job is not None
+                if job.started_at is None:
+                    job.started_at = now
+                    session.commit()
+                session.refresh(job)
+                session.expunge(job)
+                return job
+            session.rollback()
+    return None
+
+
+def _give_up(
+    session: Session, job_id: str, attempts: int, step: str | None, now: float, claimable: Any
+) -> None:
+    session.execute(
+        update(Job)
+        .where(col(Job.id) == job_id, claimable)
+        .values(
+            state=JobState.FAILED.value,
+            error=f"its worker was lost {attempts} times (last at step {step}): not tried again",
+            ended_at=now,
+            updated_at=now,
+        )
+    )
+    session.commit()
+
+
+@dataclass
+class Lease:
+    """What the lease holder learnt on renewing: whether it still holds the job, whether to stop."""
+
+    held: bool
+    cancel_requested: bool
+
+
+def renew(engine: Engine, job_id: str, worker_id: str, *, lease_s: float) -> Lease:
+    now = time.time()
+    with Session(engine) as session:
+        renewed = session.execute(
+            update(Job)
+            .where(
+                col(Job.id) == job_id,
+                col(Job.worker_id) == worker_id,
+                col(Job.state) == JobState.RUNNING.value,
+            )
+            .values(lease_until=now + lease_s)
+        )
+        session.commit()
+        cancel = session.exec(select(Job.cancel_requested).where(col(Job.id) == job_id)).first()
+    return Lease(held=renewed.rowcount == 1, cancel_requested=bool(cancel))  # type: ignore[attr-defined]
+
+
+def write(engine: Engine, job_id: str, worker_id: str, **values: Any) -> bool:
+    """Write ``values`` to the job if this worker still runs it; False if it does not any more."""
+    with Session(engine) as session:
+        result = session.execute(
+            update(Job)
+            .where(
+                col(Job.id) == job_id,
+                col(Job.worker_id) == worker_id,
+                col(Job.state) == JobState.RUNNING.value,
+            )
+            .values(updated_at=time.time(), **values)
+        )
+        session.commit()
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def start_for_alarms(engine: Engine, *, actor: str) -> list[tuple[int, str]]:
+    """Start a retraining job for each open ``auto`` alarm without one (or attach the model's
+    unfinished job to it); ``(alarm id, job id)`` of each alarm taken.
+
+    The alarm's ``job_id`` is set only if it is still empty, in the transaction that creates the
+    job: two workers racing for one alarm start one job.
+    """
+    taken: list[tuple[int, str]] = []
+    with Session(engine) as session:
+        open_alarms = session.exec(
+            select(Alarm.id, Alarm.model_id, Alarm.site_id, Alarm.kind)
+            .where(
+                col(Alarm.action) == AlarmAction.AUTO.value,
+                col(Alarm.job_id).is_(None),
+                col(Alarm.resolved_at).is_(None),
+            )
+            .order_by(col(Alarm.fired_at))
+        ).all()
+        for alarm_id, model_id, site_id, kind in open_alarms:
+            assert alarm_id is not None
+            running = session.exec(
+                select(Job.id)
+                .where(col(Job.model_id) == model_id, col(Job.state).in_([s.value for s in UNFINISHED]))
+                .order_by(col(Job.created_at))
+            ).first()
+            if running is None:
+                job = new_job(
+                    session,
+                    JobCreate(kind=JobKind.RETRAIN, model_id=model_id),
+                    actor=actor,
+                    trigger=JobTrigger.ALARM,
+                    trigger_ref=f"alarm {alarm_id}: {kind} at {site_id}",
+                )
+                job_id = job.id
+                session.flush()
+            else:
+                job_id = running
+            marked = session.execute(
+                update(Alarm)
+                .where(col(Alarm.id) == alarm_id, col(Alarm.job_id).is_(None))
+                .values(job_id=job_id)
+            )
+            if marked.rowcount != 1:  # type: ignore[attr-defined]
+                session.rollback()
+                continue
+            audit(
+                session=session,
+                actor=actor,
+                action="alarm.job",
+                resource=f"alarm/{alarm_id}",
+                after={"job_id": job_id},
+            )
+            session.commit()
+            taken.append((alarm_id, job_id))
+    return taken
+
+
+# -- what the API answers ----------------------------------------------------------------------
+
+
+def public(job: Job) -> JobPublic:
+    return JobPublic.model_validate(job, from_attributes=True)
+
+
+def status(session: Session, job: Job) -> JobStatus:
+    rounds = session.exec(
+        select(JobRound).where(JobRound.job_id == job.id).order_by(col(JobRound.round))
+    ).all()
+    return JobStatus(
+        **public(job).model_dump(),
+        steps=[StepPublic(**s) for s in job.steps],
+        artifacts=job.artifacts,
+        rounds=[RoundPublic.model_validate(r, from_attributes=True) for r in rounds],
+    )

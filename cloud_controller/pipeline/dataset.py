@@ -1,0 +1,135 @@
+"""``dataset``: the labelled records of the model within the job's data window, split train / held out.
+
+A label (table ``label``, by ``(device_id, seq)``) joined with the record stored whole (its
+``features``). The window is fixed at the first run and recorded, and a row counts only if both
+the record and its label had arrived by the window's end: a re-run (after a worker died) reads the
+same rows. The split is a hash of ``(device_id, seq)``, the same on every run and every worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlmodel import Session, col, select
+
+from cloud_controller.label_models import RecordLabel
+from cloud_controller.models import Telemetry
+from cloud_controller.pipeline.base import StepContext, StepFailed
+from cloud_controller.pipeline.recipe import load_recipe
+
+TRAIN, HELDOUT = "train.npz", "heldout.npz"
+
+
+def held_out(device_id: str, seq: int, share: float) -> bool:
+    """The record's side of the split: a hash of its key, so it never moves between runs."""
+    digest = hashlib.sha256(f"{device_id}\x00{seq}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def digest(x: np.ndarray, y: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(x).tobytes() + np.ascontiguousarray(y).tobytes()).hexdigest()
+
+
+def load(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return data["x"], data["y"]
+
+
+class DatasetStep:
+    name = "dataset"
+
+    def run(self, ctx: StepContext) -> dict[str, Any]:
+        recipe = load_recipe(ctx.engine, ctx.model_id)
+        previous = ctx.artifacts.get(self.name, {}).get("window")
+        until = previous["until"] if previous else time.time()
+        since = previous["since"] if previous else until - ctx.params.window_s
+        ctx.log(f"labelled records of {ctx.model_id} from {_iso(since)} to {_iso(until)}")
+        with Session(ctx.engine) as session:
+            rows = session.exec(
+                select(
+                    Telemetry.device_id, Telemetry.seq, Telemetry.site_id, Telemetry.record, RecordLabel.label
+                )
+                .join(
+                    RecordLabel,
+                    (col(RecordLabel.device_id) == col(Telemetry.device_id))
+                    & (col(RecordLabel.seq) == col(Telemetry.seq)),
+                )
+                .where(
+                    col(Telemetry.model_id) == ctx.model_id,
+                    col(Telemetry.ts) >= since,
+                    col(Telemetry.ts) <= until,
+                    col(Telemetry.received_at) <= until,
+                    col(RecordLabel.received_at) <= until,
+                )
+                .order_by(col(Telemetry.ts).desc(), col(Telemetry.device_id), col(Telemetry.seq))
+                .limit(ctx.params.max_samples)
+            ).all()
+        ctx.check()
+        skipped: Counter[str] = Counter()
+        sites: Counter[str] = Counter()
+        keep: list[tuple[str, int, list[float], int]] = []
+        for device_id, seq, site_id, record, label in rows:
+            features = record.get("features") if isinstance(record, dict) else None
+            if not isinstance(features, list) or len(features) != recipe.n_features:
+                skipped["no features" if not features else "wrong feature count"] += 1
+            elif not 0 <= label < recipe.n_classes:
+                skipped["label out of range"] += 1
+            else:
+                keep.append((device_id, seq, features, label))
+                sites[site_id] += 1
+        # Sorted by key: the arrays, hence their digest, do not depend on the database's row order.
+        keep.sort(key=lambda r: (r[0], r[1]))
+        if skipped:
+            ctx.log("left out: " + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
+        if len(keep) < ctx.params.min_samples:
+            raise StepFailed(
+                f"not enough labelled data ({len(keep)} < {ctx.params.min_samples}): labelled records of "
+                f"{ctx.model_id} with features from {_iso(since)} to {_iso(until)}"
+            )
+        out = ctx.dir(self.name)
+        sides: dict[bool, list[tuple[list[float], int]]] = {False: [], True: []}
+        for device_id, seq, features, label in keep:
+            sides[held_out(device_id, seq, ctx.params.holdout)].append((features, label))
+        if not sides[True] or not sides[False]:
+            raise StepFailed(
+                f"the split of {len(keep)} records left one side empty: lower min_samples or holdout"
+            )
+        result: dict[str, Any] = {
+            "window": {"since": since, "until": until},
+            "records": len(keep),
+            "skipped": dict(skipped),
+            "sites": dict(sites),
+            "class_counts": dict(Counter(str(r[3]) for r in keep)),
+        }
+        for side, file in ((False, TRAIN), (True, HELDOUT)):
+            x = np.asarray([f for f, _ in sides[side]], dtype=np.float32)
+            y = np.asarray([label for _, label in sides[side]], dtype=np.int64)
+            if not np.isfinite(x).all():
+                raise StepFailed("records with NaN or infinite features in the window: fix the source")
+            np.savez(out / file, x=x, y=y)
+            key = "train" if not side else "heldout"
+            result[key] = len(y)
+            result[f"{key}_sha256"] = digest(x, y)
+        if previous and result["train_sha256"] != ctx.artifacts[self.name].get("train_sha256"):
+            raise StepFailed("the data of the job's window changed since its first run (labels corrected?)")
+        ctx.log(
+            f"{len(keep)} records from {len(sites)} site(s): {result['train']} to train, "
+            f"{result['heldout']} held out"
+        )
+        return result
+
+    def ready(self, ctx: StepContext) -> bool:
+        done = ctx.artifacts.get(self.name)
+        out = ctx.workdir / self.name
+        if not done or not (out / TRAIN).exists() or not (out / HELDOUT).exists():
+            return False
+        return digest(*load(out / TRAIN)) == done["train_sha256"]
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
