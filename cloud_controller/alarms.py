@@ -1,10 +1,11 @@
 """Alarm policies per model, and judging them: which alarms fire, stay open, or resolve.
 
 Per model and site, two conditions: data drift (the latest PSI-scored drift window of the site,
-whatever the version, above ``psi_threshold``) and accuracy (records of the version the site ran
-last, stored whole and labelled, within the trailing ``window_s``, below ``accuracy_floor`` once
-there are ``min_samples`` of them). Fewer labelled records, or no PSI-scored window, judge
-nothing: an open alarm stays open until its condition is seen to clear. A policy set to ``off``
+whatever the version, above ``psi_threshold``; mean-shift scores are not PSI and are not judged)
+and accuracy (records of the version the site ran last, stored whole and labelled, within the
+trailing ``window_s``, below ``accuracy_floor`` once there are ``min_samples`` of them). Fewer
+labelled records, or no PSI-scored window, judge nothing: an open alarm stays open until its
+condition is seen to clear. A policy set to ``off``
 (or a threshold set to null) clears its alarms.
 """
 
@@ -112,7 +113,11 @@ def policies(session: Session, models: Iterable[str]) -> dict[str, AlarmPolicyPu
 
 
 def latest_psi(session: Session) -> dict[tuple[str, str], Drift]:
-    """The latest scored drift window of each (model, site), over its versions, by index seeks."""
+    """The latest PSI-scored drift window of each (model, site), over its versions, by index seeks.
+
+    Mean-shift scores (windows of a version without a drift reference) are in standard deviations,
+    not PSI: a PSI threshold does not apply to them.
+    """
     latest: dict[tuple[str, str], Drift] = {}
     for site, model, version in list(drift_keys(session)):
         window = session.exec(
@@ -122,6 +127,7 @@ def latest_psi(session: Session) -> dict[tuple[str, str], Drift]:
                 Drift.model_id == model,
                 Drift.model_version == version,
                 col(Drift.score).is_not(None),
+                Drift.score_method == "psi",
             )
             .order_by(col(Drift.window_start).desc())
             .limit(1)
@@ -157,7 +163,7 @@ def readings(session: Session, now: float) -> tuple[list[Reading], list[Tally], 
     found: list[Reading] = []
     for (model, site), window in psi.items():
         rule = rules[model]
-        judged = window.score_method == "psi" and rule.psi_threshold is not None
+        judged = rule.psi_threshold is not None
         found.append(
             Reading(
                 model,
@@ -167,7 +173,6 @@ def readings(session: Session, now: float) -> tuple[list[Reading], list[Tally], 
                 float(window.score or 0.0),
                 window.count,
                 rule.psi_threshold,
-                # Mean-shift scores are in standard deviations, not PSI: the threshold does not apply.
                 (float(window.score or 0.0) > rule.psi_threshold) if judged else None,  # type: ignore[operator]
             )
         )
