@@ -10,7 +10,9 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -29,6 +31,8 @@ from edge_agent.records import rows_as_bytes
 from edge_agent.sources import Reading, SensorSource, build_source
 from edge_agent.state_store import JsonStore
 from edge_agent.sync import Syncer
+from edge_agent.training_buffer import FILENAME as TRAINING_FILE
+from edge_agent.training_buffer import Samples, TrainingBuffer, parse_labels
 from fleet_protocol import (
     DesiredState,
     DeviceEvent,
@@ -47,8 +51,15 @@ _HOUSEKEEPING_S = 1.0
 #: Readings are judged over windows this long: most of a window refused degrades health.
 _INPUT_WINDOW_S = 10.0
 _INPUT_WINDOW_MIN = 10
-#: At most one log line per this many seconds about refused input.
+#: At most one log line per this many seconds about refused input (readings, label batches).
 _INPUT_LOG_EVERY_S = 60.0
+
+
+@dataclass(slots=True)
+class _SampledRecords(PackedRecords):
+    """Records for the outbox, with their inputs for the training buffer (keyed by the seqs they get)."""
+
+    samples: Samples | None = None
 
 
 class Agent:
@@ -61,7 +72,10 @@ class Agent:
         source: SensorSource | None = None,
         outbox_executor: Executor | None = None,
         inference_executor: Executor | None = None,
+        on_stored: Callable[[int, Samples], None] | None = None,
     ) -> None:
+        """``on_stored(first_seq, samples)``: told of every micro-batch of records once stored, with
+        each reading's ground truth (the simulators' labeller publishes labels from it)."""
         self.settings = settings
         self.metrics = AgentMetrics()
         self.source = source or build_source(settings.source)
@@ -72,6 +86,19 @@ class Agent:
             synchronous=settings.outbox.synchronous,
             executor=outbox_executor,
         )
+        self.training: TrainingBuffer | None = None
+        if settings.training_buffer.enabled:
+            self.training = TrainingBuffer(
+                settings.data_dir / TRAINING_FILE,
+                max_bytes=settings.training_buffer.max_bytes,
+                executor=outbox_executor,
+            )
+        self._on_stored = on_stored
+        if self.training is not None or on_stored is not None:
+            self.outbox.on_stored = self._records_stored
+        self._inline_labels = settings.source.inline_labels
+        self._training_reported = {"matched": 0, "unmatched": 0, "evicted": 0}
+        self._labels_logged_at = -_INPUT_LOG_EVERY_S
         budget = None
         if settings.mqtt.bandwidth_bytes_per_hour is not None:
             budget = ByteBudget(settings.mqtt.bandwidth_bytes_per_hour)
@@ -84,6 +111,7 @@ class Agent:
             report_state=self.reported_state,
             on_desired=self.apply_desired,
             budget=budget,
+            on_labels=self._labels_received if self.training is not None else None,
         )
         self._inline = settings.inference.executor == "inline"
         self._own_inference_executor = inference_executor is None and not self._inline
@@ -148,6 +176,15 @@ class Agent:
 
     async def run(self) -> None:
         await self.outbox.open()
+        if self.training is not None:
+            await self.training.open()
+            # Prometheus counters count this process's work; the file keeps the totals (`counts`).
+            held = self.training.live_counts()
+            self._training_reported = {
+                "matched": held.labels_matched,
+                "unmatched": held.labels_unmatched,
+                "evicted": held.evicted,
+            }
         try:
             # Verifying digests and building a session is disk and CPU work: keep it off the loop.
             self.model = await asyncio.to_thread(self._load_model)
@@ -182,6 +219,8 @@ class Agent:
             asyncio.create_task(self.outbox.run_writer(), name="outbox-writer"),
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
         ]
+        if self.training is not None:
+            background.append(asyncio.create_task(self.training.run_writer(), name="training-writer"))
         sync_task = asyncio.create_task(self.syncer.run(), name="sync")
         # Without a runnable model these wait for one: an update over the air can bring it.
         reader = asyncio.create_task(self._read_source(queue), name="source")
@@ -239,6 +278,8 @@ class Agent:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await self.outbox.close()
+        if self.training is not None:
+            await self.training.close()
         await self.source.aclose()
         if self.model is not None:
             self.model.close()
@@ -389,7 +430,10 @@ class Agent:
         predicted = p.predicted.tolist() if p.predicted is not None else none
         confidence = np.round(p.confidence, 6).tolist() if p.confidence is not None else none
         mode = self.settings.inference.features
-        features = rows_as_bytes(raw) if mode == "raw" else none
+        raw_rows = rows_as_bytes(raw) if mode == "raw" or self.outbox.on_stored is not None else none
+        features = raw_rows if mode == "raw" else none
+        truth = [r.label for r in readings]
+        labels = truth if self._inline_labels else none
         summaries = none
         if mode == "summary":
             summaries = [
@@ -415,14 +459,43 @@ class Agent:
                     low[i],
                     features[i],
                     summaries[i],
-                    r.label,
+                    labels[i],
                 ]
             )
             for i, r in enumerate(readings)
         ]
         flagged = [a or lo for a, lo in zip(anomaly, low, strict=True)]
         cursor = next((r.cursor for r in reversed(readings) if r.cursor is not None), None)
-        return PackedRecords(bodies, flagged, cursor)
+        if self.outbox.on_stored is None:
+            return PackedRecords(bodies, flagged, cursor)
+        ts = [r.ts for r in readings]
+        samples = Samples(model_id, version, model.preprocessor.feature_names, ts, raw_rows, predicted, truth)
+        return _SampledRecords(bodies, flagged, cursor, samples)
+
+    # -- the training buffer -------------------------------------------------------------
+
+    def _records_stored(self, parts: list[tuple[int, PackedRecords]]) -> None:
+        for first_seq, part in parts:
+            if not isinstance(part, _SampledRecords) or part.samples is None:
+                continue
+            if self.training is not None:
+                self.training.add(first_seq, part.samples)
+            if self._on_stored is not None:
+                self._on_stored(first_seq, part.samples)
+
+    def _labels_received(self, payload: bytes) -> None:
+        assert self.training is not None
+        parsed = parse_labels(payload, device_id=self.settings.device_id, site=self.settings.site)
+        if isinstance(parsed, tuple):
+            reason, detail = parsed
+            self.training.refused()
+            self.metrics.training_labels.labels("refused").inc()
+            now = time.monotonic()
+            if now - self._labels_logged_at >= _INPUT_LOG_EVERY_S:  # a broken labeller must not fill the log
+                log.warning("refused a label batch (%s): %s", reason, detail)
+                self._labels_logged_at = now
+            return
+        self.training.add_labels(parsed.labels)
 
     # -- state, desired state, events -------------------------------------------------
 
@@ -551,7 +624,28 @@ class Agent:
                 self._rejected_reported = self.rejected.copy()
                 self._rejected_example.clear()
             self._judge_input_window()
+            self._training_metrics()
             await asyncio.sleep(_HOUSEKEEPING_S)
+
+    def _training_metrics(self) -> None:
+        if self.training is None:
+            return
+        counts = self.training.live_counts()
+        self.metrics.training_samples.set(counts.samples)
+        self.metrics.training_labelled.set(counts.labelled)
+        now = {
+            "matched": counts.labels_matched,
+            "unmatched": counts.labels_unmatched,
+            "evicted": counts.evicted,
+        }
+        for key, value in now.items():
+            delta = value - self._training_reported[key]
+            if delta > 0:
+                if key == "evicted":
+                    self.metrics.training_evicted.inc(delta)
+                else:
+                    self.metrics.training_labels.labels(key).inc(delta)
+        self._training_reported = now
 
     def _judge_input_window(self) -> None:
         """Degrade health while most readings of a window are refused; recover when they fit again."""

@@ -20,7 +20,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ReplaySourceConfig(_Section):
+class _SourceSection(_Section):
+    #: Put the source's own ground truth (a reading's label) into each record. False keeps it
+    #: out: labels then reach the device and the cloud only as delayed labels, as in most fleets.
+    inline_labels: bool = True
+
+
+class ReplaySourceConfig(_SourceSection):
     """Replays a CSV or JSON-lines file, one reading a row."""
 
     kind: Literal["replay"] = "replay"
@@ -31,7 +37,7 @@ class ReplaySourceConfig(_Section):
     label_field: str = "label"
 
 
-class SyntheticSourceConfig(_Section):
+class SyntheticSourceConfig(_SourceSection):
     """Generates readings like a real sensor: regimes, noise, rare anomalies, drift."""
 
     kind: Literal["synthetic"] = "synthetic"
@@ -43,7 +49,7 @@ class SyntheticSourceConfig(_Section):
     limit: int | None = Field(default=None, ge=1, description="Stop after this many readings")
 
 
-class MqttTopicSourceConfig(_Section):
+class MqttTopicSourceConfig(_SourceSection):
     """Reads JSON readings that a local sensor process publishes on an MQTT topic."""
 
     kind: Literal["mqtt"] = "mqtt"
@@ -96,6 +102,13 @@ class OutboxConfig(_Section):
     max_pending: int = Field(default=10_000, ge=10)
     #: FULL survives power loss; NORMAL survives a killed process and is faster.
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+
+
+class TrainingBufferConfig(_Section):
+    """Inputs of recent records kept for local training, joined with delayed labels."""
+
+    enabled: bool = True
+    max_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, description="Bound of training.sqlite")
 
 
 class InferenceConfig(_Section):
@@ -152,6 +165,7 @@ class AgentSettings(BaseSettings):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     ota: OtaConfig = Field(default_factory=OtaConfig)
+    training_buffer: TrainingBufferConfig = Field(default_factory=TrainingBufferConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("device_id")

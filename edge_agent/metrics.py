@@ -52,6 +52,22 @@ class AgentMetrics:
             "edge_agent_rejected_desired", "Desired-state messages refused", ["reason"], registry=r
         )
 
+        self.training_samples = Gauge(
+            "edge_agent_training_samples", "Samples in the local training buffer", registry=r
+        )
+        self.training_labelled = Gauge(
+            "edge_agent_training_labelled", "Samples of the training buffer that have a label", registry=r
+        )
+        self.training_labels = Counter(
+            "edge_agent_training_labels",
+            "Labels received: matched (joined with a sample), unmatched (sample gone), refused (batch)",
+            ["outcome"],
+            registry=r,
+        )
+        self.training_evicted = Counter(
+            "edge_agent_training_evicted", "Samples the training buffer's bound dropped", registry=r
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

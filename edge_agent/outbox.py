@@ -21,7 +21,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +127,9 @@ class Outbox:
         self.saved_cursor: str | None = None
         self.last_error: str | None = None
         self._drops = 0
+        #: Called on the loop with ``(first seq, part)`` of each part a transaction committed:
+        #: how the agent learns the seqs its records got (its training buffer keys samples by them).
+        self.on_stored: Callable[[list[tuple[int, PackedRecords]]], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -195,7 +198,7 @@ class Outbox:
                 self._writing += 1
                 self._changed.notify_all()
             try:
-                await self._run(self._write, batch)
+                self._stored(await self._run(self._write, batch))
             except Exception as exc:  # not SQLite's (those `_write` handles): still counted, never silent
                 count = sum(len(b.bodies) for b in batch)
                 log.exception("outbox write of %d records failed", count)
@@ -213,7 +216,7 @@ class Outbox:
             self._writing += 1
         try:
             if batch:
-                await self._run(self._write, batch)
+                self._stored(await self._run(self._write, batch))
                 self._new_records.set()
         finally:
             async with self._changed:
@@ -221,11 +224,21 @@ class Outbox:
                 self._changed.notify_all()
                 await self._changed.wait_for(lambda: not self._pending and self._writing == 0)
 
-    def _write(self, batch: list[PackedRecords]) -> None:
+    def _stored(self, parts: list[tuple[int, PackedRecords]]) -> None:
+        if parts and self.on_stored is not None:
+            try:
+                self.on_stored(parts)
+            except Exception:  # an observer's bug must not count committed records as lost
+                log.exception("outbox: the on_stored observer failed")
+
+    def _write(self, batch: list[PackedRecords]) -> list[tuple[int, PackedRecords]]:
+        """Commit the batch; returns each part with its first seq (nothing when it was dropped)."""
         seq = self._counters["last_seq"]
         rows: list[tuple[int, int, int, bytes]] = []
+        starts: list[tuple[int, PackedRecords]] = []
         cursor = None
         for part in batch:
+            starts.append((seq + 1, part))
             rows.extend(
                 zip(
                     range(seq + 1, seq + 1 + len(part.bodies)),
@@ -241,23 +254,25 @@ class Outbox:
         incoming = sum(r[2] for r in rows)
         try:
             self._insert_retrying(rows, incoming, seq, cursor)
-            return
+            return starts
         except sqlite3.Error as exc:
             if _primary_code(exc) != sqlite3.SQLITE_FULL:
                 self._dropped(len(rows), f"{exc.__class__.__name__}: {exc}")
-                return
+                return []
         # The disk (or the database's page limit) is full: make room and try once more.
         log.warning("outbox disk is full; evicting routine records to make room")
         with contextlib.suppress(sqlite3.Error):
             self._shrink(max(incoming * 4, self._bytes // 4))
         try:
             self._insert_retrying(rows, incoming, seq, cursor)
+            return starts
         except sqlite3.Error as again:
             if _primary_code(again) != sqlite3.SQLITE_FULL:
                 self._dropped(len(rows), f"{again.__class__.__name__}: {again}")
-                return
+                return []
             self._counters["dropped_disk_full"] += len(rows)
             log.error("outbox disk is full: dropped %d records (counted)", len(rows))
+            return []
 
     def _insert_retrying(
         self, rows: list[tuple[int, int, int, bytes]], incoming: int, seq: int, cursor: str | None

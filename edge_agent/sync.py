@@ -35,6 +35,7 @@ from fleet_protocol import (
     desired_topic,
     encode,
     events_topic,
+    labels_topic,
     state_topic,
     telemetry_topic,
 )
@@ -61,8 +62,11 @@ class Syncer:
         report_state: Callable[[], ReportedState],
         on_desired: Callable[[DesiredState], Awaitable[None]],
         budget: ByteBudget | None = None,
+        on_labels: Callable[[bytes], None] | None = None,
     ) -> None:
         self.device_id, self.site, self.config = device_id, site, config
+        #: Delayed labels for this device's records (None: not subscribed to its labels topic).
+        self._on_labels = on_labels
         self.outbox, self.metrics = outbox, metrics
         self._report_state = report_state
         self._on_desired = on_desired
@@ -73,6 +77,7 @@ class Syncer:
             "state": state_topic(site, device_id),
             "desired": desired_topic(site, device_id),
             "events": events_topic(site, device_id),
+            "labels": labels_topic(site, device_id),
         }
         offline = ReportedState(device_id=device_id, site=site, online=False, health=Health.UNKNOWN)
         self.link = MqttLink(
@@ -163,6 +168,9 @@ class Syncer:
 
     async def _session(self) -> None:
         await self.link.subscribe(self._topics["desired"], qos=1)
+        if self._on_labels is not None:
+            # QoS 1 on a persistent session: labels published while the device is away wait for it.
+            await self.link.subscribe(self._topics["labels"], qos=1)
         await self._publish_state()
         async with asyncio.TaskGroup() as group:
             group.create_task(self._send_records())
@@ -247,6 +255,9 @@ class Syncer:
 
     async def _receive(self) -> None:
         async for message in self.link.messages():
+            if message.topic == self._topics["labels"] and self._on_labels is not None:
+                self._on_labels(message.payload)  # parsed and judged by the agent: never raises here
+                continue
             if message.topic != self._topics["desired"]:
                 continue
             if not message.payload:
