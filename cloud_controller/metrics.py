@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from cloud_controller.accuracy import Tally
+from cloud_controller.job_models import Job, JobKind, JobState
 from cloud_controller.label_models import Alarm
 from cloud_controller.models import Deployment, Device, Drift
 from cloud_controller.rollout_models import ACTIVE, Rollout, RolloutState
@@ -57,6 +58,9 @@ class FleetCollector(Collector):
             "edgefleet_drift_score", "Latest drift score per model version and site", labels=["model", "site"]
         )
         rollouts = GaugeMetricFamily("edgefleet_rollouts", "Rollouts by state", labels=["state"])
+        jobs = GaugeMetricFamily(
+            "edgefleet_jobs", "Pipeline jobs by kind and state", labels=["kind", "state"]
+        )
         ota = GaugeMetricFamily(
             "edgefleet_devices_by_ota_state",
             "Devices by the state of their last model update",
@@ -96,6 +100,18 @@ class FleetCollector(Collector):
             ):
                 alarms_open.add_metric([model, kind], count)
             by_state = dict(session.exec(select(Rollout.state, func.count()).group_by(Rollout.state)).all())
+            job_counts = dict(
+                ((kind, state), count)
+                for kind, state, count in session.exec(
+                    select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)
+                )
+            )
+            for job_kind in JobKind:
+                for job_state in JobState:
+                    jobs.add_metric(
+                        [job_kind.value, job_state.value],
+                        job_counts.get((job_kind.value, job_state.value), 0),
+                    )
             for state in RolloutState:
                 rollouts.add_metric([state.value], by_state.get(state.value, 0))
             for state, count in session.exec(
@@ -135,6 +151,7 @@ class FleetCollector(Collector):
                 score.add_metric([f"{model}@{version}", site], value)
         yield from (online, versions, off_model, deployments, drift, score, rollouts, ota, rollout_devices)
         yield from (model_accuracy, labelled, alarms_open)
+        yield jobs
 
 
 def drift_keys(session: Session) -> Iterator[tuple[str, str, str]]:

@@ -92,6 +92,11 @@ def test_retrain_job_rolls_out_a_signed_candidate_that_beats_production(
     )
     assert shown.returncode == 0, shown.stderr
     assert "succeeded" in shown.stdout and rollout_id in shown.stdout
+    with fleet.client(None) as browser:
+        browser.cookies.set("edgefleet_token", fleet.ctl.tokens["viewer"])
+        page = browser.get(f"/jobs/{job['id']}").text
+    assert f"candidate {evaluation['candidate_accuracy'] * 100:.1f} % against production 1.0.0" in page
+    assert f"{rollout_id} to group presses" in page
 
 
 @pytest.mark.slow
@@ -173,3 +178,14 @@ def test_jobs_api_refuses_what_it_cannot_run(sqlite_fleet: JobFleet) -> None:
     assert f"409: Job {job['id']} is cancelled: only a queued or running job can be cancelled" in again.stderr
     shown = fleet.job(job["id"])
     assert shown["state"] == "cancelled" and {s["state"] for s in shown["steps"]} == {"cancelled"}
+    # The dashboard and /metrics show it.
+    with fleet.client(None) as browser:
+        browser.cookies.set("edgefleet_token", fleet.ctl.tokens["viewer"])
+        listing = browser.get("/jobs")
+        assert listing.status_code == 200 and f'href="/jobs/{job["id"]}"' in listing.text
+        page = browser.get(f"/jobs/{job['id']}")
+        assert page.status_code == 200 and "cancelled by operator:test-operator" in page.text
+        assert browser.get("/jobs/j-00000000").status_code == 404
+        metrics = browser.get("/metrics").text
+    assert 'edgefleet_jobs{kind="retrain",state="cancelled"} 1.0' in metrics
+    assert 'edgefleet_jobs{kind="retrain",state="running"} 0.0' in metrics

@@ -43,7 +43,7 @@ class JobFleet:
     job_dir: Path
     log_dir: Path
 
-    def client(self, role: str = "operator") -> httpx.Client:
+    def client(self, role: str | None = "operator") -> httpx.Client:
         return self.ctl.client(role)
 
     def start_job(self, **params: Any) -> dict[str, Any]:
