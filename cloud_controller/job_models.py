@@ -8,12 +8,11 @@ after it runs, so that another worker resumes a job whose worker died at its fir
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -166,26 +165,18 @@ class JobParams(_Strict):
     soak_s: float = Field(default=60, ge=0, le=30 * 86_400)
     shadow_s: float = Field(default=0, ge=0, le=7 * 86_400)
     gates: Gates | None = None
+    federated: dict[str, Any] | None = Field(
+        default=None,
+        description="A federated job's fleet_learning.FederatedConfig: strategy (fedavg, fedprox, "
+        "trimmed_mean), rounds, min_clients, fraction, round_timeout_s, local_epochs, mu, clip_norm, "
+        "noise_multiplier, hierarchical, min_samples, target_accuracy, patience, groups, num_cpus",
+    )
 
 
 class JobCreate(_Strict):
     kind: JobKind = JobKind.RETRAIN
     model_id: ModelId
     params: JobParams = Field(default_factory=JobParams)
-
-    @model_validator(mode="after")
-    def _kind_available(self) -> JobCreate:
-        if self.kind is JobKind.FEDERATED and not federated_available():
-            raise ValueError("federated jobs are not available here (fleet_learning.federated is missing)")
-        return self
-
-
-def federated_available() -> bool:
-    """Whether the Flower side of fleet_learning is installed (the federated train step needs it)."""
-    try:
-        return importlib.util.find_spec("fleet_learning.federated") is not None
-    except ImportError:
-        return False
 
 
 # -- what the API answers ------------------------------------------------------------------

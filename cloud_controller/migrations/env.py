@@ -7,7 +7,7 @@ from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
 
 # Registers every table on SQLModel.metadata (both modules import cloud_controller.models).
-import cloud_controller.job_models  # noqa: F401
+import cloud_controller.job_models
 import cloud_controller.label_models
 import cloud_controller.rollout_models  # noqa: F401
 

@@ -40,6 +40,12 @@ def load(path: Path) -> tuple[np.ndarray, np.ndarray]:
         return data["x"], data["y"]
 
 
+def load_devices(path: Path) -> np.ndarray:
+    """The device id of each row of a split."""
+    with np.load(path, allow_pickle=False) as data:
+        return data["device"]
+
+
 class DatasetStep:
     name = "dataset"
 
@@ -72,6 +78,7 @@ class DatasetStep:
         ctx.check()
         skipped: Counter[str] = Counter()
         sites: Counter[str] = Counter()
+        device_sites: dict[str, str] = {}
         keep: list[tuple[str, int, list[float], int]] = []
         for device_id, seq, site_id, record, label in rows:
             features = record.get("features") if isinstance(record, dict) else None
@@ -82,6 +89,7 @@ class DatasetStep:
             else:
                 keep.append((device_id, seq, features, label))
                 sites[site_id] += 1
+                device_sites[device_id] = site_id
         # Sorted by key: the arrays, hence their digest, do not depend on the database's row order.
         keep.sort(key=lambda r: (r[0], r[1]))
         if skipped:
@@ -92,9 +100,9 @@ class DatasetStep:
                 f"{ctx.model_id} with features from {_iso(since)} to {_iso(until)}"
             )
         out = ctx.dir(self.name)
-        sides: dict[bool, list[tuple[list[float], int]]] = {False: [], True: []}
+        sides: dict[bool, list[tuple[list[float], int, str]]] = {False: [], True: []}
         for device_id, seq, features, label in keep:
-            sides[held_out(device_id, seq, ctx.params.holdout)].append((features, label))
+            sides[held_out(device_id, seq, ctx.params.holdout)].append((features, label, device_id))
         if not sides[True] or not sides[False]:
             raise StepFailed(
                 f"the split of {len(keep)} records left one side empty: lower min_samples or holdout"
@@ -104,14 +112,16 @@ class DatasetStep:
             "records": len(keep),
             "skipped": dict(skipped),
             "sites": dict(sites),
+            "device_sites": device_sites,
             "class_counts": dict(Counter(str(r[3]) for r in keep)),
         }
         for side, file in ((False, TRAIN), (True, HELDOUT)):
-            x = np.asarray([f for f, _ in sides[side]], dtype=np.float32)
-            y = np.asarray([label for _, label in sides[side]], dtype=np.int64)
+            x = np.asarray([f for f, _, _ in sides[side]], dtype=np.float32)
+            y = np.asarray([label for _, label, _ in sides[side]], dtype=np.int64)
             if not np.isfinite(x).all():
                 raise StepFailed("records with NaN or infinite features in the window: fix the source")
-            np.savez(out / file, x=x, y=y)
+            # Which device each row came from: a federated job's clients are the devices.
+            np.savez(out / file, x=x, y=y, device=np.asarray([d for _, _, d in sides[side]], dtype=str))
             key = "train" if not side else "heldout"
             result[key] = len(y)
             result[f"{key}_sha256"] = digest(x, y)

@@ -1,0 +1,129 @@
+"""``train`` of a federated job: Flower rounds (`fleet_learning.federated.run_simulation`) in the worker.
+
+Each device whose labelled records are in the job's training split is one client of Flower's
+simulation engine, holding only its own records; the server evaluates every round's global model
+on the job's held-out split, and each round is written to ``job_round`` as soon as it ends (the
+dashboard draws them while the job runs). The result is weights and a standardisation, as central
+training leaves them, so that ``build`` and the steps after it do not know how the model was trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+from sqlalchemy import delete
+from sqlmodel import Session
+
+from cloud_controller.job_models import JobRound
+from cloud_controller.pipeline.base import Cancelled, StepContext, StepFailed
+from cloud_controller.pipeline.dataset import HELDOUT, TRAIN, load, load_devices
+from cloud_controller.pipeline.recipe import load_recipe
+from fleet_learning.exceptions import LearningError
+from fleet_learning.recipes import build_model
+
+WEIGHTS, STANDARDISATION = "weights.pt", "standardisation.json"
+
+
+def federated_config(params: dict[str, Any]) -> Any:
+    """The job's `fleet_learning.FederatedConfig`, or `StepFailed` saying what is wrong with it."""
+    from fleet_learning.config import FederatedConfig
+
+    try:
+        return FederatedConfig.model_validate(params)
+    except ValidationError as exc:
+        raise StepFailed(f"the job's federated settings are invalid: {exc}") from None
+
+
+def train_federated(ctx: StepContext) -> dict[str, Any]:
+    from fleet_learning.federated import ClientSpec, run_simulation
+    from fleet_learning.rounds import RoundStats
+
+    config = federated_config(ctx.params.federated or {})
+    recipe = load_recipe(ctx.engine, ctx.model_id)
+    x, y = load(ctx.workdir / "dataset" / TRAIN)
+    devices = load_devices(ctx.workdir / "dataset" / TRAIN)
+    held = load(ctx.workdir / "dataset" / HELDOUT)
+    sites = ctx.artifacts["dataset"].get("device_sites", {})
+    clients = [
+        ClientSpec(
+            node_id=str(device),
+            site=sites.get(str(device), "site"),
+            data=(x[devices == device], y[devices == device]),
+        )
+        for device in sorted(set(devices.tolist()))
+    ]
+    with Session(ctx.engine) as session:  # a re-run starts its rounds again
+        session.execute(delete(JobRound).where(JobRound.job_id == ctx.job_id))  # type: ignore[arg-type]
+        session.commit()
+    torch.manual_seed(recipe.hyperparameters.seed)
+    initial = {k: v.detach().clone() for k, v in build_model(recipe).state_dict().items()}
+    ctx.log(
+        f"{config.strategy} over {len(clients)} clients (devices), up to {config.rounds} rounds, "
+        f"{config.local_epochs} local epoch(s), min {config.min_clients} clients"
+        + (", hierarchical by site" if config.hierarchical else "")
+    )
+
+    def on_round(stats: RoundStats) -> None:
+        loss = stats.central_loss if stats.central_loss is not None else stats.loss
+        accuracy = stats.central_accuracy if stats.central_accuracy is not None else stats.accuracy
+        with Session(ctx.engine) as session:
+            session.add(
+                JobRound(
+                    job_id=ctx.job_id,
+                    round=stats.round,
+                    loss=_finite(loss),
+                    accuracy=_finite(accuracy),
+                    sampled=stats.sampled,
+                    responded=stats.responded,
+                    declined=stats.declined,
+                    failed=stats.failed,
+                    seconds=stats.seconds,
+                )
+            )
+            session.commit()
+        ctx.log(
+            f"round {stats.round}: accuracy {accuracy if accuracy is not None else float('nan'):.4f}, "
+            f"{stats.responded}/{stats.sampled} clients responded, {stats.failed} failed, "
+            f"{stats.declined} declined"
+        )
+        ctx.check()  # a cancel stops the rounds here
+
+    try:
+        result = run_simulation(config, recipe, initial, clients, held_out=held, on_round=on_round)
+    except LearningError as exc:
+        ctx.check()  # cancelled: the simulation ended because on_round raised
+        raise StepFailed(f"federated training failed: {exc}") from None
+    except Cancelled:
+        raise
+    ctx.check()
+    out = ctx.dir("train")
+    torch.save(result.state_dict, out / WEIGHTS)
+    (out / STANDARDISATION).write_text(json.dumps({"mean": list(result.mean), "scale": list(result.scale)}))
+    ctx.log(
+        f"stopped: {result.stopped_because}; best round {result.best_round}, held-out accuracy "
+        f"{result.initial_accuracy} -> {result.final_accuracy}"
+    )
+    return {
+        "mode": "federated",
+        "recipe": recipe.model_dump(mode="json"),
+        "config": config.model_dump(mode="json"),
+        "clients": len(clients),
+        "rounds": len(result.rounds),
+        "best_round": result.best_round,
+        "stopped_because": result.stopped_because,
+        "privacy": result.privacy,
+        "initial_accuracy": result.initial_accuracy,
+        "final_accuracy": result.final_accuracy,
+        "samples": len(y),
+        "seconds": round(result.seconds, 2),
+        "weights_sha256": hashlib.sha256((out / WEIGHTS).read_bytes()).hexdigest(),
+    }
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and np.isfinite(value) else None
