@@ -9,7 +9,9 @@ Commands, one JSON object a line on stdin (`simulators.json_lines`):
 
 - ``{"op": "start", "device", "settings", "source"}``: start a device (``settings`` are
   `edge_agent.config.load_settings` overrides, ``source`` the `PacedSource`'s arguments plus
-  ``extra_drift`` and ``relabel``); answers at once.
+  ``extra_drift``, ``relabel`` and ``labels``: ``{share, delay_s}`` of the site's simulated
+  labelling system, `simulators.labeller`, which this process runs for its devices); answers
+  at once.
 - ``{"op": "stop", "device"}``: a clean stop; answers when it is done.
 - ``{"op": "source", "devices", "extra_drift"?, "relabel"?}``: the sensors change.
 - ``{"op": "disk_limit", "devices", "max_bytes"}``: their outboxes' disk fills up (None: frees).
@@ -18,7 +20,7 @@ Commands, one JSON object a line on stdin (`simulators.json_lines`):
   process with SIGKILL (`edge_agent.ota.hooks`); ``null`` disarms.
 - ``{"op": "wait_running", "within_s"}``: until every device runs its pipeline or has ended.
 - ``{"op": "status"}``: per device, its outbox, sensor, model and last switch; the sensors'
-  pace; the worst scheduling delay of this loop since the last status.
+  pace; the worst scheduling delay of this loop since the last status; labels published.
 - ``{"op": "stop_all"}``: every device stops cleanly.
 """
 
@@ -36,6 +38,7 @@ from edge_agent.agent import Agent
 from edge_agent.config import load_settings
 from edge_agent.ota.hooks import POINTS
 from simulators.json_lines import run_child, serve
+from simulators.labeller import Labeller
 from simulators.paced_source import PacedSource
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,8 @@ class AgentHost:
         self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
         self._worst_delay = 0.0
         self._ticker: asyncio.Task[None] | None = None
+        #: The site's labelling system, for this process's devices (one site per process).
+        self.labeller: Labeller | None = None
 
     async def answer(self, command: dict[str, Any]) -> dict[str, Any]:
         op = command.get("op")
@@ -112,14 +117,36 @@ class AgentHost:
         args = dict(source_args)
         extra_drift = float(args.pop("extra_drift", 0.0))
         relabel = {int(k): int(v) for k, v in args.pop("relabel", {}).items()}
+        labels = args.pop("labels", None)
         source = PacedSource(**args)
         source.extra_drift, source.relabel = extra_drift, relabel
+        labeller = self._labeller(settings.site, settings.mqtt.host, settings.mqtt.port, labels)
         agent = Agent(
-            settings, source=source, outbox_executor=self._outbox_pool, inference_executor=self._infer_pool
+            settings,
+            source=source,
+            outbox_executor=self._outbox_pool,
+            inference_executor=self._infer_pool,
+            on_stored=(lambda first, samples: labeller.observe(device, first, samples)) if labeller else None,
         )
         self.agents[device], self.sources[device] = agent, source
         self.retired.pop(device, None)
         self.tasks[device] = asyncio.create_task(agent.run(), name=device)
+
+    def _labeller(self, site: str, host: str, port: int, labels: dict[str, Any] | None) -> Labeller | None:
+        """The process's labeller, started with its first device that asks for labels."""
+        if not labels or float(labels.get("share", 0.0)) <= 0.0:
+            return None
+        if self.labeller is None:
+            self.labeller = Labeller(
+                site=site,
+                host=host,
+                port=port,
+                share=float(labels["share"]),
+                delay_s=float(labels.get("delay_s", 0.0)),
+                client_id=f"labeller-{site}-{os.getpid()}",
+            )
+            self.labeller.start()
+        return self.labeller
 
     async def _stop(self, device: str) -> int:
         agent, task = self.agents.pop(device, None), self.tasks.pop(device, None)
@@ -176,6 +203,11 @@ class AgentHost:
                 "given": sum(s.given for s in running),
             },
             "loop_delay_s": delay,
+            "labels": {
+                "scheduled": self.labeller.scheduled if self.labeller else 0,
+                "published": self.labeller.published if self.labeller else 0,
+                "waiting": self.labeller.waiting if self.labeller else 0,
+            },
         }
 
     async def _measure_loop(self) -> None:
@@ -191,6 +223,8 @@ class AgentHost:
         if self._ticker is not None:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
+        if self.labeller is not None:
+            await self.labeller.close()
         self._outbox_pool.shutdown(wait=False)
         self._infer_pool.shutdown(wait=False)
 

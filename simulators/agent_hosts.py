@@ -32,6 +32,8 @@ class HostStatus:
     crashed: dict[str, str] = field(default_factory=dict)
     pace: dict[str, float] = field(default_factory=lambda: {"devices": 0, "due_per_s": 0.0, "behind": 0.0})
     loop_delay_s: float = 0.0
+    #: The process's labeller: scheduled, published, waiting (`simulators.labeller`).
+    labels: dict[str, int] = field(default_factory=dict)
 
 
 class AgentHostProcess:
@@ -42,6 +44,8 @@ class AgentHostProcess:
         #: The highest seq each device ever reported here: a killed process forgets nothing of it.
         self.last_seq: dict[str, int] = {}
         self.kills = 0  # kill -9s that were meant (by a fault or an armed crash point)
+        #: Labels published by processes of this handle since killed (a new one counts from 0).
+        self.labels_before = 0
         self.armed: str | None = None
         self.child = self._new_child()
 
@@ -84,7 +88,12 @@ class AgentHostProcess:
         except (TimeoutError, SimError):
             return None
         self.status = HostStatus(
-            answer["devices"], answer["retired"], answer["crashed"], answer["pace"], answer["loop_delay_s"]
+            answer["devices"],
+            answer["retired"],
+            answer["crashed"],
+            answer["pace"],
+            answer["loop_delay_s"],
+            answer.get("labels", {}),
         )
         for device, row in self.status.devices.items():
             self.last_seq[device] = max(self.last_seq.get(device, 0), int(row["last_seq"]))
@@ -117,12 +126,18 @@ class AgentHostProcess:
             raise SimError(f"agent process {self.name} still runs: kill it first")
         await self.child.kill()  # reaps it and stops reading its answers
         self.armed = None
+        self.labels_before = self.labels_published
         self.status = HostStatus(retired=self.status.retired)
         self.child = self._new_child()
         await self.child.start()
         for device, spec in list(self.specs.items()):
             await self.child.ask({"op": "start", "device": device, **spec.__dict__}, within_s=30)
         return await self.wait_running(within_s)
+
+    @property
+    def labels_published(self) -> int:
+        """Delayed labels this handle's processes published, over every life (as last read)."""
+        return self.labels_before + int(self.status.labels.get("published", 0))
 
     def died_unexpectedly(self) -> bool:
         """Exited, and not by a kill -9 that a fault meant."""

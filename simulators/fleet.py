@@ -173,7 +173,12 @@ class FleetRun:
             "data_dir": str(self.run_dir / site.name / "devices" / device),
             "model_dir": str(self.bundles[runtime]),
             "trusted_keys": [str(self.key_file)],
-            "source": {"kind": "synthetic", "rate_hz": rate_hz, "seed": seed},
+            "source": {
+                "kind": "synthetic",
+                "rate_hz": rate_hz,
+                "seed": seed,
+                "inline_labels": scenario.inline_labels,
+            },
             "mqtt": {
                 "port": site.broker.port,
                 "reconnect_min_s": 0.2,
@@ -192,6 +197,7 @@ class FleetRun:
             "period_s": cls.period_s,
             "extra_drift": site.drift_shift,
             "relabel": {str(k): v for k, v in site.relabel.items()},
+            "labels": scenario.labels.model_dump() if scenario.labels is not None else None,
         }
         shared = [h for h in site.hosts if h not in site.class_hosts.values()]
         host = self.host_of.get(device) or site.class_hosts.get(cls.name) or shared[number % len(shared)]

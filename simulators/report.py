@@ -25,6 +25,7 @@ _SHOWN = (
     "telemetry_bytes",
     "upstream_bytes",
     "upstream_bytes_ratio",
+    "labels_published",
     "training_accuracy",
     "device_model_accuracy",
     "accuracy_before_drift",

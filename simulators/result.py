@@ -90,6 +90,8 @@ class RunResult:
     crashed: list[str] = field(default_factory=list)
     drained: bool = False
     upstream_bytes: float = 0.0
+    #: Delayed labels the simulated labelling systems published (None: the scenario has none).
+    labels_published: int | None = None
     timeline: Timeline = field(default_factory=Timeline)
     drift_started_at: float | None = None
     drift_scores: list[dict[str, Any]] = field(default_factory=list)
@@ -199,6 +201,7 @@ class RunResult:
             "anomalies_missing_at_controller": len(view.flagged - self.ledger.whole),
             "telemetry_bytes": view.bytes,
             "upstream_bytes": int(self.upstream_bytes),
+            "labels_published": self.labels_published,
             "upstream_bytes_ratio": round(self.upstream_bytes / view.bytes, 4) if view.bytes else None,
             "device_model_accuracy": round(view.correct / view.labelled, 4) if view.labelled else None,
             "accuracy_before_drift": before,

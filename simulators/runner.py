@@ -204,6 +204,8 @@ async def _final_checks(fleet: FleetRun, result: RunResult) -> None:
             metrics = await asyncio.to_thread(site.gateway.metrics)
             result.upstream_bytes += metrics.get("edge_gateway_upstream_bytes_total", 0.0)
     result.drift_scores = await asyncio.to_thread(_drift_scores, controller)
+    if fleet.scenario.labels is not None:
+        result.labels_published = sum(host.labels_published for host in fleet.hosts())
 
 
 async def _in_transit(fleet: FleetRun, result: RunResult) -> str | None:

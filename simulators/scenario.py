@@ -37,6 +37,13 @@ class GatewayFilters(_Strict):
     forward_all: bool = False
 
 
+class Labels(_Strict):
+    """Delayed ground truth from a simulated labelling system at each site (`simulators.labeller`)."""
+
+    share: float = Field(default=0.2, ge=0, le=1, description="Share of records labelled, by (device, seq)")
+    delay_s: float = Field(default=10.0, ge=0, description="Seconds between a record and its label")
+
+
 class DeviceClass(_Strict):
     """A kind of device: how its sensor behaves. Devices of a site are split between classes by share."""
 
@@ -66,6 +73,12 @@ class Scenario(_Strict):
     )
     device_classes: list[DeviceClass] = Field(default_factory=lambda: [DeviceClass()], min_length=1)
     gateway: GatewayFilters = Field(default_factory=GatewayFilters)
+    labels: Labels | None = Field(default=None, description="None: no delayed labels are published")
+    inline_labels: bool = Field(
+        default=True,
+        description="Records carry the sensor's truth inline; false: truth reaches the cloud only as"
+        " delayed labels (needs `labels`)",
+    )
     drain_timeout_s: float = Field(default=90, gt=0)
     agent_processes_per_site: int = Field(
         default=1,
