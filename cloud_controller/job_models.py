@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import time
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, StrictBool
 from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from cloud_controller.models import MAX_ID, BigId, ModelId
-from cloud_controller.rollout_models import Gates, GroupName, Wave
+from cloud_controller.rollout_models import CountWave, Gates, GroupName, PercentWave
 
 #: Job ids: "j-" and 8 hex digits.
 JOB_ID_PATTERN = r"^j-[0-9a-f]{8}$"
@@ -129,42 +129,69 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+def _number(value: object) -> object:
+    """A JSON number, not a boolean or a string (pydantic's lax mode would take either)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("must be a number")
+    return value
+
+
+#: A number as the published schema says: ``true`` or ``"3"`` is refused, ``5.0`` is an integer.
+Num = BeforeValidator(_number)
+Float = Annotated[float, Num]
+Int = Annotated[int, Num]
+
+
+class JobGates(Gates):
+    """`Gates`, refusing what their schema refuses (a boolean for a number)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+
+class JobPercentWave(PercentWave):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+
+class JobCountWave(CountWave):
+    count: Int = Field(ge=1, le=MAX_ID)
+
+
 class JobParams(_Strict):
     """How a job runs; every field has a default."""
 
-    window_s: float = Field(
+    window_s: Float = Field(
         default=7 * 86_400,
         gt=0,
         le=365 * 86_400,
         description="Labelled records whose ts is within this many seconds before the job's dataset step",
     )
-    min_samples: int = Field(
+    min_samples: Int = Field(
         default=200, ge=10, le=MAX_ID, description="Fewer labelled records than this fail the dataset step"
     )
-    max_samples: int = Field(
+    max_samples: Int = Field(
         default=200_000, ge=10, le=10_000_000, description="The newest this many labelled records are used"
     )
-    holdout: float = Field(
+    holdout: Float = Field(
         default=0.2, ge=0.05, le=0.5, description="Share of records held out (by a hash of device and seq)"
     )
-    epochs: int | None = Field(default=None, ge=1, le=10_000, description="Overrides the recipe's epochs")
-    margin: float = Field(
+    epochs: Int | None = Field(default=None, ge=1, le=10_000, description="Overrides the recipe's epochs")
+    margin: Float = Field(
         default=0.02,
         ge=0,
         le=1,
         description="Held-out accuracy the candidate must gain over production to be rolled out",
     )
-    rollout: bool = Field(default=True, description="False: stop once the candidate is registered")
+    rollout: StrictBool = Field(default=True, description="False: stop once the candidate is registered")
     group: GroupName | None = Field(
         default=None,
         description="The device group to roll out to; default: the group whose deployment is production",
     )
-    waves: list[Wave] | None = Field(
+    waves: list[JobPercentWave | JobCountWave] | None = Field(
         default=None, min_length=1, max_length=20, description="Default: 10%, 50%, 100%"
     )
-    soak_s: float = Field(default=60, ge=0, le=30 * 86_400)
-    shadow_s: float = Field(default=0, ge=0, le=7 * 86_400)
-    gates: Gates | None = None
+    soak_s: Float = Field(default=60, ge=0, le=30 * 86_400)
+    shadow_s: Float = Field(default=0, ge=0, le=7 * 86_400)
+    gates: JobGates | None = None
     federated: dict[str, Any] | None = Field(
         default=None,
         description="A federated job's fleet_learning.FederatedConfig: strategy (fedavg, fedprox, "

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
 from cloud_controller import rollouts
 from cloud_controller.exceptions import Conflict, NotFound
 from cloud_controller.models import Deployment, DeviceGroup
 from cloud_controller.pipeline.base import Skip, StepContext, StepFailed
-from cloud_controller.rollout_models import Gates, PercentWave, Rollout, RolloutCreate
+from cloud_controller.rollout_models import PercentWave, Rollout, RolloutCreate
 
 DEFAULT_WAVES = [PercentWave(percent=10), PercentWave(percent=50), PercentWave(percent=100)]
 
@@ -63,15 +64,10 @@ class RolloutStep:
                         f"no group's deployment is {ctx.model_id}@{evaluation['production_version']}: "
                         "name the group in the job's params"
                     )
-                body = RolloutCreate(
-                    model_id=ctx.model_id,
-                    version=version,
-                    group=group,
-                    waves=ctx.params.waves or DEFAULT_WAVES,
-                    soak_s=ctx.params.soak_s,
-                    shadow_s=ctx.params.shadow_s,
-                    gates=ctx.params.gates or Gates(),
-                )
+                try:
+                    body = _body(ctx, version, group)
+                except ValidationError as exc:
+                    raise StepFailed(f"the job's rollout settings are refused: {exc}") from None
                 try:
                     mine = rollouts.create(session=session, body=body, actor=ctx.actor)
                 except (NotFound, Conflict) as exc:
@@ -81,3 +77,18 @@ class RolloutStep:
 
     def ready(self, ctx: StepContext) -> bool:
         return self.name in ctx.artifacts
+
+
+def _body(ctx: StepContext, version: str, group: str) -> RolloutCreate:
+    gates = ctx.params.gates.model_dump() if ctx.params.gates else {}
+    return RolloutCreate.model_validate(
+        {
+            "model_id": ctx.model_id,
+            "version": version,
+            "group": group,
+            "waves": [w.model_dump() for w in ctx.params.waves or DEFAULT_WAVES],
+            "soak_s": ctx.params.soak_s,
+            "shadow_s": ctx.params.shadow_s,
+            "gates": gates,
+        }
+    )

@@ -103,3 +103,34 @@ def test_a_job_cancelled_while_it_trains_stops_and_production_stays(sqlite_fleet
     epochs = [line for line in done["steps"][1]["log"] if "epoch " in line]
     assert len(epochs) < 10_000 // 5, "training stopped long before its end"
     assert set(fleet.versions()) == {"1.0.0"} and fleet.production() == ["1.0.0"]
+
+
+@pytest.mark.slow
+def test_federated_job_records_its_rounds_and_rolls_out_the_candidate_to_the_group_on_production(
+    sqlite_fleet: JobFleet,
+) -> None:
+    fleet = sqlite_fleet
+    fleet.ingest(600)
+    federated = {"strategy": "fedavg", "rounds": 2, "min_clients": 2, "local_epochs": 2}
+    job = fleet.start_job("federated", min_samples=300, federated=federated)
+    worker = fleet.worker("w1")
+    try:
+        done = fleet.wait(job["id"], lambda j: j["state"] not in ("queued", "running"), timeout_s=240)
+    finally:
+        stop(worker)
+
+    assert done["state"] == "succeeded", (done["error"], [s["log"] for s in done["steps"]])
+    train = done["artifacts"]["train"]
+    assert (train["mode"], train["clients"], train["rounds"]) == ("federated", 6, 2)
+    rounds = done["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all((r["sampled"], r["responded"], r["failed"]) == (6, 6, 0) for r in rounds)
+    assert rounds[-1]["accuracy"] > 0.8 and rounds[-1]["loss"] is not None
+    lineage = fleet.versions()["1.0.1"]["metrics"]["lineage"]
+    assert (lineage["kind"], lineage["fl_rounds"], lineage["job_id"]) == ("federated", 2, job["id"])
+    # No group named: the rollout goes to the group whose deployment is production.
+    assert done["artifacts"]["rollout"]["group"] == "presses"
+    with fleet.client(None) as browser:
+        browser.cookies.set("edgefleet_token", fleet.ctl.tokens["viewer"])
+        page = browser.get(f"/jobs/{job['id']}").text
+    assert "Accuracy per round" in page and "Clients per round" in page and ">round</text>" in page

@@ -156,6 +156,12 @@ def test_jobs_api_refuses_what_it_cannot_run(sqlite_fleet: JobFleet) -> None:
         assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "params", "margin"]
         unknown = client.post("/api/v1/jobs", json={"model_id": MODEL, "params": {"epochz": 3}})
         assert unknown.status_code == 422
+        federated = client.post(
+            "/api/v1/jobs",
+            json={"kind": "federated", "model_id": MODEL, "params": {"federated": {"strategy": "krum?"}}},
+        )
+        assert federated.status_code == 422
+        assert federated.json()["detail"][0]["loc"] == ["body", "params", "federated", "strategy"]
         assert client.get("/api/v1/jobs/j-00000000").json() == {"detail": "Job j-00000000 not found"}
         assert client.post("/api/v1/jobs/j-00000000/cancel").status_code == 404
         recipe = client.put(f"/api/v1/models/{MODEL}/recipe", json={"entry_point": "nope"})

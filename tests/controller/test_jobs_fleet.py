@@ -46,9 +46,9 @@ class JobFleet:
     def client(self, role: str | None = "operator") -> httpx.Client:
         return self.ctl.client(role)
 
-    def start_job(self, **params: Any) -> dict[str, Any]:
+    def start_job(self, kind: str = "retrain", **params: Any) -> dict[str, Any]:
         with self.client() as client:
-            response = client.post("/api/v1/jobs", json={"model_id": MODEL, "params": params})
+            response = client.post("/api/v1/jobs", json={"kind": kind, "model_id": MODEL, "params": params})
         assert response.status_code == 201, response.text
         return response.json()
 
