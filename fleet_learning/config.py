@@ -32,6 +32,9 @@ class FederatedConfig(BaseModel):
         Central DP: clip each update's L2 distance to the global model, add Gaussian noise.
     hierarchical : bool
         Aggregate per site first and send one update per site per round upstream.
+    federated_evaluation : bool
+        After each round, ask the sampled nodes to evaluate the new global model on their own
+        held-out samples (one more round trip per round).
     min_samples : int
         A node with fewer labelled samples declines the round.
     max_samples : int
@@ -60,6 +63,7 @@ class FederatedConfig(BaseModel):
     clip_norm: float | None = Field(None, gt=0)
     noise_multiplier: float = Field(0.0, ge=0)
     hierarchical: bool = False
+    federated_evaluation: bool = True
     min_samples: int = Field(20, ge=1)
     max_samples: int = Field(5000, ge=1)
     target_accuracy: float | None = Field(None, gt=0, le=1)

@@ -129,6 +129,24 @@ def _metric(record: MetricRecord | None, key: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _evaluate_on_nodes(
+    grid: Grid,
+    strategy: Strategy,
+    server_round: int,
+    arrays: ArrayRecord,
+    train_config: ConfigRecord,
+    config: FederatedConfig,
+    stats: RoundStats,
+) -> None:
+    """Federated evaluation: nodes score the global model on samples they never train on."""
+    evaluation = list(strategy.configure_evaluate(server_round, arrays, train_config.copy(), grid))
+    replies = list(grid.send_and_receive(evaluation, timeout=config.round_timeout_s))
+    evaluated = _sort(replies, len(evaluation), needs_arrays=False)
+    if evaluated.valid:
+        metrics = strategy.aggregate_evaluate(server_round, evaluated.valid)
+        stats.loss, stats.accuracy = _metric(metrics, "eval-loss"), _metric(metrics, "eval-acc")
+
+
 def run_rounds(
     grid: Grid,
     config: FederatedConfig,
@@ -205,12 +223,8 @@ def run_rounds(
                 len(train.valid),
                 config.min_clients,
             )
-        evaluation = list(strategy.configure_evaluate(server_round, arrays, train_config.copy(), grid))
-        eval_replies = list(grid.send_and_receive(evaluation, timeout=config.round_timeout_s))
-        evaluated = _sort(eval_replies, len(evaluation), needs_arrays=False)
-        if evaluated.valid:
-            metrics = strategy.aggregate_evaluate(server_round, evaluated.valid)
-            stats.loss, stats.accuracy = _metric(metrics, "eval-loss"), _metric(metrics, "eval-acc")
+        if config.federated_evaluation:
+            _evaluate_on_nodes(grid, strategy, server_round, arrays, train_config, config, stats)
         if evaluate_fn is not None:
             stats.central_accuracy, stats.central_loss = evaluate_fn(server_round, arrays)
         stats.seconds = time.monotonic() - started
