@@ -29,6 +29,7 @@ from cloud_controller.api.routes import (
 )
 from cloud_controller.api.routes import jobs as job_routes
 from cloud_controller.dashboard import router as dashboard_router
+from cloud_controller.dashboard_alarms import router as alarm_pages
 from cloud_controller.dashboard_jobs import router as job_pages
 from cloud_controller.dashboard_rollouts import router as rollout_pages
 from cloud_controller.db import make_engine
@@ -79,6 +80,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(dashboard_router)
     app.include_router(rollout_pages)
+    app.include_router(alarm_pages)
     app.include_router(job_pages)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     app.add_exception_handler(405, _method_not_allowed)

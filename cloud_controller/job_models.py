@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import time
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, StrictBool
+from pydantic import BaseModel, BeforeValidator, ConfigDict, StrictBool, ValidationError, model_validator
 from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from cloud_controller.models import MAX_ID, BigId, ModelId
-from cloud_controller.rollout_models import CountWave, Gates, GroupName, PercentWave
+from cloud_controller.models import MAX_ID, BigId, ModelId, ResourceId
+from cloud_controller.rollout_models import CountWave, Gates, GroupName, PercentWave, RolloutCreate
 
 #: Job ids: "j-" and 8 hex digits.
 JOB_ID_PATTERN = r"^j-[0-9a-f]{8}$"
@@ -156,6 +156,45 @@ class JobCountWave(CountWave):
     count: Int = Field(ge=1, le=MAX_ID)
 
 
+class FederatedParams(_Strict):
+    """A federated job's settings: `fleet_learning.FederatedConfig`'s fields, published here.
+
+    The API process does not import fleet_learning (it loads torch and Flower); a test keeps the
+    two in step, and the worker builds the FederatedConfig from these.
+    """
+
+    strategy: Literal["fedavg", "fedprox", "trimmed_mean"] = "fedavg"
+    rounds: Int = Field(default=3, ge=1, le=1000)
+    min_clients: Int = Field(default=2, ge=1, le=100_000, description="Nodes needed to start and aggregate")
+    fraction: Float = Field(default=1.0, gt=0, le=1, description="Share of online nodes sampled per round")
+    round_timeout_s: Float = Field(default=600.0, gt=0, le=86_400)
+    local_epochs: Int = Field(default=1, ge=1, le=1000)
+    mu: Float = Field(default=0.0, ge=0, le=1000, description="FedProx proximal coefficient")
+    trim_fraction: Float = Field(default=0.2, ge=0, lt=0.5, description="trimmed_mean: share cut at each end")
+    clip_norm: Float | None = Field(
+        default=None, gt=0, le=1e6, description="Central DP: update clipping norm"
+    )
+    noise_multiplier: Float = Field(default=0.0, ge=0, le=1000, description="Central DP: Gaussian noise")
+    hierarchical: StrictBool = Field(default=False, description="One update per site per round upstream")
+    federated_evaluation: StrictBool = True
+    min_samples: Int = Field(default=20, ge=1, le=MAX_ID, description="A node with fewer declines")
+    max_samples: Int = Field(default=5000, ge=1, le=MAX_ID)
+    target_accuracy: Float | None = Field(default=None, gt=0, le=1, description="Stop once reached")
+    patience: Int | None = Field(
+        default=None, ge=1, le=1000, description="Stop after this many rounds without gain"
+    )
+    groups: list[ResourceId] = Field(default_factory=list, max_length=1000, description="Sites taking part")
+    num_cpus: Int = Field(default=2, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _check(self) -> FederatedParams:
+        if self.strategy == "fedprox" and self.mu == 0:
+            raise ValueError("fedprox needs mu > 0 (mu = 0 is fedavg)")
+        if self.noise_multiplier > 0 and self.clip_norm is None:
+            raise ValueError("noise_multiplier needs clip_norm (noise is scaled to the clipping norm)")
+        return self
+
+
 class JobParams(_Strict):
     """How a job runs; every field has a default."""
 
@@ -192,12 +231,23 @@ class JobParams(_Strict):
     soak_s: Float = Field(default=60, ge=0, le=30 * 86_400)
     shadow_s: Float = Field(default=0, ge=0, le=7 * 86_400)
     gates: JobGates | None = None
-    federated: dict[str, Any] | None = Field(
-        default=None,
-        description="A federated job's fleet_learning.FederatedConfig: strategy (fedavg, fedprox, "
-        "trimmed_mean), rounds, min_clients, fraction, round_timeout_s, local_epochs, mu, clip_norm, "
-        "noise_multiplier, hierarchical, min_samples, target_accuracy, patience, groups, num_cpus",
+    federated: FederatedParams | None = Field(
+        default=None, description="A federated job's settings (default: FederatedParams' defaults)"
     )
+
+    @model_validator(mode="after")
+    def _waves_are_cumulative(self) -> JobParams:
+        if self.waves is not None:
+            waves = [w.model_dump() for w in self.waves]
+            try:  # the rollout's own rule, checked when the job is asked for rather than at its end
+                RolloutCreate.model_validate(
+                    {"model_id": "m", "version": "1.0.0", "group": "g", "waves": waves}
+                )
+            except ValidationError as exc:
+                raise ValueError(
+                    "; ".join(str(e.get("ctx", {}).get("error", e["msg"])) for e in exc.errors())
+                ) from None
+        return self
 
 
 class JobCreate(_Strict):

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import time
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 from sqlalchemy import BigInteger, Index, text
 from sqlmodel import Field, SQLModel
 
@@ -108,28 +109,42 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class AlarmPolicyBody(_Strict):
-    """A model's alarm policy. A threshold left null raises no alarm of its kind."""
+def _not_a_boolean(value: object) -> object:
+    # pydantic reads true as 1; strict mode would also refuse 30.0, which JSON Schema calls an integer.
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value
 
-    psi_threshold: float | None = Field(
+
+Number = Annotated[float, BeforeValidator(_not_a_boolean)]
+Count = Annotated[int, BeforeValidator(_not_a_boolean)]
+
+
+class AlarmPolicyBody(_Strict):
+    """A model's alarm policy. A threshold left null raises no alarm of its kind.
+
+    ``false`` is not a floor of 0: booleans are refused where numbers go.
+    """
+
+    psi_threshold: Number | None = Field(
         default=0.2,
         gt=0,
         le=100,
         description="A site's latest PSI (drift score) above this raises a data_drift alarm",
     )
-    accuracy_floor: float | None = Field(
+    accuracy_floor: Number | None = Field(
         default=0.8,
         ge=0,
         le=1,
         description="A site's accuracy over the window below this raises an accuracy alarm",
     )
-    min_samples: int = Field(
+    min_samples: Count = Field(
         default=30,
         ge=1,
         le=1_000_000,
         description="Labelled records the window needs before its accuracy is judged",
     )
-    window_s: float = Field(
+    window_s: Number = Field(
         default=3600,
         gt=0,
         le=30 * 86_400,

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy import delete
 from sqlmodel import Session
 
-from cloud_controller.job_models import JobRound
+from cloud_controller.job_models import FederatedParams, JobRound
 from cloud_controller.pipeline.base import Cancelled, StepContext, StepFailed
 from cloud_controller.pipeline.dataset import HELDOUT, TRAIN, load, load_devices
 from cloud_controller.pipeline.recipe import load_recipe
@@ -29,12 +29,12 @@ from fleet_learning.recipes import build_model
 WEIGHTS, STANDARDISATION = "weights.pt", "standardisation.json"
 
 
-def federated_config(params: dict[str, Any]) -> Any:
+def federated_config(params: FederatedParams | None) -> Any:
     """The job's `fleet_learning.FederatedConfig`, or `StepFailed` saying what is wrong with it."""
     from fleet_learning.config import FederatedConfig
 
     try:
-        return FederatedConfig.model_validate(params)
+        return FederatedConfig.model_validate((params or FederatedParams()).model_dump())
     except ValidationError as exc:
         raise StepFailed(f"the job's federated settings are invalid: {exc}") from None
 
@@ -43,7 +43,7 @@ def train_federated(ctx: StepContext) -> dict[str, Any]:
     from fleet_learning.federated import ClientSpec, run_simulation
     from fleet_learning.rounds import RoundStats
 
-    config = federated_config(ctx.params.federated or {})
+    config = federated_config(ctx.params.federated)
     recipe = load_recipe(ctx.engine, ctx.model_id)
     x, y = load(ctx.workdir / "dataset" / TRAIN)
     devices = load_devices(ctx.workdir / "dataset" / TRAIN)

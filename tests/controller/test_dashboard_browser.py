@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from cloud_controller.waves import position
-from fleet_protocol import DeviceEvent, ModelReason, OtaState, Severity
+from fleet_protocol import DeviceEvent, ModelReason, OtaState, Severity, TelemetryRecord
 from model_compiler.archive import pack
 from tests.controller.conftest import Controller
 from tests.controller.factories import batch, drift, state, summary
@@ -49,8 +50,29 @@ def test_dashboard_shows_the_seeded_fleet_without_console_errors(
             ],
         }
     )
+    # press-2's records of the last minutes, labelled inline: 3 of 4 right.
+    labelled = batch(devices={}).model_copy(
+        update={
+            "records": [
+                TelemetryRecord(
+                    device_id="press-2",
+                    seq=s,
+                    ts=time.time() - 120 + s,
+                    model_id="sensor-mlp",
+                    model_version="1.0.0",
+                    outputs=[0.9, 0.1],
+                    predicted=0,
+                    label=0 if s % 4 else 1,
+                )
+                for s in range(1, 41)
+            ]
+        }
+    )
     with ctl.client("gateway") as gateway:
         assert gateway.post("/api/v1/ingest", content=seeded.model_dump_json()).status_code == 200
+        assert (
+            gateway.post("/api/v1/ingest", content=labelled.model_dump_json()).json()["labels_stored"] == 40
+        )
     with ctl.client("operator") as operator:
         assert (
             operator.post("/api/v1/bundles", content=pack(bundles["onnx-int8"]).read_bytes()).status_code
@@ -89,6 +111,15 @@ def test_dashboard_shows_the_seeded_fleet_without_console_errors(
         page.goto(f"{ctl.url}/drift")
         assert page.locator(".drift-chart polyline").count() == 1
         page.screenshot(path=str(ARTIFACTS / "dashboard-drift.png"), full_page=True)
+        page.click("nav >> text=Accuracy")
+        page.wait_for_selector(".accuracy-chart")
+        # One version at one site: a line, or a dot when the records fell in one window.
+        assert page.locator(".accuracy-chart polyline, .accuracy-chart .dot").count() >= 1
+        assert "alarm floor 80 %" in (page.locator(".accuracy-chart").text_content() or "")
+        page.click("nav >> text=Alarms")
+        page.wait_for_selector("#open-alarms")
+        assert "No open alarm." in page.inner_text("#open-alarms")
+        assert "(defaults)" in page.inner_text("#alarm-policies")
         browser.close()
     assert errors == []
     assert (ARTIFACTS / "dashboard-overview.png").stat().st_size > 5000

@@ -6,6 +6,7 @@ import io
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -195,3 +196,21 @@ def test_jobs_api_refuses_what_it_cannot_run(sqlite_fleet: JobFleet) -> None:
         metrics = browser.get("/metrics").text
     assert 'edgefleet_jobs{kind="retrain",state="cancelled"} 1.0' in metrics
     assert 'edgefleet_jobs{kind="retrain",state="running"} 0.0' in metrics
+
+
+def test_federated_params_publish_every_setting_of_fleet_learning_federated_config() -> None:
+    """The API's FederatedParams mirrors FederatedConfig (the API process does not import
+    fleet_learning): same fields, same types, same defaults, and each converts into the other."""
+    from cloud_controller.job_models import FederatedParams
+    from fleet_learning.config import FederatedConfig
+
+    ours, theirs = FederatedParams.model_json_schema(), FederatedConfig.model_json_schema()
+
+    def shape(schema: dict[str, Any]) -> dict[str, Any]:
+        def kind(prop: dict[str, Any]) -> Any:
+            return prop.get("type") or sorted(str(p.get("type")) for p in prop.get("anyOf", []))
+
+        return {name: (kind(p), p.get("default"), p.get("enum")) for name, p in schema["properties"].items()}
+
+    assert shape(ours) == shape(theirs)
+    FederatedConfig.model_validate(FederatedParams(strategy="fedprox", mu=0.1, rounds=5).model_dump())

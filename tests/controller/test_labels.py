@@ -192,12 +192,16 @@ def test_label_uploads_are_refused_with_the_reason_before_the_database(ctl: Cont
         "schema_version 2": {**upload, "schema_version": 2},
         "site": {**upload, "site": "bad/site"},
         "label": {**upload, "devices": [{"device_id": "dev-u1", "labels": [{"seq": 1, "label": -1}]}]},
+        "a boolean is not a number": {
+            **upload,
+            "devices": [{"device_id": "dev-u1", "labels": [{"seq": 1, "label": 0, "labelled_at": False}]}],
+        },
     }
     for reason, body in cases.items():
         response = _post(ctl, httpx.Request("POST", "/", json=body).content)
         assert response.status_code == 422 and reason in response.json()["detail"], (reason, response.text)
     assert _post(ctl, b"not json").status_code == 422
-    assert _post(ctl, b"x" * (1024 * 1024 + 1)).status_code == 413
+    assert _post(ctl, b"x" * (16 * 1024 * 1024 + 1)).status_code == 413
     # Nothing of the refused uploads was stored: dev-u1's labels are the ones of the test above, or none.
     for window in _accuracy(ctl, window_s=1000, site="site-a", since=T0 + 100):
         assert window["labelled"] == 10

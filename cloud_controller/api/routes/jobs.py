@@ -6,11 +6,9 @@ The API only writes jobs down; a worker process (`cloud-controller worker`) runs
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from sqlmodel import col, select
 
 from cloud_controller import jobs
@@ -22,7 +20,6 @@ from cloud_controller.job_models import (
     JOB_ID_PATTERN,
     Job,
     JobCreate,
-    JobKind,
     JobPublic,
     JobsPublic,
     JobState,
@@ -48,25 +45,7 @@ def _http(call: Callable[[], Job]) -> Job:
 @router.post("", response_model=JobPublic, status_code=201, responses=errors(*BODY))
 def create_job(session: SessionDep, caller: Operator, body: JobCreate) -> JobPublic:
     """Queue a retraining job for a model; a worker runs it."""
-    if body.kind is JobKind.FEDERATED:
-        _check_federated(body.params.federated or {})
     return jobs.public(jobs.create(session=session, body=body, actor=who(caller), trigger_ref=who(caller)))
-
-
-def _check_federated(settings: dict[str, Any]) -> None:
-    """FastAPI's own 422 for a federated job's settings that `fleet_learning.FederatedConfig` refuses.
-
-    Checked here, not in the model: fleet_learning loads torch and Flower, which the API process
-    imports only when a federated job is asked for.
-    """
-    from fleet_learning.config import FederatedConfig
-
-    try:
-        FederatedConfig.model_validate(settings)
-    except ValidationError as exc:
-        raise RequestValidationError(
-            [{**e, "loc": ("body", "params", "federated", *e["loc"])} for e in exc.errors(include_url=False)]
-        ) from None
 
 
 @router.get("", response_model=JobsPublic)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated
 
@@ -14,13 +15,15 @@ from cloud_controller.api.deps import CurrentToken, IdQuery, Reader, SessionDep,
 from cloud_controller.api.errors import AUTH, errors
 from cloud_controller.labels import from_devices, store_labels
 from cloud_controller.models import ApiToken, Role
-from fleet_protocol import ProtocolError, decode
+from fleet_protocol import Encoding, ProtocolError, decode
+from fleet_protocol.codec import sniff_encoding
 from fleet_protocol.labels import LabelResult, LabelUpload
 
 router = APIRouter(tags=["labels"], responses=errors(*AUTH))
 
-#: 1000 labels of a few dozen bytes each, with room to spare.
-MAX_UPLOAD_BYTES = 1024 * 1024
+#: 1000 labels take a few hundred kB at most; more is refused before parsing. Bodies below this
+#: are parsed, so that a body of too many labels is answered 422 with the reason.
+MAX_UPLOAD_BYTES = 16 * 1024 * 1024
 #: Model ids these routes address: one path segment (the registry's ids may hold more).
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,127}$"
 ModelIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=MODEL_ID_PATTERN)]
@@ -58,6 +61,7 @@ def _store(session: Session, caller: ApiToken, data: bytes) -> LabelResult:
         upload = decode(data, LabelUpload, max_bytes=MAX_UPLOAD_BYTES)
     except ProtocolError as exc:
         raise HTTPException(422 if exc.reason != "too_large" else 413, str(exc)) from None
+    _refuse_booleans(data)
     if caller.role is Role.GATEWAY and caller.site_id is not None and caller.site_id != upload.site:
         raise HTTPException(403, f"This gateway token is for site {caller.site_id}, not {upload.site}")
     counts = store_labels(
@@ -71,6 +75,18 @@ def _store(session: Session, caller: ApiToken, data: bytes) -> LabelResult:
     return LabelResult(
         stored=counts.stored, unchanged=counts.unchanged, unknown_devices=counts.refused_devices
     )
+
+
+def _refuse_booleans(data: bytes) -> None:
+    """422 for ``true``/``false`` where a label has a number: pydantic reads them as 1 and 0."""
+    if sniff_encoding(data) is not Encoding.JSON:
+        return
+    raw = json.loads(data)
+    for i, device in enumerate(raw["devices"]):
+        for j, label in enumerate(device["labels"]):
+            for name in ("seq", "label", "labelled_at"):
+                if isinstance(label.get(name), bool):
+                    raise HTTPException(422, f"devices.{i}.labels.{j}.{name}: a boolean is not a number")
 
 
 @router.get("/models/{model_id}/accuracy", response_model=accuracy.ModelAccuracy, responses=errors(403))
