@@ -70,7 +70,9 @@ class Samples:
     model_version: str
     feature_names: list[str]
     ts: list[float]
-    features: list[bytes]  # float32 little-endian, one row per record
+    #: float32, one row per record: the native byte order, little-endian on every CPU the agent
+    #: runs on (x86-64, ARM); the file's contract says little-endian.
+    features: list[bytes]
     predicted: list[int | None]
     #: The source's own ground truth, when it has one: not stored here (labels come by their own
     #: path), but handed to observers such as the simulators' labeller.
@@ -188,7 +190,9 @@ class TrainingBuffer:
         if not samples and not labels:
             return
         try:
-            await self._run(self._write, samples, labels)
+            # Shielded: a writer task cancelled at shutdown leaves its transaction to finish (and
+            # the lock held until then), so the final flush never shares the connection with it.
+            await asyncio.shield(self._run(self._write, samples, labels))
         except sqlite3.Error as exc:
             # A training buffer is a convenience: the agent goes on, the loss is counted and said.
             count = sum(len(s.ts) for _, s in samples)
