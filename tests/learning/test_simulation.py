@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -71,23 +70,25 @@ def test_fedavg_round_survives_a_crashing_and_a_nan_client(
     assert result.privacy == {"mechanism": "none"}
 
 
-def test_hierarchical_trimmed_mean_sends_one_update_per_site(
+def test_hierarchical_trimmed_mean_sends_one_update_per_site_of_the_job(
     tmp_path: Path, recipe, initial_state, standardisation, held_out
 ) -> None:
     clients = [
         good_device(tmp_path, f"{site}-dev-{i}", site, seed=20 + 10 * s + i)
-        for s, site in enumerate(["site-a", "site-b", "site-c"])
+        for s, site in enumerate(["site-a", "site-b", "site-c", "site-d"])
         for i in range(2)
     ] + [saturated_device("site-a")]
     config = FederatedConfig(
         strategy="trimmed_mean",
         trim_fraction=0.34,
         hierarchical=True,
+        groups=["site-a", "site-b", "site-c"],  # site-d's devices are not part of this job
         rounds=2,
         min_clients=3,
         local_epochs=2,
         clip_norm=50.0,
         noise_multiplier=0.001,
+        federated_evaluation=False,
     )
 
     result = run_simulation(
@@ -96,13 +97,13 @@ def test_hierarchical_trimmed_mean_sends_one_update_per_site(
 
     assert len(result.rounds) == 2
     for stats in result.rounds:
-        assert (stats.sampled, stats.responded, stats.failed) == (7, 6, 1)
+        assert (stats.sampled, stats.responded, stats.declined, stats.failed) == (9, 6, 2, 1)
         assert stats.updates_to_cloud == 3  # one per site, not one per device
         assert stats.cloud_uplink_bytes == 3 * MODEL_BYTES
-        assert stats.bytes_up == 7 * MODEL_BYTES
+        assert stats.bytes_up == 7 * MODEL_BYTES  # six devices and the NaN one reached their gateway
         assert stats.aggregated
     assert result.privacy["clipping_norm"] == 50.0
     assert result.privacy["updates_per_round"] == [3, 3]
     final = _accuracy(recipe, result.state_dict, held_out, standardisation)
+    assert final == pytest.approx(result.final_accuracy)
     assert final > _accuracy(recipe, initial_state, held_out, standardisation) + 0.3
-    assert np.isfinite(final)

@@ -1,0 +1,179 @@
+"""Benchmark of federated learning; prints one JSON object.
+
+Flat against hierarchical FedAvg on the same simulated fleet (``--sites`` x ``--devices`` nodes,
+each with its own labelled samples of the synthetic sensor; Flower's simulation engine): final
+held-out accuracy, bytes crossing into the cloud per round, round and wall time; the gap to
+centralised training on the pooled data. Then what FL costs a device: peak RSS of a process that
+imports edgefleet's ClientApp (flwr + torch) and trains one local round, against one that imports
+the agent's inference stack only, and the install size of torch, flwr and ray.
+
+Run: ``.venv/bin/python bench/fl.py`` (3 sites x 4 devices, 3 rounds; about two minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench._machine import machine  # noqa: E402
+from bench._output import stdout_for_json_only  # noqa: E402
+from edge_agent.sources.synthetic import make_dataset  # noqa: E402
+from fleet_learning.federated import ClientSpec, FederatedConfig, run_simulation  # noqa: E402
+from fleet_learning.recipes import Hyperparameters, build_model, default_recipe  # noqa: E402
+from fleet_learning.trainer import Standardisation, evaluate, fit  # noqa: E402
+
+SAMPLES_PER_DEVICE = 200
+
+# VmHWM (peak RSS) of the probe itself: ru_maxrss would carry the forking benchmark's peak over exec.
+_RSS_PROBE = """
+{imports}
+{work}
+status = open("/proc/self/status").read().splitlines()
+print(next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:")))
+"""
+_INFERENCE_IMPORTS = "import numpy, onnxruntime, sqlite3"
+_CLIENT_IMPORTS = "import numpy, onnxruntime, sqlite3, torch, flwr\nimport fleet_learning.client_app"
+_CLIENT_WORK = """
+import numpy as np
+from fleet_learning.recipes import default_recipe, build_model
+from fleet_learning.trainer import Standardisation, fit
+rng = np.random.default_rng(0)
+x = rng.normal(size=(2000, 16)).astype(np.float32); y = rng.integers(0, 4, size=2000)
+recipe = default_recipe()
+fit(build_model(recipe), x, y, recipe.hyperparameters, standardisation=Standardisation.of(x), epochs=2)
+"""
+
+
+def _peak_rss(imports: str, work: str = "") -> int:
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_PROBE.format(imports=imports, work=work)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def _installed_bytes(module: str) -> int:
+    package = Path(__import__(module).__file__).parent
+    return int(subprocess.run(["du", "-sb", str(package)], capture_output=True, text=True).stdout.split()[0])
+
+
+def device_cost() -> dict[str, object]:
+    """Peak RSS of a device process with and without the FL client; install sizes."""
+    inference = _peak_rss(_INFERENCE_IMPORTS)
+    client = _peak_rss(_CLIENT_IMPORTS)
+    training = _peak_rss(_CLIENT_IMPORTS, _CLIENT_WORK)
+    mib = 1024 * 1024
+    return {
+        "rss_mib_inference_only": round(inference / mib, 1),
+        "rss_mib_with_fl_client_imported": round(client / mib, 1),
+        "rss_mib_fl_client_training": round(training / mib, 1),
+        "rss_mib_added_by_fl": round((training - inference) / mib, 1),
+        "install_mib_torch": round(_installed_bytes("torch") / mib, 1),
+        "install_mib_flwr": round(_installed_bytes("flwr") / mib, 1),
+        "install_mib_ray_simulation_only": round(_installed_bytes("ray") / mib, 1),
+    }
+
+
+def _fleet(sites: int, devices: int) -> list[ClientSpec]:
+    return [
+        ClientSpec(
+            f"site-{s}-dev-{d}",
+            f"site-{s}",
+            make_dataset(SAMPLES_PER_DEVICE, seed=1000 + s * 100 + d),
+        )
+        for s in range(sites)
+        for d in range(devices)
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sites", type=int, default=3)
+    parser.add_argument("--devices", type=int, default=4, help="devices per site")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--local-epochs", type=int, default=2)
+    args = parser.parse_args()
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    os.environ.setdefault("FLWR_HOME", tempfile.mkdtemp(prefix="flwr-home-"))
+    with stdout_for_json_only() as emit:
+        recipe = default_recipe()
+        recipe.hyperparameters.batch_size = 32
+        standardisation = Standardisation.of(make_dataset(2000, seed=7)[0])
+        held_out = make_dataset(2000, seed=500)
+        torch.manual_seed(0)
+        initial = build_model(recipe).state_dict()
+        clients = _fleet(args.sites, args.devices)
+        runs = {}
+        for mode in ("flat", "hier"):
+            config = FederatedConfig(
+                rounds=args.rounds,
+                min_clients=len(clients),
+                local_epochs=args.local_epochs,
+                hierarchical=mode == "hier",
+                federated_evaluation=False,
+                min_samples=10,
+            )
+            started = time.perf_counter()
+            result = run_simulation(
+                config, recipe, initial, clients, standardisation=standardisation, held_out=held_out
+            )
+            runs[mode] = (result, time.perf_counter() - started)
+        # Centralised: the same network trained on every device's samples pooled in the cloud.
+        pooled_x = np.concatenate([c.data[0] for c in clients])  # type: ignore[index]
+        pooled_y = np.concatenate([c.data[1] for c in clients])  # type: ignore[index]
+        central = build_model(recipe)
+        central.load_state_dict(initial)
+        epochs = args.rounds * args.local_epochs  # as many passes over the data as each device made
+        hp = Hyperparameters(epochs=epochs, batch_size=32, lr=recipe.hyperparameters.lr)
+        fit(central, pooled_x, pooled_y, hp, standardisation=standardisation)
+        central_acc = evaluate(central, *held_out, standardisation=standardisation).accuracy
+        figures: dict[str, object] = {
+            "clients": len(clients),
+            "sites": args.sites,
+            "rounds": args.rounds,
+            "local_epochs": args.local_epochs,
+            "samples_per_device": SAMPLES_PER_DEVICE,
+            "initial_accuracy": round(runs["flat"][0].initial_accuracy or 0.0, 4),
+            "central_accuracy": round(central_acc, 4),
+        }
+        for mode, (result, seconds) in runs.items():
+            rounds = result.rounds
+            figures[f"final_accuracy_{mode}"] = round(result.rounds[-1].central_accuracy or 0.0, 4)
+            figures[f"uplink_bytes_per_round_{mode}"] = round(
+                sum(r.cloud_uplink_bytes for r in rounds) / len(rounds)
+            )
+            figures[f"updates_to_cloud_per_round_{mode}"] = rounds[-1].updates_to_cloud
+            # Round 1 includes starting the Ray actors; later rounds are the steady state.
+            steady = rounds[1:] or rounds
+            figures[f"round_seconds_{mode}"] = round(sum(r.seconds for r in steady) / len(steady), 2)
+            figures[f"wall_seconds_{mode}"] = round(seconds, 1)
+        figures["uplink_ratio_hier_over_flat"] = round(
+            figures["uplink_bytes_per_round_hier"] / figures["uplink_bytes_per_round_flat"],
+            4,  # type: ignore[operator]
+        )
+        figures["fl_vs_central_acc_gap_pts"] = round(
+            100 * (central_acc - (runs["flat"][0].rounds[-1].central_accuracy or 0.0)), 2
+        )
+        figures["device"] = device_cost()
+        figures["machine"] = machine()
+        emit(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
