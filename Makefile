@@ -36,8 +36,11 @@ lint: install  ## ruff
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check fleet_protocol edge_agent edge_gateway cloud_controller simulators model_compiler tests bench
 
+# Two processes for most tests (they wait on brokers and servers more than they compute); the
+# whole-fleet tests, whose gates judge latency, run afterwards on a machine to themselves.
 test: install lint  ## lint, then the whole test suite
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n 2 --dist loadfile -m "not solo"
+	$(VENV)/bin/pytest -m solo
 
 schemas: install  ## regenerate docs/protocol/*.schema.json from the models
 	$(PY) -m fleet_protocol.schemas docs/protocol

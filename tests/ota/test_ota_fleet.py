@@ -20,7 +20,8 @@ import pytest
 from simulators.events import kinds
 from simulators.scenario import load_scenario
 
-pytestmark = pytest.mark.slow
+# solo: whole fleets judged on latency gates; run after the parallel part, alone on the machine.
+pytestmark = [pytest.mark.slow, pytest.mark.solo]
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "fleet_configs" / "ota.yaml"

@@ -14,6 +14,8 @@ from simulators.events import kinds
 from simulators.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
+# solo: whole fleets on a timeline; run after the parallel part, alone on the machine.
+pytestmark = pytest.mark.solo
 
 
 @pytest.fixture(scope="module")
