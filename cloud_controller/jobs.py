@@ -9,6 +9,7 @@ changed), so that several workers never run one job twice.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import and_, or_, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from cloud_controller.audit import record as audit
@@ -306,6 +308,46 @@ def start_for_alarms(engine: Engine, *, actor: str) -> list[tuple[int, str]]:
             session.commit()
             taken.append((alarm_id, job_id))
     return taken
+
+
+def start_scheduled(
+    engine: Engine, model_id: str, every_s: float, *, actor: str, now: float | None = None
+) -> str | None:
+    """The retraining job of ``model_id`` for the current period of ``every_s`` seconds, if this call
+    made it (None: made already, by this worker or another).
+
+    The job's id is derived from the model and the period: two workers inserting it race on the
+    primary key, and one insert wins, without any other coordination.
+    """
+    now = time.time() if now is None else now
+    period = int(now // every_s)
+    digest = hashlib.sha256(f"{model_id}\x00{every_s:g}\x00{period}".encode()).hexdigest()
+    job_id = f"j-{digest[:8]}"
+    with Session(engine) as session:
+        if session.get(Job, job_id) is not None:
+            return None
+        job = new_job(
+            session,
+            JobCreate(kind=JobKind.RETRAIN, model_id=model_id),
+            actor=actor,
+            trigger=JobTrigger.SCHEDULE,
+            trigger_ref=f"every {every_s:g} s, period {period}",
+        )
+        job.id = job_id
+        try:
+            session.flush()
+            audit(
+                session=session,
+                actor=actor,
+                action="create",
+                resource=f"job/{job_id}",
+                after=public(job).model_dump(mode="json"),
+            )
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            return None
+    return job_id
 
 
 # -- what the API answers ----------------------------------------------------------------------

@@ -52,6 +52,8 @@ class WorkerOptions:
     max_jobs: int | None = None
     once: bool = False
     alarms: bool = True
+    #: ``(model_id, every_s)``: a retraining job of the model every so many seconds.
+    schedules: tuple[tuple[str, float], ...] = ()
 
 
 def default_worker_id() -> str:
@@ -84,6 +86,12 @@ class Worker:
                     self.engine, actor=f"worker:{self.options.worker_id}"
                 ):
                     self.say(f"alarm {alarm_id}: job {job_id}")
+            for model_id, every_s in self.options.schedules:
+                made = jobs.start_scheduled(
+                    self.engine, model_id, every_s, actor=f"worker:{self.options.worker_id}"
+                )
+                if made is not None:
+                    self.say(f"schedule of {model_id} every {every_s:g} s: job {made}")
             job = jobs.claim(self.engine, self.options.worker_id, lease_s=self.options.lease_s)
             if job is None:
                 if self.options.once:
@@ -185,15 +193,22 @@ class _Run:
             self._fail(f"{self.job.step}: unexpected {type(exc).__name__}: {exc}", exc)
 
     def _resume_at(self, ctx: StepContext) -> int:
-        """The first unfinished step, or an earlier one whose files a later step needs but this disk lacks."""
+        """The first unfinished step, or an earlier one whose files a step still to run needs but this
+        worker's disk lacks (another worker ran it: its job directory is not shared)."""
         finished = (StepState.SUCCEEDED.value, StepState.SKIPPED.value)
-        first = next((i for i, s in enumerate(self.steps) if s["state"] not in finished), len(self.steps))
-        for index in range(first):
-            entry = self.steps[index]
-            if entry["state"] == StepState.SUCCEEDED.value and not PIPELINE[entry["name"]].ready(ctx):
-                self._log_to(entry, f"outputs not on this worker ({self.me}): run again")
-                return index
-        return first
+        names = [s["name"] for s in self.steps]
+        start = next((i for i, s in enumerate(self.steps) if s["state"] not in finished), len(self.steps))
+        while True:
+            missing = {
+                names.index(need)
+                for name in names[start:]
+                for need in PIPELINE[name].needs
+                if names.index(need) < start and not PIPELINE[need].ready(ctx)
+            }
+            if not missing:
+                return start
+            start = min(missing)
+            self._log_to(self.steps[start], f"its files are not on this worker ({self.me}): run again")
 
     # -- writes, each fenced on this worker still holding the job --------------------------------
 

@@ -7,6 +7,8 @@ import signal
 import sys
 import time
 
+from cloud_controller.exceptions import ConfigError
+
 
 def add(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = commands.add_parser(
@@ -40,19 +42,36 @@ def add(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--once", action="store_true", help="run the jobs queued now, then exit")
     p.add_argument("--max-jobs", type=int, metavar="N", help="exit after N jobs")
     p.add_argument("--no-alarms", action="store_true", help="do not start jobs for alarms")
+    p.add_argument(
+        "--schedule",
+        action="append",
+        default=[],
+        metavar="MODEL=SECONDS",
+        help="start a retraining job of MODEL once every SECONDS (one per period, however many workers "
+        "say so); repeat for several models",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.lease <= 0 or args.poll <= 0:
+        raise ConfigError("--lease and --poll must be positive")
+    schedules = []
+    for text in args.schedule:
+        model_id, _, seconds = text.rpartition("=")
+        try:
+            every = float(seconds)
+        except ValueError:
+            every = 0.0
+        if not model_id or not every > 0:
+            raise ConfigError(f"--schedule {text!r}: expected MODEL=SECONDS, e.g. sensor-mlp=86400")
+        schedules.append((model_id, every))
     import logging
 
     from cloud_controller.db import make_engine
-    from cloud_controller.exceptions import ConfigError
     from cloud_controller.settings import load_settings
     from cloud_controller.worker import Worker, WorkerOptions, default_worker_id
 
-    if args.lease <= 0 or args.poll <= 0:
-        raise ConfigError("--lease and --poll must be positive")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(args.config)
     engine = make_engine(settings.database_url)
@@ -63,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         max_jobs=args.max_jobs,
         once=args.once,
         alarms=not args.no_alarms,
+        schedules=tuple(schedules),
     )
 
     def say(line: str) -> None:

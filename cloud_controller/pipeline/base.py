@@ -83,6 +83,7 @@ class StepContext:
 
 class Step(Protocol):
     name: str
+    needs: tuple[str, ...]
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         """Do the step's work; what it returns is kept as ``artifacts[name]``."""

@@ -25,6 +25,8 @@ _CALIBRATION = 300
 
 class BuildStep:
     name = "build"
+    #: Steps whose files (in the job directory) this one reads.
+    needs: tuple[str, ...] = ("dataset", "train")
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         from model_compiler.build import BuildRequest, build

@@ -48,6 +48,8 @@ def load_devices(path: Path) -> np.ndarray:
 
 class DatasetStep:
     name = "dataset"
+    #: Steps whose files (in the job directory) this one reads.
+    needs: tuple[str, ...] = ()
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         recipe = load_recipe(ctx.engine, ctx.model_id)

@@ -60,6 +60,8 @@ def bundle_accuracy(
 
 class EvaluateStep:
     name = "evaluate"
+    #: Steps whose files (in the job directory) this one reads.
+    needs: tuple[str, ...] = ("dataset", "build")
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         keys = [load_public_key(p) for p in ctx.settings.trusted_keys]

@@ -46,6 +46,8 @@ def lineage(ctx: StepContext) -> dict[str, Any]:
 
 class RegisterStep:
     name = "register"
+    #: Steps whose files (in the job directory) this one reads.
+    needs: tuple[str, ...] = ("build",)
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         keys = [load_public_key(p) for p in ctx.settings.trusted_keys]

@@ -30,6 +30,8 @@ def _group_running(session: Session, model_id: str, version: str) -> str | None:
 
 class RolloutStep:
     name = "rollout"
+    #: Steps whose files (in the job directory) this one reads.
+    needs: tuple[str, ...] = ()
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         evaluation, version = ctx.artifacts["evaluate"], ctx.artifacts["register"]["version"]

@@ -26,6 +26,8 @@ CHUNK = 5
 
 class TrainStep:
     name = "train"
+    #: Steps whose files (in the job directory) this one reads.
+    needs: tuple[str, ...] = ("dataset",)
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         if ctx.kind == "federated":

@@ -214,3 +214,53 @@ def test_federated_params_publish_every_setting_of_fleet_learning_federated_conf
 
     assert shape(ours) == shape(theirs)
     FederatedConfig.model_validate(FederatedParams(strategy="fedprox", mu=0.1, rounds=5).model_dump())
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_schedule_makes_one_job_per_period_however_many_workers_ask(tmp_path: Path, kind: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cloud_controller import jobs
+    from cloud_controller.db import make_engine
+    from cloud_controller.migrate import upgrade
+
+    for url in database_url(kind, tmp_path):
+        upgrade(url)
+        engines = [make_engine(url) for _ in range(4)]  # four workers' connections
+        try:
+
+            def ask(engine_and_now: tuple[Any, float]) -> str | None:
+                engine, now = engine_and_now
+                return jobs.start_scheduled(engine, MODEL, 3600, actor="worker:w", now=now)
+
+            with ThreadPoolExecutor(4) as pool:
+                first = list(pool.map(ask, [(e, 7300.0) for e in engines]))
+                later = list(pool.map(ask, [(e, 7300.0 + 3600) for e in engines]))
+            made = [j for j in first + later if j is not None]
+            assert len(made) == 2 and made[0] != made[1]
+            from sqlmodel import Session
+
+            with Session(engines[0]) as session:
+                job = jobs.get(session, made[0])
+                assert (job.trigger, job.trigger_ref, job.state) == (
+                    "schedule",
+                    "every 3600 s, period 2",
+                    "queued",
+                )
+        finally:
+            for engine in engines:
+                engine.dispose()
+
+
+def test_worker_refuses_a_schedule_it_cannot_read() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "cloud_controller.cli", "worker", "--schedule", "sensor-mlp=daily"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--schedule 'sensor-mlp=daily': expected MODEL=SECONDS, e.g. sensor-mlp=86400" in result.stderr
