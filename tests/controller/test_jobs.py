@@ -163,6 +163,12 @@ def test_jobs_api_refuses_what_it_cannot_run(sqlite_fleet: JobFleet) -> None:
         )
         assert federated.status_code == 422
         assert federated.json()["detail"][0]["loc"] == ["body", "params", "federated", "strategy"]
+        norecipe = client.post("/api/v1/jobs", json={"model_id": "other"})
+        assert norecipe.status_code == 404
+        assert (
+            norecipe.json()["detail"]
+            == "Model other has no training recipe: PUT /api/v1/models/other/recipe first"
+        )
         assert client.get("/api/v1/jobs/j-00000000").json() == {"detail": "Job j-00000000 not found"}
         assert client.post("/api/v1/jobs/j-00000000/cancel").status_code == 404
         recipe = client.put(f"/api/v1/models/{MODEL}/recipe", json={"entry_point": "nope"})

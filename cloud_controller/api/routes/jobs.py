@@ -24,6 +24,7 @@ from cloud_controller.job_models import (
     JobsPublic,
     JobState,
     JobStatus,
+    ModelRecipe,
 )
 
 router = APIRouter(prefix="/jobs", tags=["job"], responses=errors(*AUTH))
@@ -42,9 +43,14 @@ def _http(call: Callable[[], Job]) -> Job:
         raise HTTPException(409, str(exc)) from None
 
 
-@router.post("", response_model=JobPublic, status_code=201, responses=errors(*BODY))
+@router.post("", response_model=JobPublic, status_code=201, responses=errors(*BODY, 404))
 def create_job(session: SessionDep, caller: Operator, body: JobCreate) -> JobPublic:
-    """Queue a retraining job for a model; a worker runs it."""
+    """Queue a retraining job for a model (it needs a training recipe); a worker runs it."""
+    if session.get(ModelRecipe, body.model_id) is None:
+        raise HTTPException(
+            404,
+            f"Model {body.model_id} has no training recipe: PUT /api/v1/models/{body.model_id}/recipe first",
+        )
     return jobs.public(jobs.create(session=session, body=body, actor=who(caller), trigger_ref=who(caller)))
 
 
