@@ -171,6 +171,7 @@ def test_migrate_on_postgresql_makes_every_integer_64_bit(tmp_path: Path) -> Non
             ("device_group_id_seq", "bigint"),
             ("drift_id_seq", "bigint"),
             ("event_id_seq", "bigint"),
+            ("job_round_id_seq", "bigint"),
             ("model_version_id_seq", "bigint"),
             ("rollout_decision_id_seq", "bigint"),
         ]
