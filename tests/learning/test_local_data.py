@@ -59,3 +59,31 @@ def test_buffer_errors_say_what_is_wrong(tmp_path: Path) -> None:
         read_buffer(other, FLEET_FEATURE_NAMES)
     with pytest.raises(DataError, match="not a database"):
         read_buffer(corrupt, FLEET_FEATURE_NAMES)
+
+
+async def test_reads_the_buffer_the_agent_writes(tmp_path: Path) -> None:
+    """The shared contract: edge_agent.training_buffer writes, fleet_learning reads (read-only)."""
+    from edge_agent.training_buffer import Samples, TrainingBuffer
+    from fleet_protocol.labels import Label
+
+    x, y = sensor_data(6, seed=2)
+    agent_buffer = TrainingBuffer(tmp_path / "training.sqlite")
+    await agent_buffer.open()
+    agent_buffer.add(
+        101,
+        Samples(
+            model_id="sensor-mlp",
+            model_version="1.0.0",
+            feature_names=FLEET_FEATURE_NAMES,
+            ts=[1.0 + i for i in range(6)],
+            features=[row.astype("<f4").tobytes() for row in x],
+            predicted=[0] * 6,
+        ),
+    )
+    agent_buffer.add_labels([Label(seq=101 + i, label=int(y[i])) for i in (0, 2, 3, 5)])
+    await agent_buffer.close()
+
+    data = read_buffer(tmp_path / "training.sqlite", FLEET_FEATURE_NAMES)
+
+    np.testing.assert_array_equal(data.x, x[[0, 2, 3, 5]])
+    np.testing.assert_array_equal(data.y, y[[0, 2, 3, 5]])
