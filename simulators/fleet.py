@@ -177,7 +177,7 @@ class FleetRun:
                 "kind": "synthetic",
                 "rate_hz": rate_hz,
                 "seed": seed,
-                "inline_labels": scenario.inline_labels,
+                "inline_labels": scenario.records_carry_labels,
             },
             "mqtt": {
                 "port": site.broker.port,

@@ -18,6 +18,7 @@ from typing import Any
 from fleet_protocol import (
     DesiredState,
     DeviceEvent,
+    LabelBatch,
     ProtocolError,
     ReportedState,
     TelemetryBatch,
@@ -103,6 +104,10 @@ class FleetView:
     version_runs: dict[str, list[VersionRun]] = field(default_factory=dict)
     ota: dict[str, list[OtaEvent]] = field(default_factory=lambda: defaultdict(list))
     desired: dict[str, list[Assignment]] = field(default_factory=lambda: defaultdict(list))
+    #: Delayed labels (`LabelBatch`) and records without an inline label, each kept until the other
+    #: comes, to score the record as an inline label would be; observer only.
+    pending_labels: dict[tuple[str, int], int] = field(default_factory=dict)
+    unlabelled: dict[tuple[str, int], tuple[int | None, float]] = field(default_factory=dict)
 
     def accuracy_between(self, start: float, end: float) -> float | None:
         correct = labelled = 0
@@ -131,6 +136,8 @@ class FleetView:
                 self._event(decode(payload, DeviceEvent))
             elif kind is TopicKind.DESIRED:
                 self._desired(decode(payload, DesiredState))
+            elif kind is TopicKind.LABELS:
+                self._labels(decode(payload, LabelBatch))
             return
         self.rejected += 1
 
@@ -150,13 +157,28 @@ class FleetView:
             if record.anomaly:
                 self.anomalies += 1
                 self.flagged.add(key)
-            if record.label is not None:
-                right = record.predicted == record.label
-                self.labelled += 1
-                self.correct += right
-                bucket = self.accuracy[int(record.ts)]
-                bucket[0] += right
-                bucket[1] += 1
+            label = record.label if record.label is not None else self.pending_labels.pop(key, None)
+            if label is not None:
+                self._score(record.predicted, label, record.ts)
+            else:
+                self.unlabelled[key] = (record.predicted, record.ts)
+
+    def _labels(self, batch: LabelBatch) -> None:
+        for item in batch.labels:
+            key = (batch.device_id, item.seq)
+            record = self.unlabelled.pop(key, None)
+            if record is not None:
+                self._score(record[0], item.label, record[1])
+            elif key not in self.stamps:
+                self.pending_labels[key] = item.label  # the record is still on its way
+
+    def _score(self, predicted: int | None, label: int, ts: float) -> None:
+        right = predicted == label
+        self.labelled += 1
+        self.correct += right
+        bucket = self.accuracy[int(ts)]
+        bucket[0] += right
+        bucket[1] += 1
 
     def _version_index(self, version: str | None) -> int:
         name = version or "none"

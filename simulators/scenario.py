@@ -74,10 +74,10 @@ class Scenario(_Strict):
     device_classes: list[DeviceClass] = Field(default_factory=lambda: [DeviceClass()], min_length=1)
     gateway: GatewayFilters = Field(default_factory=GatewayFilters)
     labels: Labels | None = Field(default=None, description="None: no delayed labels are published")
-    inline_labels: bool = Field(
-        default=True,
+    inline_labels: bool | None = Field(
+        default=None,
         description="Records carry the sensor's truth inline; false: truth reaches the cloud only as"
-        " delayed labels (needs `labels`)",
+        " delayed labels. Default: false when `labels` are published, true otherwise",
     )
     drain_timeout_s: float = Field(default=90, gt=0)
     agent_processes_per_site: int = Field(
@@ -111,6 +111,11 @@ class Scenario(_Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return parsed
+
+    @property
+    def records_carry_labels(self) -> bool:
+        """Whether devices put the sensor's truth into their records (`inline_labels` resolved)."""
+        return self.labels is None if self.inline_labels is None else self.inline_labels
 
     @model_validator(mode="after")
     def _versions_once(self) -> Scenario:

@@ -10,10 +10,15 @@ import numpy as np
 import pytest
 
 from edge_agent.training_buffer import Samples
-from fleet_protocol import LabelBatch, decode
+from edge_gateway.config import DeviceClass
+from edge_gateway.filters import Reducer
+from fleet_protocol import LabelBatch, TelemetryBatch, decode, encode
+from fleet_protocol.labels import Label
 from simulators.agent_host import AgentHost
+from simulators.fleet_view import FleetView
 from simulators.labeller import Labeller, chosen
 from simulators.scenario import Scenario, load_scenario
+from tests.gateway.factories import record
 from tests.utils.broker import Mosquitto
 from tests.utils.waiting import wait_until
 
@@ -29,12 +34,47 @@ def test_the_choice_of_records_is_a_stable_share_by_device_and_seq() -> None:
     assert all(chosen("d", s, 1.0) for s in range(1, 1000))
 
 
+def test_the_gateway_sends_whole_exactly_the_records_the_labeller_labels() -> None:
+    reducer = Reducer([])
+    sampled = DeviceClass(name="c", sample_rate=0.2)
+    routine = [record("dev-7", s, anomaly=False, low_confidence=False) for s in range(1, 5001)]
+    whole = {r.seq for r in routine if reducer.forward(sampled, r)}
+    assert whole == {s for s in range(1, 5001) if chosen("dev-7", s, 0.2)}
+
+
 def test_scenarios_declare_labels_and_the_demo_labels_a_fifth_ten_seconds_late() -> None:
     assert Scenario().labels is None, "off unless configured"
+    assert Scenario().records_carry_labels, "without delayed labels, records carry the truth"
+    assert not Scenario.model_validate({"labels": {}}).records_carry_labels
+    assert Scenario.model_validate({"labels": {}, "inline_labels": True}).records_carry_labels
     demo = load_scenario(DEMO)
     assert demo.labels is not None and (demo.labels.share, demo.labels.delay_s) == (0.2, 10.0)
+    assert demo.gateway.sample_rate == demo.labels.share, "every labelled record goes up whole"
+    assert not demo.records_carry_labels
     with pytest.raises(ValueError, match="share"):
         Scenario.model_validate({"labels": {"share": 1.5}})
+
+
+def test_the_observer_scores_delayed_labels_whichever_comes_first() -> None:
+    view = FleetView()
+    records = [record("dev-1", s, predicted=s % 2, label=None) for s in range(1, 5)]
+    batch = TelemetryBatch(device_id="dev-1", site="site-a", records=records[:2])
+    late = TelemetryBatch(device_id="dev-1", site="site-a", records=records[2:])
+
+    def labels(*pairs: tuple[int, int]) -> bytes:
+        return encode(
+            LabelBatch(device_id="dev-1", site="site-a", labels=[Label(seq=s, label=c) for s, c in pairs])
+        )
+
+    view.add("fleet/site-a/dev-1/labels", labels((3, 1), (4, 1)))  # before their records
+    view.add("fleet/site-a/dev-1/telemetry", encode(batch))
+    view.add("fleet/site-a/dev-1/labels", labels((1, 1), (2, 1)))  # after theirs
+    assert (view.correct, view.labelled) == (1, 2)
+    view.add("fleet/site-a/dev-1/telemetry", encode(late))
+    assert (view.correct, view.labelled) == (2, 4), "seq 3 (predicted 1) right, seq 4 (predicted 0) wrong"
+    view.add("fleet/site-a/dev-1/labels", labels((1, 1)))  # sent again: scored once
+    assert view.labelled == 4 and view.rejected == 0
+    assert view.accuracy_between(0, float("inf")) == 0.5
 
 
 async def _collect(port: int, into: list[LabelBatch], ready: asyncio.Event) -> None:
