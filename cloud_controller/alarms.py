@@ -146,7 +146,9 @@ def accuracy_by_site(session: Session, rules: dict[str, AlarmPolicyPublic], now:
     found: list[Tally] = []
     lengths = {p.window_s for p in rules.values()} | {DEFAULT.window_s}
     for length in sorted(lengths):
-        for tally in tallies(session=session, since=now - length):
+        # The default window's query finds every model with labels; another window's, its models only.
+        models = None if length == DEFAULT.window_s else [m for m, p in rules.items() if p.window_s == length]
+        for tally in tallies(session=session, since=now - length, models=models):
             if tally.model_id not in rules:
                 rules[tally.model_id] = policy_of(session, tally.model_id)
             if rules[tally.model_id].window_s == length:

@@ -123,7 +123,7 @@ def test_accuracy_alarm_fires_below_the_floor_and_resolves_when_labels_correct_i
             "psi_threshold": None,
             "accuracy_floor": 0.8,
             "min_samples": 40,
-            "window_s": 3600,
+            "window_s": 1800,
             "action": "auto",
         }
         response = client.put(f"/api/v1/models/{MODEL}/alarm-policy", json=policy)
@@ -198,12 +198,13 @@ def test_data_drift_alarm_follows_the_latest_psi_window_and_survives_a_restart(
         500,
         "ask",
     )
-    # A restart: the open alarm stays the one open alarm.
-    ctl.stop()
-    since = time.time()
-    ctl.start()
-    _until("a pass after the restart", lambda: _evaluated_since(ctl, alarm, since))
-    assert [a["id"] for a in _alarms(ctl, DRIFT_MODEL, state="open")] == [alarm["id"]]
+    if ctl.database_url.startswith("sqlite"):  # a start costs seconds: the store changes nothing here
+        # A restart: the open alarm stays the one open alarm, evaluated by the new process.
+        ctl.stop()
+        since = time.time()
+        ctl.start()
+        _until("a pass after the restart", lambda: _evaluated_since(ctl, alarm, since))
+        assert [a["id"] for a in _alarms(ctl, DRIFT_MODEL, state="open")] == [alarm["id"]]
     # A mean-shift score is in standard deviations, not PSI: it neither fires nor resolves.
     _drift_window(ctl, 120.0, 9.0, method="mean_shift")
     since = time.time()
