@@ -237,6 +237,11 @@ def renew(engine: Engine, job_id: str, worker_id: str, *, lease_s: float) -> Lea
     return Lease(held=renewed.rowcount == 1, cancel_requested=bool(cancel))  # type: ignore[attr-defined]
 
 
+def cancel_requested(engine: Engine, job_id: str) -> bool:
+    with Session(engine) as session:
+        return bool(session.exec(select(Job.cancel_requested).where(col(Job.id) == job_id)).first())
+
+
 def write(engine: Engine, job_id: str, worker_id: str, **values: Any) -> bool:
     """Write ``values`` to the job if this worker still runs it; False if it does not any more."""
     with Session(engine) as session:

@@ -52,6 +52,8 @@ class WorkerOptions:
     max_jobs: int | None = None
     once: bool = False
     alarms: bool = True
+    #: Seconds between two looks for a cancel while a job runs.
+    cancel_poll_s: float = 1.0
     #: ``(model_id, every_s)``: a retraining job of the model every so many seconds.
     schedules: tuple[tuple[str, float], ...] = ()
 
@@ -116,13 +118,21 @@ class Worker:
             lease.join()
 
     def _hold(self, job_id: str, signals: Signals, done: threading.Event) -> None:
-        """Renew the lease every third of it until the job is done; tell the steps what was learnt."""
+        """Renew the lease every third of it until the job is done, and look for a cancel every
+        ``cancel_poll_s`` (a cheap read) in between; tell the steps what was learnt."""
         every = self.options.lease_s / 3
-        while not done.wait(every):
+        renewed = time.monotonic()
+        while not done.wait(min(every, self.options.cancel_poll_s)):
             try:
-                lease = jobs.renew(self.engine, job_id, self.options.worker_id, lease_s=self.options.lease_s)
+                if time.monotonic() - renewed >= every:
+                    lease = jobs.renew(
+                        self.engine, job_id, self.options.worker_id, lease_s=self.options.lease_s
+                    )
+                    renewed = time.monotonic()
+                else:
+                    lease = jobs.Lease(held=True, cancel_requested=jobs.cancel_requested(self.engine, job_id))
             except Exception as exc:  # the database may be away a moment: the lease has margin
-                log.warning("job %s: lease not renewed (%s); trying again in %.0f s", job_id, exc, every)
+                log.warning("job %s: lease not renewed (%s); trying again", job_id, exc)
                 continue
             if not lease.held:
                 signals.lost.set()

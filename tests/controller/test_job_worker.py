@@ -1,36 +1,40 @@
-"""The jobs worker as processes: killed mid-job (kill -9), several on PostgreSQL, a cancel mid-training."""
+"""The jobs worker on PostgreSQL: killed mid-job (kill -9), several at once, started by an alarm;
+and scheduled jobs made once per period, whichever workers race to make them (both stores)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
+from cloud_controller import jobs
+from cloud_controller.db import make_engine
+from cloud_controller.migrate import upgrade
 from tests.controller.conftest import database_url, start_controller
-from tests.controller.test_jobs_fleet import JobFleet, kill, make_job_fleet, stop
+from tests.controller.test_jobs_fleet import MODEL, JobFleet, kill, make_job_fleet, stop
 
 
-def _fleet(kind: str, tmp_path: Path, public_key_file: Path, key: Ed25519PrivateKey) -> Iterator[JobFleet]:
-    for url in database_url(kind, tmp_path):
+@pytest.fixture
+def pg_fleet(
+    tmp_path: Path, public_key_file: Path, signing_key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[JobFleet]:
+    # The alarm evaluator passes often enough for an alarm to fire within a test.
+    monkeypatch.setenv("EDGEFLEET_CONTROLLER__ALARM_TICK_S", "0.2")
+    for url in database_url("postgres", tmp_path):
         process, ctl = start_controller(tmp_path, url, public_key_file)
         try:
-            yield make_job_fleet(ctl, key, tmp_path, epochs=40)
+            yield make_job_fleet(ctl, signing_key, tmp_path, epochs=20)
         finally:
             process.terminate()
             process.wait(10)
-
-
-@pytest.fixture
-def pg_fleet(tmp_path: Path, public_key_file: Path, signing_key: Ed25519PrivateKey) -> Iterator[JobFleet]:
-    yield from _fleet("postgres", tmp_path, public_key_file, signing_key)
-
-
-@pytest.fixture
-def sqlite_fleet(tmp_path: Path, public_key_file: Path, signing_key: Ed25519PrivateKey) -> Iterator[JobFleet]:
-    yield from _fleet("sqlite", tmp_path, public_key_file, signing_key)
 
 
 def _claims(log: str) -> list[str]:
@@ -45,7 +49,7 @@ def test_job_of_a_killed_worker_is_finished_by_another_and_two_workers_never_run
     fleet = pg_fleet
     fleet.ingest(600)
     job = fleet.start_job(min_samples=300, rollout=False)
-    first = fleet.worker("w1", "--lease", "2")
+    first = fleet.worker("w1", "--lease", "2", "--no-alarms")
     try:
         running = fleet.wait(
             job["id"],
@@ -56,7 +60,7 @@ def test_job_of_a_killed_worker_is_finished_by_another_and_two_workers_never_run
     assert (running["state"], running["worker_id"], running["attempts"]) == ("running", "w1", 1)
     # Jobs that fail at once (more samples asked than there are): many claims in a short time.
     quick = [fleet.start_job(min_samples=100_000)["id"] for _ in range(6)]
-    workers = [fleet.worker(name, "--lease", "2") for name in ("w2", "w3")]
+    workers = [fleet.worker(name, "--lease", "2", "--no-alarms") for name in ("w2", "w3")]
     try:
         done = fleet.wait(job["id"], lambda j: j["state"] not in ("queued", "running"))
         for job_id in quick:
@@ -83,54 +87,67 @@ def test_job_of_a_killed_worker_is_finished_by_another_and_two_workers_never_run
 
 
 @pytest.mark.slow
-def test_a_job_cancelled_while_it_trains_stops_and_production_stays(sqlite_fleet: JobFleet) -> None:
-    fleet = sqlite_fleet
-    fleet.ingest(300)
-    job = fleet.start_job(min_samples=200, epochs=10_000)
+def test_alarm_job_with_too_little_labelled_data_fails_at_dataset(pg_fleet: JobFleet) -> None:
+    fleet = pg_fleet
+    with fleet.client() as client:
+        policy = {"accuracy_floor": 0.8, "psi_threshold": None, "min_samples": 30, "action": "auto"}
+        response = client.put(f"/api/v1/models/{MODEL}/alarm-policy", json=policy)
+        assert response.status_code == 200, response.text
+    # The devices predicted class 0 for every record: labels make their accuracy low; the alarm fires.
+    fleet.ingest(120)
+    alarm = _wait_for_alarm(fleet, lambda a: True)
+    assert alarm["job_id"] is None
     worker = fleet.worker("w1")
     try:
-        fleet.wait(job["id"], lambda j: j["step"] == "train" and len(j["steps"][1]["log"]) >= 1)
-        with fleet.client() as client:
-            asked = client.post(f"/api/v1/jobs/{job['id']}/cancel")
-        assert asked.status_code == 200, asked.text
-        assert asked.json()["state"] == "running" and asked.json()["cancel_requested"] is True
-        done = fleet.wait(job["id"], lambda j: j["state"] not in ("queued", "running"), timeout_s=30)
+        alarm = _wait_for_alarm(fleet, lambda a: a["job_id"] is not None)
+        done = fleet.wait(alarm["job_id"], lambda j: j["state"] not in ("queued", "running"))
     finally:
         stop(worker)
 
-    assert (done["state"], done["step"], done["error"]) == ("cancelled", "train", "cancelled while running")
-    assert [s["state"] for s in done["steps"]] == ["succeeded"] + ["cancelled"] * 5
-    epochs = [line for line in done["steps"][1]["log"] if "epoch " in line]
-    assert len(epochs) < 10_000 // 5, "training stopped long before its end"
+    assert (done["trigger"], done["state"], done["step"]) == ("alarm", "failed", "dataset")
+    assert done["trigger_ref"].startswith(f"alarm {alarm['id']}: accuracy at site-a")
+    assert done["error"].startswith(
+        "dataset: not enough labelled data (120 < 200): labelled records of sensor-mlp with features from "
+    )
+    assert [s["state"] for s in done["steps"]] == ["failed"] + ["pending"] * 5
+    assert "not enough labelled data (120 < 200)" in done["steps"][0]["log"][-1]
     assert set(fleet.versions()) == {"1.0.0"} and fleet.production() == ["1.0.0"]
+    with fleet.client("viewer") as client:
+        assert client.get("/api/v1/rollouts").json()["count"] == 0
 
 
-@pytest.mark.slow
-def test_federated_job_records_its_rounds_and_rolls_out_the_candidate_to_the_group_on_production(
-    sqlite_fleet: JobFleet,
-) -> None:
-    fleet = sqlite_fleet
-    fleet.ingest(600)
-    federated = {"strategy": "fedavg", "rounds": 2, "min_clients": 2, "local_epochs": 2}
-    job = fleet.start_job("federated", min_samples=300, federated=federated)
-    worker = fleet.worker("w1")
-    try:
-        done = fleet.wait(job["id"], lambda j: j["state"] not in ("queued", "running"), timeout_s=240)
-    finally:
-        stop(worker)
+def _wait_for_alarm(fleet: JobFleet, ok: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while True:
+        with fleet.client("viewer") as client:
+            alarms = client.get("/api/v1/alarms", params={"model_id": MODEL, "state": "open"}).json()["data"]
+        found = [a for a in alarms if a["kind"] == "accuracy" and ok(a)]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, f"no such alarm: {alarms}"
+        time.sleep(0.2)
 
-    assert done["state"] == "succeeded", (done["error"], [s["log"] for s in done["steps"]])
-    train = done["artifacts"]["train"]
-    assert (train["mode"], train["clients"], train["rounds"]) == ("federated", 6, 2)
-    rounds = done["rounds"]
-    assert [r["round"] for r in rounds] == [1, 2]
-    assert all((r["sampled"], r["responded"], r["failed"]) == (6, 6, 0) for r in rounds)
-    assert rounds[-1]["accuracy"] > 0.8 and rounds[-1]["loss"] is not None
-    lineage = fleet.versions()["1.0.1"]["metrics"]["lineage"]
-    assert (lineage["kind"], lineage["fl_rounds"], lineage["job_id"]) == ("federated", 2, job["id"])
-    # No group named: the rollout goes to the group whose deployment is production.
-    assert done["artifacts"]["rollout"]["group"] == "presses"
-    with fleet.client(None) as browser:
-        browser.cookies.set("edgefleet_token", fleet.ctl.tokens["viewer"])
-        page = browser.get(f"/jobs/{job['id']}").text
-    assert "Accuracy per round" in page and "Clients per round" in page and ">round</text>" in page
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_schedule_makes_one_job_per_period_however_many_workers_ask(tmp_path: Path, kind: str) -> None:
+    for url in database_url(kind, tmp_path):
+        upgrade(url)
+        engines = [make_engine(url) for _ in range(4)]  # four workers' connections
+        try:
+
+            def ask(engine_and_now: tuple[Engine, float]) -> str | None:
+                engine, now = engine_and_now
+                return jobs.start_scheduled(engine, MODEL, 3600, actor="worker:w", now=now)
+
+            with ThreadPoolExecutor(4) as pool:
+                first = list(pool.map(ask, [(e, 7300.0) for e in engines]))
+                later = list(pool.map(ask, [(e, 7300.0 + 3600) for e in engines]))
+            made = [j for j in first + later if j is not None]
+            assert len(made) == 2 and made[0] != made[1]
+            with Session(engines[0]) as session:
+                job = jobs.get(session, made[0])
+                assert (job.trigger, job.trigger_ref) == ("schedule", "every 3600 s, period 2")
+                assert job.state == "queued"
+        finally:
+            for engine in engines:
+                engine.dispose()
