@@ -2,6 +2,8 @@
 
 On a device it runs in a ``flower-supernode`` beside the agent, with node config
 ``buffer-path="/var/lib/edge-agent/training.sqlite" site="site-a"``; it only reads the buffer.
+On a site gateway (node config ``site-superlink="HOST:PORT"``) it runs the round over the site's
+devices on the gateway's own SuperLink and replies with one site update (``gateway_round``).
 In a simulation each virtual node's ``partition-id`` picks a :class:`NodeSource`.
 Raw features never leave the node: replies carry weights, counts and metrics.
 """
@@ -19,6 +21,7 @@ from torch import nn
 
 from fleet_learning import messages as m
 from fleet_learning.exceptions import DataError
+from fleet_learning.gateway_round import Gateway, gateway_from_config, site_reply
 from fleet_learning.local_data import LocalData, read_local
 from fleet_learning.recipes import TrainingRecipe, build_model
 from fleet_learning.trainer import Standardisation, evaluate, fit
@@ -147,12 +150,21 @@ def make_client_app(nodes: Sequence[NodeSource] | None = None) -> ClientApp:
             return node_from_config(context)
         return nodes[int(context.node_config["partition-id"])]
 
+    def gateway(context: Context) -> Gateway | None:
+        return gateway_from_config(context) if nodes is None else None
+
     @app.train()
     def train(msg: Message, context: Context) -> Message:
+        site = gateway(context)
+        if site is not None:
+            return Message(site_reply(msg, site), reply_to=msg)
         return Message(train_reply(msg, resolve(context)), reply_to=msg)
 
     @app.evaluate()
     def evaluate_(msg: Message, context: Context) -> Message:
+        site = gateway(context)
+        if site is not None:  # its devices evaluate in their own rounds; the cloud has its held-out set
+            return Message(m.declined("a gateway does not evaluate", site.site), reply_to=msg)
         return Message(evaluate_reply(msg, resolve(context)), reply_to=msg)
 
     return app

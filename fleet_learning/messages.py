@@ -24,6 +24,7 @@ MIN_SAMPLES = "min-samples"
 MAX_SAMPLES = "max-samples"
 PROXIMAL_MU = "proximal-mu"  # the key Flower's FedProx sets
 GROUPS = "groups"  # comma-separated sites taking part; empty: every site
+ROUND_TIMEOUT = "round-timeout"  # seconds; a gateway's own site round must end within it
 
 
 def declined(reason: str, site: str, available: int = 0) -> RecordDict:

@@ -48,6 +48,7 @@ class RoundStats:
     declined: int
     failed: int  # errors, non-finite weights, or no reply within the timeout
     aggregated: bool
+    examples: int = 0  # labelled samples behind the valid updates
     train_loss: float | None = None
     loss: float | None = None  # federated evaluation (clients' held-out samples)
     accuracy: float | None = None
@@ -197,6 +198,7 @@ def run_rounds(
             round=server_round,
             sampled=len(instructions),
             responded=len(train.valid),
+            examples=sum(int(r.content[m.METRICS][m.NUM_EXAMPLES]) for r in train.valid),
             declined=train.declined,
             failed=train.failed,
             aggregated=False,

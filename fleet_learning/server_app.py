@@ -89,6 +89,7 @@ def train_config(job: ServerJob) -> ConfigRecord:
             m.MIN_SAMPLES: config.min_samples,
             m.MAX_SAMPLES: config.max_samples,
             m.GROUPS: ",".join(config.groups),
+            m.ROUND_TIMEOUT: config.round_timeout_s,
         }
     )
 

@@ -59,9 +59,11 @@ class Federation:
             )
         )
 
-    def start_superlink(self) -> None:
+    def start_superlink(self, name: str = "superlink", port: int | None = None) -> int:
+        """The cloud's SuperLink (``self.port``), or another one (a site gateway's); returns its port."""
+        port = port or self.port
         self._start(
-            "superlink",
+            name,
             [
                 "flower-superlink",
                 "--insecure",
@@ -69,13 +71,14 @@ class Federation:
                 "--host",
                 "127.0.0.1",
                 "--port",
-                str(self.port),
+                str(port),
                 "--database",
-                str(self.root / "superlink.db"),
+                str(self.root / f"{name}.db"),
             ],
         )
+        return port
 
-    def start_supernode(self, name: str, node_config: dict[str, str]) -> None:
+    def start_supernode(self, name: str, node_config: dict[str, str], superlink: int | None = None) -> None:
         config = " ".join(f'{key}="{value}"' for key, value in node_config.items())
         self._start(
             name,
@@ -83,7 +86,7 @@ class Federation:
                 "flower-supernode",
                 "--insecure",
                 "--superlink",
-                f"127.0.0.1:{self.port}",
+                f"127.0.0.1:{superlink or self.port}",
                 "--port",
                 str(free_port()),
                 "--node-config",
