@@ -205,6 +205,7 @@ async def _final_checks(fleet: FleetRun, result: RunResult) -> None:
             result.upstream_bytes += metrics.get("edge_gateway_upstream_bytes_total", 0.0)
     result.drift_scores = await asyncio.to_thread(_drift_scores, controller)
     if fleet.scenario.labels is not None:
+        await fleet.poll()  # the labellers' counts as of now, not as of the last sample
         result.labels_published = sum(host.labels_published for host in fleet.hosts())
 
 
