@@ -38,7 +38,9 @@ def test_fedavg_round_survives_a_crashing_and_a_nan_client(
         saturated_device("site-a"),
     ]
     seen: list[RoundStats] = []
-    config = FederatedConfig(rounds=3, min_clients=3, local_epochs=2, min_samples=20, target_accuracy=0.85)
+    config = FederatedConfig(
+        rounds=3, min_clients=3, local_epochs=2, min_samples=20, target_accuracy=0.85, num_cpus=1
+    )
 
     result = run_simulation(
         config,
@@ -89,6 +91,7 @@ def test_hierarchical_trimmed_mean_sends_one_update_per_site_of_the_job(
         clip_norm=50.0,
         noise_multiplier=0.001,
         federated_evaluation=False,
+        num_cpus=1,  # one Ray actor: on a busy 2-core machine it starts sooner than two
     )
 
     result = run_simulation(
