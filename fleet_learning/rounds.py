@@ -4,7 +4,8 @@ Flower's ``Strategy.start`` runs a fixed number of rounds and hands every reply 
 A fleet job needs more, so this loop drives the strategy's own ``configure_*``/``aggregate_*``:
 - replies are sorted first: errors and non-finite weights are *failed*, ineligible nodes
   *declined*, missing replies *timed out*; only valid updates reach the aggregation;
-- in hierarchical mode device updates are folded per site before the cloud strategy sees them;
+- in (emulated) hierarchical mode device updates are folded per site before the cloud strategy sees
+  them (the deployed form is a gateway node: ``gateway_round``);
 - a round with fewer than ``min_clients`` valid updates keeps the global model;
 - it stops at a target accuracy or after ``patience`` rounds without improvement;
 - each round's numbers go to a callback, so a job can log them as they come.

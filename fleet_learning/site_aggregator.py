@@ -1,11 +1,16 @@
 """Hierarchical FL: one update per site per round, aggregated where the site's devices are.
 
-:class:`SiteAggregator` is plain numpy: it keeps a running example-weighted sum of its devices'
-updates, so a gateway holds one model's worth of memory whatever the number of devices, and emits
-one update (weights + total examples) for the cloud. :func:`aggregate_by_site` is the adapter the
-ServerApp uses in simulation: it groups device replies by the ``site`` they report and hands the
-cloud strategy one reply per site.
-"""
+Two forms:
+- deployed (``gateway_round``): the gateway is a SuperNode of the cloud and runs its site's round
+  on a SuperLink of its own; the update that leaves the site is computed at the gateway;
+- emulated (``FederatedConfig.hierarchical``, here): in one ServerApp, device replies are grouped by
+  the ``site`` they report and folded by :class:`SiteAggregator` before the cloud strategy sees
+  them; the bytes a gateway would send upstream are counted, but device updates did reach the
+  ServerApp's process. The simulation engine has no gateways, so this is how it compares flat and
+  hierarchical on one fleet.
+
+:class:`SiteAggregator` is plain numpy: a running example-weighted sum of device updates, one
+model's worth of memory whatever the number of devices."""
 
 from __future__ import annotations
 
