@@ -29,8 +29,11 @@ class Label(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    seq: int = Field(ge=1, le=INT64_MAX, description="The record's sequence number on its device")
-    label: int = Field(ge=0, le=MAX_CLASS, description="The true class index")
+    # Strict: true is not class 1, and 2.0 is not seq 2.
+    seq: int = Field(
+        ge=1, le=INT64_MAX, strict=True, description="The record's sequence number on its device"
+    )
+    label: int = Field(ge=0, le=MAX_CLASS, strict=True, description="The true class index")
     labelled_at: float = Field(
         default_factory=time.time, ge=0.0, description="When the ground truth was established, Unix seconds"
     )

@@ -34,6 +34,8 @@ def test_a_label_batch_round_trips_on_its_topic() -> None:
         ([{"seq": 1, "label": -1}], "greater than or equal to 0"),
         ([], "at least 1"),
         ([{"seq": 1, "label": 1, "source": "a/b"}], "pattern"),
+        ([{"seq": 1, "label": True}], "valid integer"),
+        ([{"seq": 2.0, "label": 1}], "valid integer"),
     ],
 )
 def test_a_bad_label_batch_is_refused_with_the_reason(labels: list[dict], reason: str) -> None:
