@@ -119,9 +119,18 @@ def bare_ort_batched(bundle: Path, scaled: np.ndarray, size: int) -> float:
 
 
 def bare_pipeline(
-    bundle: Path, rows: list[list[float]], sizes: list[int], db_path: Path, synchronous: str
+    bundle: Path,
+    rows: list[list[float]],
+    sizes: list[int],
+    db_path: Path,
+    synchronous: str,
+    samples_path: Path | None = None,
 ) -> tuple[float, float]:
-    """Readings per second of the minimal loop (numpy, ONNX Runtime, msgpack, SQLite), CPU s each."""
+    """Readings per second of the minimal loop (numpy, ONNX Runtime, msgpack, SQLite), CPU s each.
+
+    With ``samples_path``, each batch's raw inputs and predictions also go to a second WAL database
+    at ``synchronous=NORMAL`` in one ``executemany`` transaction, as the agent's training buffer keeps them.
+    """
     manifest = BundleManifest.model_validate_json((bundle / "manifest.json").read_bytes())
     pre, post = manifest.preprocessing, manifest.postprocessing
     mean = np.asarray(pre.mean, dtype=np.float32)
@@ -138,6 +147,16 @@ def bare_pipeline(
         "CREATE TABLE outbox (seq INTEGER PRIMARY KEY, flagged INTEGER NOT NULL, size INTEGER NOT NULL,"
         " body BLOB NOT NULL)"
     )
+    samples_db = None
+    if samples_path is not None:
+        samples_db = sqlite3.connect(samples_path, isolation_level=None)
+        samples_db.execute("PRAGMA journal_mode=WAL")
+        samples_db.execute("PRAGMA synchronous=NORMAL")
+        samples_db.execute(
+            "CREATE TABLE samples (seq INTEGER PRIMARY KEY, ts REAL NOT NULL, model_id TEXT NOT NULL,"
+            " model_version TEXT NOT NULL, features BLOB NOT NULL, predicted INTEGER, label INTEGER,"
+            " labelled_at REAL)"
+        )
     session.run(None, {name: np.zeros((max(sizes), len(mean)), dtype=np.float32)})
     pack = msgpack.Packer(use_bin_type=True).pack
     start = 0
@@ -176,10 +195,35 @@ def bare_pipeline(
         db.execute("BEGIN IMMEDIATE")
         db.executemany("INSERT INTO outbox VALUES (?, ?, ?, ?)", records)
         db.execute("COMMIT")
+        if samples_db is not None:
+            samples_db.execute("BEGIN IMMEDIATE")
+            samples_db.executemany(
+                "INSERT OR REPLACE INTO samples (seq, ts, model_id, model_version, features, predicted)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        start + k + 1,
+                        TS0 + start + k,
+                        model_id,
+                        version,
+                        in_blob[k * in_stride : (k + 1) * in_stride],
+                        predicted[k],
+                    )
+                    for k in range(n)
+                ],
+            )
+            samples_db.execute("COMMIT")
         start += n
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     db.close()
+    if samples_db is not None:
+        samples_db.close()
     return start / elapsed, cpu / start
+
+
+def _kept(counts: Any) -> tuple[int, int]:
+    """Samples the training buffer committed: held, or evicted by its bound."""
+    return counts.samples, counts.evicted
 
 
 def outbox_digest(db_path: Path) -> tuple[int, str]:
@@ -223,6 +267,9 @@ async def agent_throughput(
     await agent.started.wait()
     started, cpu = time.perf_counter(), time.process_time()
     while agent.outbox.stats.last_seq < len(rows):  # noqa: ASYNC110 - a counter other threads advance
+        await asyncio.sleep(0.002)
+    # The training buffer's writer commits behind the outbox: the clock stops when it has every sample.
+    while agent.training is not None and sum(_kept(agent.training.live_counts())) < len(rows):  # noqa: ASYNC110
         await asyncio.sleep(0.002)
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     agent.stop()
@@ -349,11 +396,18 @@ def main() -> None:
             return asyncio.run(agent_throughput(work, bundle, key, rows, 1, p["device"]))
 
         rate, sizes, settings, cpu = profiled("the agent, offline", run) if profile else run()
-        out = {"rate": rate, "sizes": sizes, "synchronous": settings.outbox.synchronous, "cpu_s_each": cpu}
+        out = {
+            "rate": rate,
+            "sizes": sizes,
+            "synchronous": settings.outbox.synchronous,
+            "training_buffer": settings.training_buffer.enabled,
+            "cpu_s_each": cpu,
+        }
     elif mode == "pipeline":
         assert bundle is not None
         rows = readings(p["n"])
-        rate, cpu = bare_pipeline(bundle, rows, p["sizes"], Path(p["db"]), p["synchronous"])
+        samples = Path(p["samples_db"]) if p.get("samples_db") else None
+        rate, cpu = bare_pipeline(bundle, rows, p["sizes"], Path(p["db"]), p["synchronous"], samples)
         out = {"rate": rate, "cpu_s_each": cpu}
     elif mode == "deliver":
         assert bundle is not None

@@ -7,7 +7,9 @@ Inference, same run, same int8 ONNX MLP (16-64-4), same readings (Python lists o
   same work: the lists scaled with numpy, ``InferenceSession.run`` on exactly the micro-batch
   sizes the agent used (recorded from its batch-size metric, replayed in order), the same record
   bytes (checked) written with ``executemany`` in one WAL transaction per batch at the agent's
-  ``synchronous``. Both clocks stop when the last record is committed. Three alternating rounds
+  ``synchronous``; and, as the agent keeps a training buffer by default, each batch's raw inputs and
+  predictions in a second WAL database (``synchronous=NORMAL``, one ``executemany`` transaction per
+  batch). Both clocks stop when the last record and the last sample are committed. Three alternating rounds
   (``--rounds``); the figure is total readings over total seconds of each side, ``_rounds`` each
   round's, ``_cpu`` the same with the processes' CPU seconds (steadier on a busy machine).
 - ``agent_vs_bare_ort_per_reading``: the agent over bare ``InferenceSession.run`` called once per
@@ -122,6 +124,7 @@ def main() -> None:
                     sizes=agent["sizes"],
                     db=bare_db,
                     synchronous=agent["synchronous"],
+                    samples_db=work / f"bare-training-{i}.sqlite" if agent["training_buffer"] else None,
                 )
             )
             agents.append(agent)
@@ -200,6 +203,7 @@ def main() -> None:
                     "agent_micro_batch_mean": round(float(np.mean(sizes)), 1),
                     "agent_micro_batch_sizes": histogram(sizes),
                     "outbox_synchronous": agents[0]["synchronous"],
+                    "training_buffer": agents[0]["training_buffer"],
                     "rounds": args.rounds,
                     "agent_sync_records_per_s": round(sync["rate"]),
                     "agent_end_to_end_records_delivered_per_s": round(delivered),
