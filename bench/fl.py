@@ -7,8 +7,14 @@ centralised training on the pooled data. Then what FL costs a device: peak RSS o
 imports edgefleet's ClientApp (flwr + torch) and trains one local round, against one that imports
 the agent's inference stack only, and the install size of torch, flwr and ray.
 
+With ``--deployment`` it also times one round on the Deployment Engine, real processes on 127.0.0.1:
+four devices straight under the cloud's SuperLink (flat), against two gateways each running their
+two devices' round on a SuperLink of their own (hierarchical): wall time from ``flwr run`` to the
+result, and bytes of updates into the cloud.
+
 Run: ``.venv/bin/python bench/fl.py`` (100 clients on 5 sites, 3 rounds: the issue's figures; about
-two minutes on 2 cores), or ``--sites 3 --devices 4`` for a small fleet.
+two minutes on 2 cores), or ``--sites 3 --devices 4`` for a small fleet; add ``--deployment`` for
+the real-process round (about three more minutes).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from bench._machine import machine  # noqa: E402
 from bench._output import stdout_for_json_only  # noqa: E402
 from edge_agent.sources.synthetic import make_dataset  # noqa: E402
 from fleet_learning.federated import ClientSpec, FederatedConfig, run_simulation  # noqa: E402
-from fleet_learning.recipes import Hyperparameters, build_model, default_recipe  # noqa: E402
+from fleet_learning.recipes import Hyperparameters, TrainingRecipe, build_model, default_recipe  # noqa: E402
 from fleet_learning.trainer import Standardisation, evaluate, fit  # noqa: E402
 
 SAMPLES_PER_DEVICE = 200
@@ -90,6 +96,65 @@ def device_cost() -> dict[str, object]:
     }
 
 
+def _deployed_round(
+    work: Path,
+    recipe: TrainingRecipe,
+    initial: dict[str, torch.Tensor],
+    standardisation: Standardisation,
+    held_out: tuple[np.ndarray, np.ndarray],
+    *,
+    gateways: bool,
+) -> dict[str, object]:
+    """One FedAvg round over 4 devices on real processes: direct, or behind 2 gateways."""
+    from fleet_learning.local_data import write_buffer
+    from fleet_learning.server_app import RESULT_FILE, ServerJob, write_job_dir
+    from tests.learning.flower_processes import Federation, free_port
+
+    federation = Federation(work / "federation")
+    try:
+        federation.start_superlink()
+        for s in range(2):
+            link = federation.start_superlink(f"site-{s}-superlink", free_port()) if gateways else None
+            if gateways:
+                federation.start_supernode(
+                    f"gateway-{s}",
+                    {"site": f"site-{s}", "site-superlink": f"127.0.0.1:{link}", "site-min-devices": "2"},
+                )
+            for d in range(2):
+                x, y = make_dataset(SAMPLES_PER_DEVICE, seed=1000 + s * 100 + d)
+                buffer = write_buffer(work / f"agent-{s}-{d}" / "training.sqlite", recipe.feature_names, x, y)
+                federation.start_supernode(
+                    f"device-{s}-{d}", {"buffer-path": str(buffer), "site": f"site-{s}"}, superlink=link
+                )
+        nodes = 2 if gateways else 4
+        config = FederatedConfig(
+            rounds=1, min_clients=nodes, local_epochs=2, federated_evaluation=False, min_samples=10
+        )
+        job = write_job_dir(work / "job", ServerJob(config, recipe, initial, standardisation, held_out))
+        time.sleep(5)  # the SuperNodes register with their SuperLinks
+        started = time.perf_counter()
+        run = federation.flwr(
+            "run",
+            str(ROOT / "fleet_learning" / "flower_app"),
+            "edgefleet",
+            "--run-config",
+            f'job-dir="{job}"',
+        )
+        if run.returncode != 0:
+            raise RuntimeError(run.stdout + run.stderr)
+        federation.wait_for(job / RESULT_FILE, timeout=600)
+        seconds = time.perf_counter() - started
+        (stats,) = json.loads((job / RESULT_FILE).read_text())["rounds"]
+        return {
+            "round_seconds": round(seconds, 1),
+            "updates_to_cloud": stats["responded"],
+            "uplink_bytes": stats["bytes_up"],
+            "accuracy": round(stats["central_accuracy"], 4),
+        }
+    finally:
+        federation.stop()
+
+
 def _fleet(sites: int, devices: int) -> list[ClientSpec]:
     return [
         ClientSpec(
@@ -108,6 +173,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=20, help="devices per site")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--local-epochs", type=int, default=2)
+    parser.add_argument("--deployment", action="store_true", help="also time a real-process round")
     args = parser.parse_args()
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -171,6 +237,14 @@ def main() -> None:
         figures["fl_vs_central_acc_gap_pts"] = round(
             100 * (central_acc - (runs["flat"][0].rounds[-1].central_accuracy or 0.0)), 2
         )
+        if args.deployment:
+            with tempfile.TemporaryDirectory(prefix="fl-bench-") as tmp:
+                figures["deployment"] = {
+                    mode: _deployed_round(
+                        Path(tmp) / mode, recipe, initial, standardisation, held_out, gateways=mode == "hier"
+                    )
+                    for mode in ("flat", "hier")
+                }
         figures["device"] = device_cost()
         figures["machine"] = machine()
         emit(json.dumps(figures))
