@@ -43,6 +43,14 @@ def add(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--max-jobs", type=int, metavar="N", help="exit after N jobs")
     p.add_argument("--no-alarms", action="store_true", help="do not start jobs for alarms")
     p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="threads torch trains with (default 1: the fleet's small models train 20x faster on one "
+        "thread than on two busy cores; raise it for large models on a machine of their own)",
+    )
+    p.add_argument(
         "--schedule",
         action="append",
         default=[],
@@ -56,6 +64,8 @@ def add(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     if args.lease <= 0 or args.poll <= 0:
         raise ConfigError("--lease and --poll must be positive")
+    if args.torch_threads < 1:
+        raise ConfigError("--torch-threads must be at least 1")
     schedules = []
     for text in args.schedule:
         model_id, _, seconds = text.rpartition("=")
@@ -68,10 +78,13 @@ def run(args: argparse.Namespace) -> int:
         schedules.append((model_id, every))
     import logging
 
+    import torch
+
     from cloud_controller.db import make_engine
     from cloud_controller.settings import load_settings
     from cloud_controller.worker import Worker, WorkerOptions, default_worker_id
 
+    torch.set_num_threads(args.torch_threads)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(args.config)
     engine = make_engine(settings.database_url)

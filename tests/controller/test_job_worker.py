@@ -31,7 +31,7 @@ def pg_fleet(
     for url in database_url("postgres", tmp_path):
         process, ctl = start_controller(tmp_path, url, public_key_file)
         try:
-            yield make_job_fleet(ctl, signing_key, tmp_path, epochs=20)
+            yield make_job_fleet(ctl, signing_key, tmp_path)
         finally:
             process.terminate()
             process.wait(10)
@@ -48,16 +48,17 @@ def test_job_of_a_killed_worker_is_finished_by_another_and_two_workers_never_run
 ) -> None:
     fleet = pg_fleet
     fleet.ingest(600)
-    job = fleet.start_job(min_samples=300, rollout=False)
+    # Long enough a training (seconds) to be killed in the middle of it, or of the build after it.
+    job = fleet.start_job(min_samples=300, rollout=False, epochs=600)
     first = fleet.worker("w1", "--lease", "2", "--no-alarms")
     try:
         running = fleet.wait(
-            job["id"],
-            lambda j: j["step"] == "train" and any("epoch 5/" in line for line in j["steps"][1]["log"]),
+            job["id"], lambda j: j["step"] in ("train", "build") and len(j["steps"][1]["log"]) >= 1
         )
     finally:
         kill(first)
     assert (running["state"], running["worker_id"], running["attempts"]) == ("running", "w1", 1)
+    killed_at = [s["name"] for s in running["steps"]].index(running["step"])
     # Jobs that fail at once (more samples asked than there are): many claims in a short time.
     quick = [fleet.start_job(min_samples=100_000)["id"] for _ in range(6)]
     workers = [fleet.worker(name, "--lease", "2", "--no-alarms") for name in ("w2", "w3")]
@@ -71,8 +72,10 @@ def test_job_of_a_killed_worker_is_finished_by_another_and_two_workers_never_run
 
     assert done["state"] == "succeeded", (done["error"], [s["log"] for s in done["steps"]])
     assert done["attempts"] == 2 and done["worker_id"] in ("w2", "w3")
-    # Resumed at train, its first unfinished step: the dataset was not made again.
-    assert done["steps"][0]["started_at"] == running["steps"][0]["started_at"]
+    # Resumed at its first unfinished step: the steps before it were not run again.
+    for before, after in zip(running["steps"][:killed_at], done["steps"][:killed_at], strict=True):
+        assert after["started_at"] == before["started_at"] and after["state"] == "succeeded"
+    assert done["steps"][killed_at]["started_at"] > running["steps"][killed_at]["started_at"]
     assert done["artifacts"]["dataset"] == running["artifacts"]["dataset"]
     assert "1.0.1" in fleet.versions() and fleet.production() == ["1.0.0"]
     claims = [_claims(fleet.worker_log(name)) for name in ("w1", "w2", "w3")]
