@@ -213,6 +213,12 @@ class JobParams(_Strict):
     holdout: Float = Field(
         default=0.2, ge=0.05, le=0.5, description="Share of records held out (by a hash of device and seq)"
     )
+    sites: list[ResourceId] | None = Field(
+        default=None,
+        max_length=1000,
+        description="Only labelled records of these sites (default: every site); a site whose meaning"
+        " drifted apart from the others' is retrained on its own data",
+    )
     epochs: Int | None = Field(default=None, ge=1, le=10_000, description="Overrides the recipe's epochs")
     margin: Float = Field(
         default=0.02,

@@ -25,10 +25,12 @@ from simulators.controller import ControllerProcess
 from simulators.events import prepare
 from simulators.fleet import FleetRun
 from simulators.lag import LagMonitor
+from simulators.learning import set_up as set_up_learning
 from simulators.observer_process import ObserverProcess
 from simulators.releases import MODEL_ID
 from simulators.result import RunResult
 from simulators.scenario import FIRST_MODEL_VERSION, Scenario, SimError, device_class
+from simulators.worker import WorkerProcess
 
 MODEL_VERSION = FIRST_MODEL_VERSION
 #: Devices that have not loaded their model by then start late, and their lag is measured.
@@ -55,6 +57,10 @@ async def fleet_up(
     key_file = run_dir / "fleet-signing.pub"
     await asyncio.to_thread(key_file.write_bytes, public_key_pem(key.public_key()))
     controller = ControllerProcess(run_dir / "controller", key_file)
+    worker: WorkerProcess | None = None
+    if scenario.learning is not None:
+        controller.env["EDGEFLEET_CONTROLLER__ALARM_TICK_S"] = str(scenario.learning.alarm_tick_s)
+        worker = WorkerProcess(run_dir / "worker", controller, key)
     observer = ObserverProcess(run_dir / "observer.log")
     fleet: FleetRun | None = None
     lag: LagMonitor | None = None
@@ -73,6 +79,14 @@ async def fleet_up(
         )
         await asyncio.to_thread(_register_and_deploy, controller, compiled.bundles)
         fleet = FleetRun(scenario, run_dir, controller, compiled.bundles, key_file, observer, key)
+        if worker is not None and scenario.learning is not None:
+            await asyncio.to_thread(set_up_learning, controller, scenario.learning, MODEL_VERSION)
+            await asyncio.to_thread(worker.start)
+            fleet.worker = worker
+            console.print(
+                f"jobs worker started (log {worker.log});"
+                f" alarm pass every {scenario.learning.alarm_tick_s:g}s"
+            )
         await _prepare_timeline(fleet, console)
         with console.status("starting brokers, uplinks and gateways"):
             for index in range(scenario.sites):
@@ -102,6 +116,8 @@ async def fleet_up(
             result.produced = fleet.produced()
             result.crashed = list(fleet.crashed)
         await observer.close()
+        if worker is not None:
+            await asyncio.to_thread(worker.stop)
         await asyncio.to_thread(controller.stop)
 
 

@@ -30,11 +30,13 @@ from simulators.brokers import SiteBroker
 from simulators.controller import ControllerProcess
 from simulators.gateways import GatewayProcess
 from simulators.lag import FleetPace
+from simulators.learning import JobOutcome
 from simulators.netproxy import FaultyLink
 from simulators.observer_process import ObserverProcess
 from simulators.releases import Release
 from simulators.rollouts import RolloutOutcome
 from simulators.scenario import Scenario, device_class
+from simulators.worker import WorkerProcess
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ class Site:
     devices: list[str] = field(default_factory=list)
     drift_shift: float = 0.0
     relabel: dict[int, int] = field(default_factory=dict)
+    #: When drift of either kind first hit the site, on the run's clock (a job's data starts there).
+    drifted_at: float | None = None
 
 
 class FleetRun:
@@ -87,6 +91,9 @@ class FleetRun:
         self.planted: dict[str, set[str]] = defaultdict(set)
         #: Per site, ``edge_gateway_bundle_fetches_total{result="ok"}`` of gateway processes killed.
         self.fetches_before_kill: dict[str, float] = defaultdict(float)
+        #: The jobs worker (a scenario with `learning`), and what the timeline's jobs did.
+        self.worker: WorkerProcess | None = None
+        self.jobs: list[JobOutcome] = []
         self._host_delay = 0.0
         self._joined = 0
 

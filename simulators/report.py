@@ -74,6 +74,21 @@ def print_report(result: RunResult, console: Console) -> None:
         table.add_row(label, " / ".join(str(lag.get(k, "n/a")) for k in keys))
     for line in summary["events"]:
         table.add_row("event", line)
+    learning = summary["learning"]
+    if learning is not None:
+        for site, acc in learning["accuracy_per_site"].items():
+            figures = (
+                acc["accuracy_before_drift"],
+                acc["accuracy_after_drift"],
+                acc["accuracy_after_recovery"],
+            )
+            table.add_row(
+                f"{site} accuracy before drift / after drift / after recovery",
+                " / ".join("n/a" if v is None else f"{v:.3f}" for v in figures),
+            )
+        for alarm in learning["alarms"]:
+            state = "resolved" if alarm["resolved_at"] else "open"
+            table.add_row("alarm", f"{alarm['kind']} at {alarm['site_id']}: {alarm['value']:.3f}, {state}")
     scores = [d["score"] for d in summary["drift_scores"] if d["score"] is not None]
     if scores:
         table.add_row("drift score, first / highest", f"{scores[0]:.3f} / {max(scores):.3f}")
@@ -103,6 +118,9 @@ def print_report(result: RunResult, console: Console) -> None:
         console.print(f"  bundle downloads over each uplink: {downloads}")
         if ota["swap_gap_ms_max"] is not None:
             console.print(f"  longest pause of inference at a model switch: {ota['swap_gap_ms_max']} ms")
+    if learning is not None:
+        for what, found in learning["problems"].items():
+            console.print(f"  learning, {what}: {'; '.join(found)}", soft_wrap=True)
     if summary["devices_unknown_to_controller"]:
         console.print(f"  unknown to the controller: {', '.join(summary['devices_unknown_to_controller'])}")
     if summary["devices_off_model"]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from simulators.report_learning import learning_section
+
 _W, _H, _PAD = 640, 220, 40
 _COLOURS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2"]
 
@@ -302,6 +304,7 @@ table{{border-collapse:collapse}} th,td{{border:1px solid #ddd;padding:2px 8px;t
 .behind{{background:#fee2e2;border:2px solid #dc2626;padding:0.5em 1em;font-weight:600}}</style></head><body>
 <h1>edgefleet run: {name}</h1>{banner}
 <h2>Invariants</h2><ul id="invariants">{invariants}</ul>
+{learning_section(report.get("learning"))}
 <h2>Charts</h2><div class="charts">{"".join(charts)}</div>
 <h2>Model accuracy</h2>{_table(accuracy)}
 <h2>Compiler</h2><table><tr>{"".join(f"<th>{c}</th>" for c in _COMPILER)}</tr>{compiler_rows}</table>

@@ -20,6 +20,7 @@ from typing import Any
 from cloud_controller.models import Device
 from fleet_protocol import ModelReason, ReportedState
 from simulators.fleet_view import FleetView
+from simulators.learning import LearningResult
 from simulators.ledger import Ledger, Reconciliation, reconcile
 from simulators.ota_checks import OtaVerdicts
 from simulators.rollouts import RolloutOutcome
@@ -93,6 +94,8 @@ class RunResult:
     #: Delayed labels the simulated labelling systems published (None: the scenario has none).
     labels_published: int | None = None
     timeline: Timeline = field(default_factory=Timeline)
+    #: Alarms, jobs and accuracy per site (a scenario with `learning`).
+    learning: LearningResult | None = None
     drift_started_at: float | None = None
     drift_scores: list[dict[str, Any]] = field(default_factory=list)
     #: `LagMonitor.verdict` and its per-second series.
@@ -138,6 +141,8 @@ class RunResult:
         }
         if self.ota is not None:
             verdicts.update(self.ota.verdicts)
+        if self.learning is not None:
+            verdicts.update(self.learning.verdicts)
         return verdicts
 
     def exit_code(self) -> int:
@@ -218,6 +223,7 @@ class RunResult:
             "rollouts": [r.as_dict() for r in self.rollouts],
             "ota": self._ota_summary(),
             "drift_scores": self.drift_scores,
+            "learning": None if self.learning is None else self.learning.summary(self.stream_started_at),
             "invariants": self.invariants(),
             "exit_code": self.exit_code(),
             "run_dir": str(self.run_dir),

@@ -31,6 +31,9 @@ from simulators.controller import ControllerProcess
 from simulators.events import Event, apply
 from simulators.fleet import FleetRun
 from simulators.lag import LagMonitor
+from simulators.learning import JobOutcome, LearningResult, labelled_records, site_accuracy
+from simulators.learning import alarms as learning_alarms
+from simulators.learning import verdicts as learning_verdicts
 from simulators.ota_checks import judge
 from simulators.releases import MODEL_ID
 from simulators.result import RunResult, off_model
@@ -87,7 +90,7 @@ async def _stream(fleet: FleetRun, result: RunResult, lag: LagMonitor, console: 
                 await asyncio.sleep(max(0.0, min(0.2, due - elapsed)))
             progress.update(bar, completed=scenario.duration_s)
             await asyncio.gather(*running)  # temporary faults end before the drain
-            if fleet.rollouts:
+            if fleet.rollouts or fleet.jobs:
                 await _settle_updates(fleet, result, _SETTLE_UPDATES_S)
             lag.stop_judging()
             await fleet.stop_producing()
@@ -182,9 +185,15 @@ async def _final_checks(fleet: FleetRun, result: RunResult) -> None:
     result.rollouts = list(fleet.rollouts)
     succeeded = [r.version for r in fleet.rollouts if r.state == "succeeded"]
     result.final_version = succeeded[-1] if succeeded else MODEL_VERSION
-    result.devices_off_model, result.devices_unknown = off_model(
-        fleet.produced(), devices, result.view.states, (MODEL_ID, result.final_version)
-    )
+    produced = fleet.produced()
+    result.devices_off_model, result.devices_unknown = [], []
+    for site in fleet.sites:
+        # A site a job's rollout reached ends on that job's version; the others on the fleet's.
+        version = learning_version(fleet.jobs, site.name) or result.final_version
+        mine = [device for device in produced if device in site.devices]
+        off, unknown = off_model(mine, devices, result.view.states, (MODEL_ID, version))
+        result.devices_off_model += off
+        result.devices_unknown += unknown
     if fleet.rollouts:
         site_of = {device: site.name for site in fleet.sites for device in site.devices}
         fetches = await asyncio.to_thread(fleet.bundle_fetches)
@@ -204,6 +213,8 @@ async def _final_checks(fleet: FleetRun, result: RunResult) -> None:
             metrics = await asyncio.to_thread(site.gateway.metrics)
             result.upstream_bytes += metrics.get("edge_gateway_upstream_bytes_total", 0.0)
     result.drift_scores = await asyncio.to_thread(_drift_scores, controller)
+    if fleet.scenario.learning is not None:
+        result.learning = await asyncio.to_thread(_learning, fleet, result)
     if fleet.scenario.labels is not None:
         await fleet.poll()  # the labellers' counts as of now, not as of the last sample
         result.labels_published = sum(host.labels_published for host in fleet.hosts())
@@ -253,6 +264,44 @@ def _drift_scores(controller: ControllerProcess) -> list[dict[str, Any]]:
             ]
     finally:
         engine.dispose()
+
+
+def learning_version(jobs: list[JobOutcome], site: str) -> str | None:
+    """The version the last job rolled out to ``site`` (or to every site), if any."""
+    done = [j for j in jobs if j.rolled_out() and j.site in (site, "all sites") and j.rollout_ended_at]
+    return max(done, key=lambda j: j.rollout_ended_at or 0.0).version if done else None
+
+
+def _learning(fleet: FleetRun, result: RunResult) -> LearningResult:
+    """Alarms, jobs and accuracy per site, from what the controller stored (blocking)."""
+    scenario = fleet.scenario
+    assert scenario.learning is not None
+    origin, end = result.stream_started_at, time.time()
+    records = labelled_records(fleet.controller.database_url, origin)
+    accuracy = {}
+    for site in fleet.sites:
+        done = [j for j in fleet.jobs if j.rolled_out() and j.site in (site.name, "all sites")]
+        recovered = max((j.rollout_ended_at or 0.0) for j in done) if done else None
+        drifted = origin + site.drifted_at if site.drifted_at is not None else None
+        accuracy[site.name] = site_accuracy(
+            records,
+            site.name,
+            origin=origin,
+            end=end,
+            drifted_at=drifted,
+            recovered_at=recovered,
+            series_s=5.0,
+        )
+    fired = learning_alarms(fleet.controller)
+    verdicts, problems = learning_verdicts(
+        scenario.learning,
+        fleet.jobs,
+        fired,
+        accuracy,
+        [site.name for site in fleet.sites],
+        complete=result.view_complete,
+    )
+    return LearningResult(list(fleet.jobs), fired, accuracy, verdicts, problems, series_s=5.0)
 
 
 def _write_reports(result: RunResult) -> None:

@@ -44,6 +44,35 @@ class Labels(_Strict):
     delay_s: float = Field(default=10.0, ge=0, description="Seconds between a record and its label")
 
 
+class AlarmPolicy(_Strict):
+    """The model's alarm policy, as `PUT /api/v1/models/{id}/alarm-policy` takes it."""
+
+    psi_threshold: float | None = Field(default=0.2, gt=0, description="data_drift above this PSI")
+    accuracy_floor: float | None = Field(default=0.8, ge=0, le=1, description="accuracy below this")
+    min_samples: int = Field(default=30, ge=1, description="Labelled records an accuracy window needs")
+    window_s: float = Field(default=20.0, gt=0, description="Trailing window the accuracy is judged on")
+    action: Literal["auto", "ask", "off"] = Field(
+        default="ask",
+        description="ask: the timeline's `job` events answer the alarms, as an operator would; auto:"
+        " the worker starts a retraining job of the whole fleet with the default job settings",
+    )
+
+
+class Learning(_Strict):
+    """The learning loop: a jobs worker beside the controller, the model's recipe and alarm policy."""
+
+    alarm_policy: AlarmPolicy = Field(default_factory=AlarmPolicy)
+    alarm_tick_s: float = Field(
+        default=2.0, gt=0, description="Seconds between the controller's alarm passes"
+    )
+    expect_alarms: list[tuple[int, Literal["data_drift", "accuracy"]]] = Field(
+        default_factory=list, description="[site index, alarm kind] pairs that must fire"
+    )
+    min_recovered_accuracy: float = Field(
+        default=0.85, ge=0, le=1, description="Accuracy each drifted site must reach once its job rolled out"
+    )
+
+
 class DeviceClass(_Strict):
     """A kind of device: how its sensor behaves. Devices of a site are split between classes by share."""
 
@@ -74,6 +103,9 @@ class Scenario(_Strict):
     device_classes: list[DeviceClass] = Field(default_factory=lambda: [DeviceClass()], min_length=1)
     gateway: GatewayFilters = Field(default_factory=GatewayFilters)
     labels: Labels | None = Field(default=None, description="None: no delayed labels are published")
+    learning: Learning | None = Field(
+        default=None, description="None: no jobs worker, no recipe, the controller's default alarm policy"
+    )
     inline_labels: bool | None = Field(
         default=None,
         description="Records carry the sensor's truth inline; false: truth reaches the cloud only as"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import true
 from sqlmodel import Session, col, select
 
 from cloud_controller.label_models import RecordLabel
@@ -56,7 +57,9 @@ class DatasetStep:
         previous = ctx.artifacts.get(self.name, {}).get("window")
         until = previous["until"] if previous else time.time()
         since = previous["since"] if previous else until - ctx.params.window_s
-        ctx.log(f"labelled records of {ctx.model_id} from {_iso(since)} to {_iso(until)}")
+        sites = ctx.params.sites
+        of_sites = f" of site(s) {', '.join(sites)}" if sites else ""
+        ctx.log(f"labelled records of {ctx.model_id}{of_sites} from {_iso(since)} to {_iso(until)}")
         with Session(ctx.engine) as session:
             rows = session.exec(
                 select(
@@ -74,6 +77,7 @@ class DatasetStep:
                     col(Telemetry.received_at) <= until,
                     col(RecordLabel.received_at) <= until,
                 )
+                .where(col(Telemetry.site_id).in_(sites) if sites else true())
                 .order_by(col(Telemetry.ts).desc(), col(Telemetry.device_id), col(Telemetry.seq))
                 .limit(ctx.params.max_samples)
             ).all()
@@ -99,7 +103,7 @@ class DatasetStep:
         if len(keep) < ctx.params.min_samples:
             raise StepFailed(
                 f"not enough labelled data ({len(keep)} < {ctx.params.min_samples}): labelled records of "
-                f"{ctx.model_id} with features from {_iso(since)} to {_iso(until)}"
+                f"{ctx.model_id}{of_sites} with features from {_iso(since)} to {_iso(until)}"
             )
         out = ctx.dir(self.name)
         sides: dict[bool, list[tuple[list[float], int, str]]] = {False: [], True: []}

@@ -104,4 +104,4 @@ async def prepare(run: FleetRun, spec: Event) -> None:
 
 
 # Each module registers its kinds on import.
-from simulators.events import agents, brokers, devices, drift, gateways, network, rollouts  # noqa: E402, F401
+from simulators.events import agents, brokers, devices, drift, gateways, jobs, network, rollouts  # noqa: E402, F401

@@ -22,6 +22,7 @@ async def drift(run: FleetRun, spec: Drift) -> str:
     sites = run.sites_for(spec.site)
     for site in sites:
         site.drift_shift = spec.shift
+        site.drifted_at = run.elapsed() if site.drifted_at is None else site.drifted_at
         await run.set_sources(run.devices_of(site), extra_drift=spec.shift)
     if run.drift_started_at is None:
         run.drift_started_at = run.elapsed()
@@ -39,6 +40,7 @@ async def concept_drift(run: FleetRun, spec: ConceptDrift) -> str:
     sites = run.sites_for(spec.site)
     for site in sites:
         site.relabel = {a: b, b: a}
+        site.drifted_at = run.elapsed() if site.drifted_at is None else site.drifted_at
         await run.set_sources(run.devices_of(site), relabel=site.relabel)
     if run.drift_started_at is None:
         run.drift_started_at = run.elapsed()
