@@ -83,28 +83,40 @@ class Worker:
         ran = 0
         self.say(f"worker {self.options.worker_id} polling every {self.options.poll_s:g} s")
         while not self.signals.stop.is_set():
-            if self.options.alarms:
-                for alarm_id, job_id in jobs.start_for_alarms(
-                    self.engine, actor=f"worker:{self.options.worker_id}"
-                ):
-                    self.say(f"alarm {alarm_id}: job {job_id}")
-            for model_id, every_s in self.options.schedules:
-                made = jobs.start_scheduled(
-                    self.engine, model_id, every_s, actor=f"worker:{self.options.worker_id}"
-                )
-                if made is not None:
-                    self.say(f"schedule of {model_id} every {every_s:g} s: job {made}")
-            job = jobs.claim(self.engine, self.options.worker_id, lease_s=self.options.lease_s)
+            try:
+                job = self._next()
+            except Exception as exc:  # the database away a moment: the worker waits, it does not exit
+                log.warning("cannot reach the jobs in the database (%s); trying again", exc)
+                self.say(f"database error, trying again in {self.options.poll_s:g} s: {exc}")
+                self.signals.stop.wait(self.options.poll_s)
+                continue
             if job is None:
                 if self.options.once:
                     break
                 self.signals.stop.wait(self.options.poll_s)
                 continue
-            self.run_job(job)
+            try:
+                self.run_job(job)
+            except Exception:
+                # Its state could not be written (the database went away mid-job): the lease passes
+                # and the job is resumed, by this worker or another.
+                log.exception("job %s stopped without its state written; its lease will pass", job.id)
             ran += 1
             if self.options.max_jobs is not None and ran >= self.options.max_jobs:
                 break
         return ran
+
+    def _next(self) -> Job | None:
+        """Start the jobs alarms and schedules ask for, then claim one."""
+        actor = f"worker:{self.options.worker_id}"
+        if self.options.alarms:
+            for alarm_id, job_id in jobs.start_for_alarms(self.engine, actor=actor):
+                self.say(f"alarm {alarm_id}: job {job_id}")
+        for model_id, every_s in self.options.schedules:
+            made = jobs.start_scheduled(self.engine, model_id, every_s, actor=actor)
+            if made is not None:
+                self.say(f"schedule of {model_id} every {every_s:g} s: job {made}")
+        return jobs.claim(self.engine, self.options.worker_id, lease_s=self.options.lease_s)
 
     def run_job(self, job: Job) -> None:
         signals = Signals(stop=self.signals.stop)
