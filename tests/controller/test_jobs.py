@@ -133,10 +133,12 @@ def test_a_job_cancelled_while_it_trains_stops_there_and_production_stays(fleet:
     before = set(fleet.versions())
     job = fleet.start_job(min_samples=300, epochs=10_000)
     fleet.wait(job["id"], lambda j: j["step"] == "train" and len(j["steps"][1]["log"]) >= 1)
-    with fleet.client() as client:
-        asked = client.post(f"/api/v1/jobs/{job['id']}/cancel")
-    assert asked.status_code == 200, asked.text
-    assert asked.json()["state"] == "running" and asked.json()["cancel_requested"] is True
+    # The dashboard's cancel button, as an operator.
+    with fleet.client(None) as browser:
+        browser.cookies.set("edgefleet_token", fleet.ctl.tokens["operator"])
+        asked = browser.post(f"/jobs/{job['id']}/cancel")
+    assert (asked.status_code, asked.headers["location"]) == (303, f"/jobs/{job['id']}")
+    assert fleet.job(job["id"])["cancel_requested"] is True
     done = _ended(fleet, job["id"], timeout_s=60)
 
     assert (done["state"], done["step"], done["error"]) == ("cancelled", "train", "cancelled while running")
@@ -180,6 +182,10 @@ def test_jobs_api_refuses_what_it_cannot_run(fleet: JobFleet) -> None:
         assert viewer.get(f"/api/v1/models/{MODEL}/recipe").json()["recipe"]["entry_point"] == (
             "fleet_learning.models:mlp"
         )
+    with fleet.client(None) as browser:
+        browser.cookies.set("edgefleet_token", fleet.ctl.tokens["viewer"])
+        refused = browser.post("/jobs/j-00000000/cancel")
+        assert (refused.status_code, refused.json()) == (403, {"detail": "Role viewer may not do this"})
 
 
 def test_a_job_cancelled_by_the_cli_ends_cancelled_and_a_second_cancel_is_refused(fleet: JobFleet) -> None:
