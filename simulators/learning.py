@@ -315,9 +315,10 @@ class LearningResult:
             mark(alarm["resolved_at"], "alarm_resolved", f"{what} resolved", alarm["site_id"])
         for job in self.jobs:
             mark(job.created_at, "job_queued", f"{job.kind} job {job.job_id} queued", job.site)
+            # A step ends when the next starts: its start is its mark, and the job's end closes the last.
             for step in job.steps:
                 mark(step["started_at"], "job_step", f"{job.kind} {step['name']} started", job.site)
-                mark(step["ended_at"], "job_step_end", f"{job.kind} {step['name']} {step['state']}", job.site)
+            mark(job.ended_at, "job_end", f"{job.kind} job {job.state}: {job.outcome or job.error}", job.site)
             for wave in job.rollout_waves:
                 label = f"{job.version} wave {wave.get('index', 0) + 1} ({wave.get('target', '?')} devices)"
                 mark(wave.get("started_at"), "rollout_wave", label, job.site)

@@ -13,7 +13,7 @@ _MARK_COLOURS = {
     "alarm_resolved": "#16a34a",
     "job_queued": "#6b7280",
     "job_step": "#9333ea",
-    "job_step_end": "#9333ea",
+    "job_end": "#9333ea",
     "rollout_wave": "#2563eb",
     "rollout_end": "#0891b2",
 }
