@@ -287,6 +287,8 @@ class FleetRun:
                 self.crashed.append(name)
         if not self.controller.alive() and "controller" not in self.crashed:
             self.crashed.append("controller")
+        if self.worker is not None and self.worker.exited() and "jobs worker" not in self.crashed:
+            self.crashed.append("jobs worker")
 
     def outboxes_empty(self) -> bool:
         """Every running device stopped reading and its broker acknowledged all it stored."""

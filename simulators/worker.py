@@ -51,6 +51,10 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def exited(self) -> bool:
+        """Started, and no longer running (the run stops it only after the fleet)."""
+        return self.process is not None and self.process.poll() is not None
+
     def check(self) -> None:
         """SimError if the worker exited: jobs would wait in the queue forever."""
         if self.process is not None and self.process.poll() is not None:
