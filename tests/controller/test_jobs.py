@@ -105,6 +105,27 @@ def test_retrain_job_rolls_out_a_signed_candidate_that_beats_production(
 
 
 @pytest.mark.slow
+def test_a_candidate_short_of_the_margin_is_registered_and_not_rolled_out(fleet: JobFleet) -> None:
+    with fleet.client("viewer") as client:
+        rollouts_before = client.get("/api/v1/rollouts").json()["count"]
+    # One epoch: short of perfect, so short of the 100 points over the (always wrong) production model.
+    job = fleet.start_job(min_samples=300, epochs=1, margin=1.0)
+    done = _ended(fleet, job["id"])
+
+    assert done["state"] == "succeeded", (done["error"], [s["log"] for s in done["steps"]])
+    evaluation, version = done["artifacts"]["evaluate"], done["artifacts"]["register"]["version"]
+    reason = (
+        f"candidate did not beat production ({evaluation['candidate_accuracy']:.4f} vs "
+        f"{evaluation['production_accuracy']:.4f}, margin 1): production 1.0.0 stays"
+    )
+    assert done["steps"][-1]["state"] == "skipped" and done["outcome"] == reason
+    assert reason in done["steps"][-1]["log"][-1]
+    assert fleet.versions()[version]["stage"] == "candidate" and fleet.production() == ["1.0.0"]
+    with fleet.client("viewer") as client:
+        assert client.get("/api/v1/rollouts").json()["count"] == rollouts_before
+
+
+@pytest.mark.slow
 def test_federated_job_records_its_rounds_and_registers_the_candidate_with_them(fleet: JobFleet) -> None:
     federated = {"strategy": "fedavg", "rounds": 2, "min_clients": 2, "local_epochs": 2}
     job = fleet.start_job("federated", min_samples=300, rollout=False, federated=federated)
