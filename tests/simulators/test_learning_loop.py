@@ -55,9 +55,9 @@ def test_the_alarms_fire_psi_at_the_drifted_site_and_accuracy_at_the_concept_dri
     fired = {(a["site_id"], a["kind"]) for a in report["learning"]["alarms"]}
     assert ("site-0", "data_drift") in fired
     assert ("site-1", "accuracy") in fired, "PSI cannot see concept drift: the labels tell"
-    accuracy_alarm = next(a for a in report["learning"]["alarms"] if a["kind"] == "accuracy")
-    assert accuracy_alarm["value"] < accuracy_alarm["threshold"]
-    assert accuracy_alarm["resolved_at"] is not None, "the site's accuracy came back above the floor"
+    site_1 = [a for a in report["learning"]["alarms"] if (a["site_id"], a["kind"]) == ("site-1", "accuracy")]
+    assert all(a["value"] < a["threshold"] for a in site_1)
+    assert all(a["resolved_at"] is not None for a in site_1), "the site's accuracy came back above the floor"
 
 
 def test_a_retrain_and_a_federated_job_compress_register_and_roll_out_to_their_site(learning_run) -> None:  # type: ignore[no-untyped-def]
