@@ -34,7 +34,7 @@ demo: install  ## run the main job: a simulated fleet, end to end
 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check fleet_protocol edge_agent edge_gateway cloud_controller simulators model_compiler tests bench
+	$(VENV)/bin/ruff format --check fleet_protocol fleet_learning edge_agent edge_gateway cloud_controller simulators model_compiler tests bench
 
 # Two processes for most tests (they wait on brokers and servers more than they compute); the
 # whole-fleet tests, whose gates judge latency, run afterwards on a machine to themselves.
