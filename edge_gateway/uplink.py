@@ -7,9 +7,14 @@ lost is sent again and counted as duplicates there. A batch the controller refus
 content is split until the one bad item is found, which goes to the dead letters; the rest
 go up. Nothing leaves the queue before the controller answered 200.
 
-Labels are queued one per row and go up grouped by device (schema version 4); a seq labelled
-twice within one batch goes up once, with the later label (the controller keeps the last one
-sent anyway, and one `DeviceLabels` may not name a seq twice).
+Labels are queued one per row and go up grouped by device (schema version 4), in entries of at
+most `MAX_LABELS` labels (a device with more gets several entries); a seq labelled twice within
+one batch goes up once, with the later label (the controller keeps the last one sent anyway, and
+one `DeviceLabels` may not name a seq twice).
+
+A batch goes with the lowest schema version its content needs (4 with labels, 3 with summaries
+listing their ``seq_ranges``, 2 with other summaries, else 1): a controller not yet upgraded to
+the newest version still takes every batch that does not use it.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from edge_gateway.controller_client import ControllerClient
 from edge_gateway.exceptions import UpstreamError
 from edge_gateway.metrics import GatewayMetrics
 from edge_gateway.store import GatewayStore, StoreError, UpstreamBatch
-from fleet_protocol.ingest import IngestBatch
+from fleet_protocol.labels import MAX_LABELS
 from fleet_protocol.pacing import Backoff, ByteBudget
 
 log = logging.getLogger(__name__)
@@ -46,11 +51,12 @@ def ingest_body(batch: UpstreamBatch, *, site: str, gateway_id: str) -> bytes:
     groups["devices"] = [body for _, _, body in batch.devices]
     if labels:
         groups["labels"] = _labels_by_device(labels)
+    version = 4 if labels else _summaries_version(groups["summaries"])
     batch_id = (
         f"{gateway_id}-{batch.first_id}-{batch.last_id}" if batch.items else f"{gateway_id}-s{time.time_ns()}"
     )
     head = {
-        "schema_version": IngestBatch.CURRENT_VERSION,
+        "schema_version": version,
         "site": site,
         "gateway_id": gateway_id,
         "batch_id": batch_id,
@@ -63,8 +69,21 @@ def ingest_body(batch: UpstreamBatch, *, site: str, gateway_id: str) -> bytes:
     return b"".join(parts) + b"}"
 
 
+def _summaries_version(summaries: list[bytes]) -> int:
+    """The lowest `IngestBatch` schema version that takes these summaries (1 when there are none)."""
+    if not summaries:
+        return 1
+    if any(json.loads(body).get("seq_ranges") is not None for body in summaries):
+        return 3
+    return 2
+
+
 def _labels_by_device(rows: list[bytes]) -> list[bytes]:
-    """One-label `DeviceLabels` rows -> one `DeviceLabels` per device, the later label of a seq kept."""
+    """One-label `DeviceLabels` rows -> `DeviceLabels` per device of at most `MAX_LABELS` labels each.
+
+    The later label of a seq is kept; a device with more than `MAX_LABELS` labels gets several
+    entries (the controller stores labels per entry, and one entry may hold no more).
+    """
     devices: dict[str, dict[int, dict[str, object]]] = {}
     for body in rows:
         item = json.loads(body)
@@ -72,10 +91,13 @@ def _labels_by_device(rows: list[bytes]) -> list[bytes]:
         for label in item["labels"]:
             by_seq.pop(label["seq"], None)  # the later one wins, in the order it came
             by_seq[label["seq"]] = label
-    return [
-        json.dumps({"device_id": device, "labels": list(by_seq.values())}, separators=(",", ":")).encode()
-        for device, by_seq in devices.items()
-    ]
+    out: list[bytes] = []
+    for device, by_seq in devices.items():
+        kept = list(by_seq.values())
+        for start in range(0, len(kept), MAX_LABELS):
+            entry = {"device_id": device, "labels": kept[start : start + MAX_LABELS]}
+            out.append(json.dumps(entry, separators=(",", ":")).encode())
+    return out
 
 
 def label_count(batch: UpstreamBatch) -> int:

@@ -21,7 +21,7 @@ from edge_gateway.store import Changes, GatewayStore
 from edge_gateway.uplink import Uplink, ingest_body
 from fleet_protocol import LabelBatch, decode, encode
 from fleet_protocol.ingest import MAX_INGEST_RECORDS, IngestBatch
-from fleet_protocol.labels import Label
+from fleet_protocol.labels import MAX_LABELS, Label
 from tests.controller.conftest import Controller
 from tests.gateway.conftest import GatewayProcess
 from tests.utils.broker import Mosquitto
@@ -210,3 +210,80 @@ def test_kill_minus_9_loses_no_label_the_broker_acknowledged(broker: Mosquitto, 
     while _queued_labels(gateway) != expected and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _queued_labels(gateway) == expected, "every acknowledged label is in the upstream queue"
+
+
+async def test_more_than_max_labels_of_one_device_go_up_in_several_entries_the_controller_takes(
+    tmp_path: Path, controller: Controller
+) -> None:
+    pipeline = _pipeline(tmp_path)
+    store = GatewayStore(tmp_path / "gateway.sqlite")
+    pipeline.restore(await store.open())
+    chunks = [range(1, 1001), range(1001, 2001), range(2001, 2501)]
+    messages = [("fleet/site-a/dev-1/labels", _labels("dev-1", seqs)) for seqs in chunks]
+    messages.append(("fleet/site-a/dev-1/labels", _labels("dev-1", [7], cls=2)))  # a correction
+    await store.commit(pipeline.process(_messages(*messages), now=T0))
+    assert store.depth == 2501
+
+    batch = await store.next_batch(5000, 64 << 20)
+    assert batch is not None and len(batch.items) == 2501
+    parsed = IngestBatch.model_validate_json(ingest_body(batch, site="site-a", gateway_id="gw-1"))
+    assert [len(d.labels) for d in parsed.labels] == [MAX_LABELS, MAX_LABELS, 500]
+    assert {d.device_id for d in parsed.labels} == {"dev-1"}
+
+    metrics = GatewayMetrics()
+    client = ControllerClient(controller.url, controller.tokens["gateway"], timeout_s=10)
+    config = UpstreamConfig(
+        url=controller.url, token="x", linger_s=0, retry_min_s=0.05, retry_max_s=0.1, max_records=5000
+    )
+    uplink = Uplink(
+        site="site-a", gateway_id="gw-1", config=config, store=store, client=client, metrics=metrics
+    )
+    task = asyncio.create_task(uplink.run())
+    try:
+        await wait_until(lambda: store.depth == 0, within=30, what="the queue drained")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.close()
+    assert await store.dead_letters() == []
+    assert metrics.upstream_batches._value.get() == 1, "one batch, taken at once (no 422, no halving)"
+    assert metrics.labels_forwarded._value.get() == 2501
+    db = controller.database_url.removeprefix("sqlite:///")
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
+        stored = dict(conn.execute("SELECT seq, label FROM label WHERE device_id = 'dev-1'").fetchall())
+    assert len(stored) == 2500 and stored[7] == 2 and stored[2500] == 1
+    await store.close()
+
+
+async def test_a_batch_goes_with_the_lowest_schema_version_its_content_needs(tmp_path: Path) -> None:
+    store = GatewayStore(tmp_path / "gateway.sqlite")
+    await store.open()
+    record = b'{"device_id":"dev-1","seq":1,"ts":1.0,"model_id":"m","model_version":"1","outputs":[0.5]}'
+    summary = {
+        "device_id": "dev-1",
+        "model_id": "m",
+        "model_version": "1",
+        "window_start": 0.0,
+        "window_end": 60.0,
+        "first_seq": 2,
+        "last_seq": 4,
+        "count": 3,
+    }
+    ranged = json.dumps({**summary, "seq_ranges": [[2, 4]]}).encode()
+    label = b'{"device_id":"dev-1","labels":[{"seq":1,"label":1,"labelled_at":1.0}]}'
+    versions = []
+    for items in (
+        [("record", record)],
+        [("record", record), ("summary", json.dumps(summary).encode())],
+        [("record", record), ("summary", ranged)],
+        [("record", record), ("summary", ranged), ("label", label)],
+    ):
+        await store.commit(Changes(upstream=items))
+        batch = await store.next_batch(100, 1 << 20)
+        assert batch is not None
+        versions.append(
+            decode(ingest_body(batch, site="site-a", gateway_id="gw-1"), IngestBatch).schema_version
+        )
+        await store.sent(batch)
+    assert versions == [1, 2, 3, 4], "a batch without labels goes as v3 at most: older controllers take it"
+    await store.close()
