@@ -10,17 +10,20 @@ Raw features never leave the node: replies carry weights, counts and metrics.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
+from pydantic import ValidationError
 from torch import nn
 
 from fleet_learning import messages as m
-from fleet_learning.exceptions import DataError
+from fleet_learning.exceptions import DataError, RecipeError
 from fleet_learning.gateway_round import Gateway, gateway_from_config, site_reply
 from fleet_learning.local_data import LocalData, read_local
 from fleet_learning.recipes import TrainingRecipe, build_model
@@ -46,6 +49,24 @@ def node_from_config(context: Context) -> NodeSource:
         site=str(config.get("site", "")),
         data_path=Path(str(config["buffer-path"])),
     )
+
+
+log = logging.getLogger(__name__)
+
+
+def refused_recipe(msg: Message, handle: Callable[[], RecordDict]) -> Message:
+    """The reply of ``handle()``, or an error reply if the instruction's recipe is not allowed.
+
+    A recipe naming anything but an architecture of ``fleet_learning.models.ARCHITECTURES`` (or
+    out-of-bounds arguments) is refused before any model is built; nothing named in a message is
+    imported. The server counts the error reply as failed.
+    """
+    try:
+        return Message(handle(), reply_to=msg)
+    except (ValidationError, RecipeError) as exc:
+        reason = f"refused the instruction's training recipe: {exc}"
+        log.warning("%s", reason)
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
 
 @dataclass
@@ -157,15 +178,15 @@ def make_client_app(nodes: Sequence[NodeSource] | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         site = gateway(context)
         if site is not None:
-            return Message(site_reply(msg, site), reply_to=msg)
-        return Message(train_reply(msg, resolve(context)), reply_to=msg)
+            return refused_recipe(msg, lambda: site_reply(msg, site))
+        return refused_recipe(msg, lambda: train_reply(msg, resolve(context)))
 
     @app.evaluate()
     def evaluate_(msg: Message, context: Context) -> Message:
         site = gateway(context)
         if site is not None:  # its devices evaluate in their own rounds; the cloud has its held-out set
             return Message(m.declined("a gateway does not evaluate", site.site), reply_to=msg)
-        return Message(evaluate_reply(msg, resolve(context)), reply_to=msg)
+        return refused_recipe(msg, lambda: evaluate_reply(msg, resolve(context)))
 
     return app
 

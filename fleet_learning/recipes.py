@@ -6,14 +6,14 @@ The registry keeps a recipe as JSON beside the model (``recipe.model_dump_json()
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
 from fleet_learning.exceptions import RecipeError
+from fleet_learning.models import ARCHITECTURES
 
 #: The fleet's sensor: 16 raw features and 4 classes, class 3 the anomaly (as the synthetic source).
 FLEET_FEATURE_NAMES = [f"f{i:02d}" for i in range(16)]
@@ -26,7 +26,7 @@ class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(30, ge=1, le=10_000)
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1, le=65_536)
     lr: float = Field(0.01, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     seed: int = 0
@@ -35,15 +35,16 @@ class Hyperparameters(BaseModel):
 
 
 class TrainingRecipe(BaseModel):
-    """Architecture entry point + hyperparameters + the model's inputs and outputs.
+    """Architecture + hyperparameters + the model's inputs and outputs.
 
     Parameters
     ----------
     entry_point : str
-        ``"package.module:callable"``; called as ``callable(n_features=..., n_classes=...,
-        **architecture)`` and must return a ``torch.nn.Module`` taking standardised features.
+        A key of :data:`fleet_learning.models.ARCHITECTURES` (``"fleet_learning.models:mlp"``);
+        any other name is refused. Nothing is imported from it: recipes come from the API and
+        travel to devices, so only the fixed registry's factories are ever called.
     architecture : dict
-        Extra keyword arguments of the entry point (``{"hidden": 64}``).
+        Keyword arguments of that architecture (``{"hidden": 64}``), checked against its bounds.
     hyperparameters : Hyperparameters
         Epochs, batch size, learning rate, weight decay, seed, optional prune ratio.
     feature_names, class_names : list of str
@@ -55,15 +56,21 @@ class TrainingRecipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schema_version: Literal[1] = 1
-    entry_point: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    entry_point: str
     architecture: dict[str, Any] = Field(default_factory=dict)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-    feature_names: list[str] = Field(min_length=1)
-    class_names: list[str] = Field(min_length=2)
+    feature_names: list[str] = Field(min_length=1, max_length=4096)
+    class_names: list[str] = Field(min_length=2, max_length=1024)
     anomaly_classes: list[int] = Field(default_factory=list)
+
+    @field_validator("entry_point")
+    @classmethod
+    def _known_architecture(cls, value: str) -> str:
+        return _architecture(value)
 
     @model_validator(mode="after")
     def _check_classes(self) -> TrainingRecipe:
+        _arguments(self.entry_point, self.architecture)
         bad = [c for c in self.anomaly_classes if not 0 <= c < len(self.class_names)]
         if bad:
             raise ValueError(f"anomaly_classes {bad} are not indices of class_names")
@@ -92,23 +99,42 @@ def default_recipe() -> TrainingRecipe:
     )
 
 
+def _architecture(entry_point: str) -> str:
+    if entry_point not in ARCHITECTURES:
+        allowed = ", ".join(sorted(ARCHITECTURES))
+        raise ValueError(f"entry_point {entry_point!r} is not an allowed architecture (allowed: {allowed})")
+    return entry_point
+
+
+def _arguments(entry_point: str, architecture: dict[str, Any]) -> dict[str, Any]:
+    """The architecture's kwargs, checked against its bounds (ValueError saying which is wrong)."""
+    try:
+        checked = ARCHITECTURES[entry_point].arguments.model_validate(architecture)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'architecture'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ValueError(f"architecture of {entry_point}: {problems}") from None
+    return checked.model_dump(exclude_unset=True)
+
+
 def build_model(recipe: TrainingRecipe) -> nn.Module:
     """A freshly initialised network of the recipe (in training mode).
+
+    Only a factory of :data:`fleet_learning.models.ARCHITECTURES` is called, with checked kwargs;
+    checked again here because ``model_copy(update=...)`` skips validation.
 
     Raises
     ------
     RecipeError
-        If the entry point cannot be imported or does not return a ``torch.nn.Module``.
+        If the entry point is not an allowed architecture or its arguments are out of bounds.
     """
-    module_name, _, attr = recipe.entry_point.partition(":")
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise RecipeError(f"cannot load entry point {recipe.entry_point!r}: {exc}") from None
-    try:
-        model = factory(n_features=recipe.n_features, n_classes=recipe.n_classes, **recipe.architecture)
-    except TypeError as exc:
-        raise RecipeError(f"{recipe.entry_point} rejected its arguments: {exc}") from None
+        kwargs = _arguments(_architecture(recipe.entry_point), recipe.architecture)
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
+    factory = ARCHITECTURES[recipe.entry_point].factory
+    model = factory(n_features=recipe.n_features, n_classes=recipe.n_classes, **kwargs)
     if not isinstance(model, nn.Module):
         raise RecipeError(f"{recipe.entry_point} returned {type(model).__name__}, not a torch.nn.Module")
     return model

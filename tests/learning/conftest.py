@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from flwr.app import Message, Metadata, RecordDict
 
 from fleet_learning.federated import ClientSpec
 from fleet_learning.local_data import write_buffer
@@ -70,3 +72,19 @@ def saturated_device(site: str) -> ClientSpec:
     """A sensor stuck at float32's maximum: training overflows and the update is NaN."""
     x, y = sensor_data(300, seed=77)
     return ClientSpec("nan", site, (np.full_like(x, 3.0e38), y))
+
+
+def instruction(content: RecordDict, message_type: str, node_id: int = 1) -> Message:
+    """A message as the server's Grid delivers it to a node (outside a Flower run)."""
+    metadata = Metadata(
+        run_id=1,
+        message_id=f"m-{node_id}-{message_type}",
+        src_node_id=0,
+        dst_node_id=node_id,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=time.time(),
+        ttl=600.0,
+        message_type=message_type,
+    )
+    return Message(content=content, metadata=metadata)
