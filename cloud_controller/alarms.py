@@ -206,9 +206,31 @@ def apply(
 ) -> Outcome:
     """Fire, update and resolve alarms from ``found``, in one transaction with their audit records.
 
-    Two evaluators racing to fire one alarm: the database's one-open-alarm index refuses the
-    second, whose transaction is rolled back (its next pass sees the alarm open).
+    Two evaluators racing to fire one alarm (every controller replica runs one): the database's
+    one-open-alarm index refuses the second's insert, at its flush (PostgreSQL) or its commit. Its
+    transaction is rolled back and the pass applied again on what is open now, where it finds the
+    other's alarm open and updates it: the rest of the pass is not lost.
     """
+    for _ in range(_ATTEMPTS - 1):
+        try:
+            return _apply_once(session=session, found=found, rules=rules, now=now)
+        except IntegrityError:
+            session.rollback()
+    try:
+        return _apply_once(session=session, found=found, rules=rules, now=now)
+    except IntegrityError:
+        session.rollback()  # raced on every attempt: the next pass sees what the others fired
+        return Outcome([], [])
+
+
+#: Passes of `apply` over one set of readings when other evaluators keep firing the same alarms.
+_ATTEMPTS = 3
+
+
+def _apply_once(
+    *, session: Session, found: list[Reading], rules: dict[str, AlarmPolicyPublic], now: float
+) -> Outcome:
+    """One try of `apply`: IntegrityError (a racing evaluator fired an alarm first) is the caller's."""
     outcome = Outcome([], [])
     open_alarms = {
         (a.model_id, a.site_id, a.kind): a
@@ -259,11 +281,7 @@ def apply(
     for key, alarm in open_alarms.items():
         if key not in seen and rules.get(alarm.model_id, DEFAULT).action is AlarmAction.OFF:
             _resolve(session, alarm, alarm.last_value, now, outcome)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        return Outcome([], [])
+    session.commit()
     return outcome
 
 

@@ -225,3 +225,62 @@ def test_data_drift_alarm_follows_the_latest_psi_window_and_survives_a_restart(
         )
     _until("the alarms to resolve", lambda: not _alarms(ctl, DRIFT_MODEL, state="open"))
     assert len(_alarms(ctl, DRIFT_MODEL, state="resolved", kind="data_drift")) == 2
+
+
+def test_an_alarm_another_evaluator_fired_first_is_updated_and_the_rest_of_the_pass_goes_on(
+    ctl: ControllerProcess,
+) -> None:
+    """Every replica runs an evaluator: the one-open-alarm index refuses the second insert (at the
+    flush on PostgreSQL), and the loser takes the winner's alarm as open instead of losing its pass."""
+    from sqlalchemy import event
+    from sqlmodel import Session, col, select
+
+    from cloud_controller.alarms import Reading, apply
+    from cloud_controller.db import make_engine
+    from cloud_controller.label_models import Alarm, AlarmKind, AlarmPolicyBody, AlarmPolicyPublic
+
+    model = f"race-{uuid.uuid4().hex[:8]}"
+    now = time.time()
+    rules = {
+        model: AlarmPolicyPublic(
+            model_id=model, updated_by=None, updated_at=None, **AlarmPolicyBody(action="ask").model_dump()
+        )
+    }
+    found = [
+        Reading(model, site, AlarmKind.ACCURACY, "1.0.0", 0.5, 100, 0.8, True)
+        for site in ("site-a", "site-b")
+    ]
+    engine = make_engine(ctl.database_url)
+
+    def other_evaluator_first(*_: object) -> None:
+        with Session(engine) as other:
+            other.add(
+                Alarm(
+                    model_id=model,
+                    version="1.0.0",
+                    site_id="site-a",
+                    kind="accuracy",
+                    value=0.6,
+                    threshold=0.8,
+                    samples=90,
+                    action="ask",
+                    fired_at=now - 1,
+                    last_value=0.6,
+                    evaluated_at=now - 1,
+                )
+            )
+            other.commit()
+
+    try:
+        with Session(engine) as session:
+            event.listen(session, "before_flush", other_evaluator_first, once=True)
+            outcome = apply(session=session, found=found, rules=rules, now=now)
+            assert [(a.site_id, a.value) for a in outcome.fired] == [("site-b", 0.5)], "the pass went on"
+        with Session(engine) as session:
+            rows = session.exec(
+                select(Alarm).where(Alarm.model_id == model).order_by(col(Alarm.site_id))
+            ).all()
+            got = [(a.site_id, a.value, a.last_value, a.evaluated_at, a.resolved_at) for a in rows]
+        assert got == [("site-a", 0.6, 0.5, now, None), ("site-b", 0.5, 0.5, now, None)]
+    finally:
+        engine.dispose()
