@@ -2,8 +2,10 @@
 
 Flower's ``Strategy.start`` runs a fixed number of rounds and hands every reply to the strategy.
 A fleet job needs more, so this loop drives the strategy's own ``configure_*``/``aggregate_*``:
-- replies are sorted first: errors and non-finite weights are *failed*, ineligible nodes
-  *declined*, missing replies *timed out*; only valid updates reach the aggregation;
+- replies are sorted first: errors, malformed replies (weights whose names, shapes or dtypes are
+  not the global model's, missing metrics) and non-finite weights are *failed*, ineligible nodes
+  *declined*, missing replies *timed out*; only valid updates reach the aggregation, rebuilt with
+  the same records and metric keys so Flower's consistency checks hold;
 - in (emulated) hierarchical mode device updates are folded per site before the cloud strategy sees
   them (the deployed form is a gateway node: ``gateway_round``);
 - a round with fewer than ``min_clients`` valid updates keeps the global model;
@@ -19,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
@@ -33,6 +35,13 @@ log = logging.getLogger(__name__)
 
 #: Central evaluation of the global weights on the job's held-out set: (round, arrays) -> (acc, loss).
 EvaluateFn = Callable[[int, ArrayRecord], tuple[float, float]]
+
+#: Metrics a valid reply carries (``num-examples`` an integer >= 1); others are dropped.
+TRAIN_METRICS = (m.NUM_EXAMPLES, "train-loss")
+EVALUATE_METRICS = (m.NUM_EXAMPLES, "eval-loss", "eval-acc")
+
+#: The global model's arrays: name -> (shape, dtype). A reply's weights must match it exactly.
+ArraySpec = dict[str, tuple[tuple[int, ...], str]]
 
 
 class NotEnoughClients(LearningError):
@@ -94,7 +103,63 @@ def _last_line(reason: str) -> str:
     return (lines[-1] if lines else reason)[:300]
 
 
-def _sort(replies: list[Message], expected: int, *, needs_arrays: bool) -> _Sorted:
+def array_spec(arrays: ArrayRecord) -> ArraySpec:
+    return {name: (tuple(array.shape), array.dtype) for name, array in arrays.items()}
+
+
+def _weights_problem(reply: Message, spec: ArraySpec) -> str:
+    records = reply.content.array_records
+    if m.ARRAYS not in records:
+        return "reply without weights"
+    if len(records) != 1:
+        return f"{len(records)} array records, expected only {m.ARRAYS!r}"
+    arrays = records[m.ARRAYS]
+    missing, extra = sorted(set(spec) - set(arrays)), sorted(set(arrays) - set(spec))
+    if missing or extra:
+        return f"weights are not the global model's (missing {missing}, unexpected {extra})"
+    for name, (shape, dtype) in spec.items():
+        got = (tuple(arrays[name].shape), arrays[name].dtype)
+        if got != (shape, dtype):
+            return f"weight {name!r} is {got[1]}{list(got[0])}, the global model's is {dtype}{list(shape)}"
+    return ""
+
+
+def _metrics_problem(reply: Message, required: tuple[str, ...]) -> str:
+    record = reply.content.metric_records.get(m.METRICS)
+    if record is None:
+        return f"reply without {m.METRICS!r}"
+    missing = [key for key in required if key not in record]
+    if missing:
+        return f"metrics lack {missing}"
+    lists = [key for key in required if isinstance(record[key], list)]
+    if lists:
+        return f"metrics {lists} are lists, not numbers"
+    examples = record[m.NUM_EXAMPLES]
+    if not isinstance(examples, int) or examples < 1:
+        return f"{m.NUM_EXAMPLES} is {examples!r}, not an integer >= 1"
+    return ""
+
+
+def _canonical(reply: Message, required: tuple[str, ...], *, with_arrays: bool) -> Message:
+    """The reply with only what aggregation reads: weights, the required metrics, the node record."""
+    content = reply.content
+    records: dict = {m.METRICS: MetricRecord({key: content[m.METRICS][key] for key in required})}
+    if with_arrays:
+        records[m.ARRAYS] = content[m.ARRAYS]
+    if m.NODE in content.config_records:
+        records[m.NODE] = content[m.NODE]
+    return Message(content=RecordDict(records), metadata=reply.metadata)
+
+
+def _malformed(reply: Message, spec: ArraySpec | None, metrics: tuple[str, ...]) -> str:
+    """Why the reply cannot be aggregated with the others, or ""."""
+    return (spec is not None and _weights_problem(reply, spec)) or _metrics_problem(reply, metrics)
+
+
+def _sort(
+    replies: list[Message], expected: int, *, spec: ArraySpec | None, metrics: tuple[str, ...]
+) -> _Sorted:
+    """Valid updates (with ``spec``: weights of exactly the global model's arrays), the rest counted."""
     out = _Sorted()
     for reply in replies:
         node = reply.metadata.src_node_id
@@ -102,12 +167,13 @@ def _sort(replies: list[Message], expected: int, *, needs_arrays: bool) -> _Sort
             out.failures.append(f"node {node}: {_last_line(reply.error.reason)}")
         elif m.is_declined(reply):
             out.declined += 1
-        elif needs_arrays and m.ARRAYS not in reply.content.array_records:
-            out.failures.append(f"node {node}: reply without weights")
-        elif not m.is_finite(reply):
+        elif problem := _malformed(reply, spec, metrics):
+            out.failures.append(f"node {node}: malformed reply: {problem}")
+            log.warning("node %s: malformed reply, counted as failed: %s", node, problem)
+        elif not m.is_finite(canonical := _canonical(reply, metrics, with_arrays=spec is not None)):
             out.failures.append(f"node {node}: non-finite weights or metrics")
         else:
-            out.valid.append(reply)
+            out.valid.append(canonical)
     missing = expected - len(replies)
     if missing > 0:
         out.failures.append(f"{missing} node(s) did not reply within the round timeout")
@@ -143,7 +209,7 @@ def _evaluate_on_nodes(
     """Federated evaluation: nodes score the global model on samples they never train on."""
     evaluation = list(strategy.configure_evaluate(server_round, arrays, train_config.copy(), grid))
     replies = list(grid.send_and_receive(evaluation, timeout=config.round_timeout_s))
-    evaluated = _sort(replies, len(evaluation), needs_arrays=False)
+    evaluated = _sort(replies, len(evaluation), spec=None, metrics=EVALUATE_METRICS)
     if evaluated.valid:
         metrics = strategy.aggregate_evaluate(server_round, evaluated.valid)
         stats.loss, stats.accuracy = _metric(metrics, "eval-loss"), _metric(metrics, "eval-acc")
@@ -183,6 +249,7 @@ def run_rounds(
         )
         strategy = dp
     arrays, best_arrays = initial, initial
+    spec = array_spec(initial)  # the job's model: every update must have exactly its arrays
     best_score, best_round, since_best = -math.inf, 0, 0
     rounds: list[RoundStats] = []
     dp_updates: list[int] = []
@@ -192,7 +259,7 @@ def run_rounds(
         _wait_for_nodes(grid, config.min_clients, config.round_timeout_s, sleep)
         instructions = list(strategy.configure_train(server_round, arrays, train_config.copy(), grid))
         replies = list(grid.send_and_receive(instructions, timeout=config.round_timeout_s))
-        train = _sort(replies, len(instructions), needs_arrays=True)
+        train = _sort(replies, len(instructions), spec=spec, metrics=TRAIN_METRICS)
         updates = aggregate_by_site(train.valid) if config.hierarchical else train.valid
         bytes_up = sum(m.reply_bytes(r) for r in replies)
         stats = RoundStats(
