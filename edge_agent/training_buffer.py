@@ -15,7 +15,10 @@
   process loses nothing committed. Losing a few training samples costs nothing that matters,
   unlike the outbox's records.
 - One writer task batches samples and labels into transactions on an executor thread: the
-  event loop never waits for SQLite.
+  event loop never waits for SQLite. The counters are changed only by deltas under a lock, on
+  the loop (`add`, `refused`) and on the writer's thread alike: no increment is lost.
+- What waits for the writer is bounded: past `_MAX_PENDING` samples or `_MAX_PENDING_LABELS`
+  labels the oldest waiting are dropped, counted (``evicted``, ``labels_dropped``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import asyncio
 import json
 import logging
 import sqlite3
+import threading
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,9 +61,11 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 #: Bytes a sample costs beside its features (row header, ts, ids, index entry): the bound is
 #: on what the file holds, not only on the feature bytes.
 ROW_OVERHEAD = 48
-_COUNTERS = ("evicted", "labels_matched", "labels_unmatched", "labels_refused")
+_COUNTERS = ("evicted", "labels_matched", "labels_unmatched", "labels_refused", "labels_dropped")
 #: Samples waiting for the writer; past it the oldest waiting are dropped (counted as evicted).
 _MAX_PENDING = 20_000
+#: Labels waiting for the writer; past it the oldest waiting are dropped (``labels_dropped``).
+_MAX_PENDING_LABELS = 20_000
 
 
 @dataclass(slots=True)
@@ -88,6 +94,8 @@ class BufferCounts:
     labels_matched: int
     labels_unmatched: int
     labels_refused: int
+    #: Labels dropped before the writer joined them (it was far behind).
+    labels_dropped: int = 0
 
 
 class TrainingBuffer:
@@ -114,8 +122,11 @@ class TrainingBuffer:
         self._pending: list[tuple[int, Samples]] = []
         self._pending_count = 0
         self._labels: list[tuple[list[Label], float]] = []
+        self._labels_count = 0
         self._work = asyncio.Event() if not readonly else None
         self._counters = dict.fromkeys(_COUNTERS, 0)
+        # The loop adds to the counters while the writer's thread does: only deltas, under it.
+        self._counter_lock = threading.Lock()
         self._samples = 0
         self._labelled = 0
         self._bytes = 0
@@ -143,8 +154,9 @@ class TrainingBuffer:
             conn.close()
             raise RuntimeError(f"training buffer {self.path} has schema {version}, newer than this agent's")
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        for key in _COUNTERS:
-            self._counters[key] = int(meta.get(key, 0))
+        with self._counter_lock:
+            for key in _COUNTERS:
+                self._counters[key] = int(meta.get(key, 0))
         names = meta.get("feature_names")
         self._feature_names = json.loads(names) if names else None
         self._samples, self._labelled, feature_bytes = conn.execute(
@@ -162,18 +174,28 @@ class TrainingBuffer:
             # The disk is far behind: the oldest samples waiting would be evicted first anyway.
             _, dropped = self._pending.pop(0)
             self._pending_count -= len(dropped.ts)
-            self._counters["evicted"] += len(dropped.ts)
+            self._count("evicted", len(dropped.ts))
         self._work.set()
 
     def add_labels(self, labels: list[Label], received_at: float | None = None) -> None:
         """Queue labels (of this device: the caller checked) to be joined with their samples."""
         assert self._work is not None, "a read-only buffer takes no labels"
         self._labels.append((labels, time.time() if received_at is None else received_at))
+        self._labels_count += len(labels)
+        while self._labels_count > _MAX_PENDING_LABELS and len(self._labels) > 1:
+            # The disk is far behind: drop the oldest labels waiting, counted.
+            dropped, _ = self._labels.pop(0)
+            self._labels_count -= len(dropped)
+            self._count("labels_dropped", len(dropped))
         self._work.set()
 
     def refused(self, count: int = 1) -> None:
         """A label batch was refused (malformed, or for another device): counted, persisted with the rest."""
-        self._counters["labels_refused"] += count
+        self._count("labels_refused", count)
+
+    def _count(self, key: str, delta: int) -> None:
+        with self._counter_lock:
+            self._counters[key] += delta
 
     async def run_writer(self) -> None:
         """The writer task: samples, then labels, one transaction per turn, until cancelled."""
@@ -186,7 +208,7 @@ class TrainingBuffer:
     async def flush(self) -> None:
         """Write what is queued now."""
         samples, self._pending, self._pending_count = self._pending, [], 0
-        labels, self._labels = self._labels, []
+        labels, self._labels, self._labels_count = self._labels, [], 0
         if not samples and not labels:
             return
         try:
@@ -196,7 +218,7 @@ class TrainingBuffer:
         except sqlite3.Error as exc:
             # A training buffer is a convenience: the agent goes on, the loss is counted and said.
             count = sum(len(s.ts) for _, s in samples)
-            self._counters["evicted"] += count
+            self._count("evicted", count)
             log.error(
                 "training buffer write failed (%d samples, %d label batches lost): %s",
                 count,
@@ -215,7 +237,8 @@ class TrainingBuffer:
 
     def _write(self, batches: list[tuple[int, Samples]], labels: list[tuple[list[Label], float]]) -> None:
         conn = self._require_conn()
-        counters = dict(self._counters)
+        # What this write adds; the loop may count meanwhile, so it never writes back a copy.
+        counters = dict.fromkeys(_COUNTERS, 0)
         names = self._feature_names
         rows: list[tuple[Any, ...]] = []
         dropped_all = False
@@ -269,15 +292,21 @@ class TrainingBuffer:
                     )
                     counters["labels_matched"] += 1
                     labelled += held[0] is None
+            with self._counter_lock:
+                # The totals with this write's deltas (and whatever the loop counted until now).
+                totals = {k: self._counters[k] + counters[k] for k in _COUNTERS}
             conn.executemany(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in counters.items()]
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in totals.items()]
             )
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        self._counters, self._feature_names = counters, names
+        with self._counter_lock:
+            for key, delta in counters.items():
+                self._counters[key] += delta
+        self._feature_names = names
         self._samples, self._labelled, self._bytes = samples, labelled, size
 
     @staticmethod
@@ -333,7 +362,8 @@ class TrainingBuffer:
 
     def live_counts(self) -> BufferCounts:
         """The writer's own running counts, without SQLite (for metrics on the event loop)."""
-        c = self._counters
+        with self._counter_lock:
+            c = dict(self._counters)
         return BufferCounts(self._samples, self._labelled, self._bytes, **c)
 
     def _reader(self) -> _ReadOnly:

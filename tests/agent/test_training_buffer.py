@@ -7,6 +7,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,49 @@ async def test_the_byte_bound_evicts_the_oldest_samples_and_counts_them(tmp_path
     await reopened.open()
     assert reopened.live_counts() == counts, "counts survive a restart"
     await reopened.close()
+
+
+async def test_counts_made_on_the_loop_while_the_writer_writes_are_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writing, resume = threading.Event(), threading.Event()
+    evict = TrainingBuffer._evict
+
+    def held_evict(conn: sqlite3.Connection, excess: int) -> tuple[int, int, int]:
+        writing.set()  # the writer's thread is inside its transaction: the loop counts meanwhile
+        assert resume.wait(10)
+        return evict(conn, excess)
+
+    monkeypatch.setattr(TrainingBuffer, "_evict", staticmethod(held_evict))
+    buffer = TrainingBuffer(tmp_path / "training.sqlite")
+    await buffer.open()
+    buffer.add(1, _samples(5))
+    buffer.add_labels([Label(seq=2, label=1)])
+    flushing = asyncio.create_task(buffer.flush())
+    assert await asyncio.to_thread(writing.wait, 10)
+    buffer.refused(2)
+    resume.set()
+    await flushing
+    live = buffer.live_counts()
+    assert (live.labels_refused, live.labels_matched) == (2, 1), "the refusals counted during the write"
+    assert buffer.counts() == live, "and persisted with it"
+    await buffer.close()
+
+
+async def test_labels_waiting_for_the_writer_are_bounded_the_oldest_dropped_and_counted(
+    tmp_path: Path,
+) -> None:
+    buffer = TrainingBuffer(tmp_path / "training.sqlite")
+    await buffer.open()
+    buffer.add(1, _samples(5))
+    for batch in range(25):  # 25,000 labels before the writer runs: 5,000 past the bound
+        buffer.add_labels([Label(seq=1 + (batch * 1000 + i) % 5, label=batch % 4) for i in range(1000)])
+    assert buffer.live_counts().labels_dropped == 5000
+    await buffer.flush()
+    counts = buffer.counts()
+    assert counts.labels_dropped == 5000 and counts.labels_matched == 20_000
+    assert buffer.labelled()[1].tolist() == [24 % 4] * 5, "the newest labels were kept"
+    await buffer.close()
 
 
 async def test_samples_of_other_input_features_start_the_buffer_over(tmp_path: Path) -> None:
