@@ -11,6 +11,7 @@ per site per round crosses the cloud link; device updates stay at the site, raw 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -32,6 +33,14 @@ from fleet_learning.trainer import Standardisation
 
 APP_DIR = Path(__file__).resolve().parent / "flower_app"
 
+#: Share of the cloud round's timeout the site's own round may take (node config
+#: ``site-round-share``): the site round ends first and the gateway replies with what it has
+#: before the cloud stops waiting.
+DEFAULT_SITE_ROUND_SHARE = 0.8
+
+log = logging.getLogger(__name__)
+_warned_plain_link = False
+
 
 @dataclass(frozen=True)
 class Gateway:
@@ -40,6 +49,15 @@ class Gateway:
     site: str
     superlink: str
     min_devices: int = 1
+    round_share: float = DEFAULT_SITE_ROUND_SHARE
+
+    def __post_init__(self) -> None:
+        if not 0 < self.round_share < 1:
+            raise LearningError(f"site-round-share must be in (0, 1), got {self.round_share}")
+
+    def site_timeout(self, cloud_timeout: float) -> float:
+        """How long the site's round waits for its devices: a share of the cloud round's timeout."""
+        return cloud_timeout * self.round_share
 
 
 def gateway_from_config(context: Context) -> Gateway | None:
@@ -51,6 +69,7 @@ def gateway_from_config(context: Context) -> Gateway | None:
         site=str(config.get("site", "")),
         superlink=str(config["site-superlink"]),
         min_devices=int(config.get("site-min-devices", 1)),
+        round_share=float(config.get("site-round-share", DEFAULT_SITE_ROUND_SHARE)),
     )
 
 
@@ -77,9 +96,26 @@ def _site_job(msg: Message, config: ConfigRecord, gateway: Gateway, timeout: flo
     )
 
 
+def _warn_plain_link(gateway: Gateway) -> None:
+    """Once per process: the link to the site SuperLink is not encrypted (TLS: issue #13)."""
+    global _warned_plain_link
+    if not _warned_plain_link:
+        _warned_plain_link = True
+        log.warning(
+            "site %s: the link to the site SuperLink %s is plain (insecure, no TLS): "
+            "weights and the recipe cross it unencrypted",
+            gateway.site,
+            gateway.superlink,
+        )
+
+
 def _run_on_site(job: ServerJob, gateway: Gateway, timeout: float, work: Path) -> tuple[dict, dict]:
-    """``flwr run`` edgefleet's app on the site SuperLink; the round's record and the weights."""
+    """``flwr run`` edgefleet's app on the site SuperLink; the round's record and the weights.
+
+    ``timeout`` is the cloud round's: the site round itself ends earlier (``job.config``).
+    """
     job_dir = write_job_dir(work / "job", job)
+    _warn_plain_link(gateway)
     home = work / "flwr-home"
     home.mkdir()
     (home / "config.toml").write_text(
@@ -119,7 +155,7 @@ def site_reply(msg: Message, gateway: Gateway) -> RecordDict:
     if groups and gateway.site not in groups:
         return m.declined(f"site {gateway.site!r} is not in this job's groups", gateway.site)
     timeout = float(config.get(m.ROUND_TIMEOUT, 600.0))
-    job = _site_job(msg, config, gateway, timeout)
+    job = _site_job(msg, config, gateway, gateway.site_timeout(timeout))
     with tempfile.TemporaryDirectory(prefix="site-round-") as tmp:
         stats, state = _run_on_site(job, gateway, timeout, Path(tmp))
     if not stats["aggregated"] or not stats["examples"]:
