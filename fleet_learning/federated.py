@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +40,30 @@ class ClientSpec:
     data: Path | tuple[np.ndarray, np.ndarray]
 
 
-def _flower_environment() -> None:
-    """No telemetry, no update check, Flower's state under a temp dir (unless the caller chose)."""
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+_FLOWER_DEFAULTS = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+
+@contextmanager
+def _flower_environment() -> Iterator[None]:
+    """No telemetry, no update check, Flower's state under a temp dir (unless the caller chose).
+
+    For the run only: the variables it set are removed and its temp dir deleted when it ends
+    (the worker runs many jobs in one process).
+    """
+    added = {name: value for name, value in _FLOWER_DEFAULTS.items() if name not in os.environ}
+    home = None
     if "FLWR_HOME" not in os.environ:
-        os.environ["FLWR_HOME"] = tempfile.mkdtemp(prefix="flwr-home-")
+        home = tempfile.mkdtemp(prefix="flwr-home-")
+        added["FLWR_HOME"] = home
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name, value in added.items():
+            if os.environ.get(name) == value:
+                del os.environ[name]
+        if home is not None:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def run_simulation(
@@ -95,10 +115,9 @@ def run_simulation(
         if held_out is None:
             raise LearningError("give the global standardisation (the bundle's mean/scale) or a held-out set")
         standardisation = Standardisation.of(held_out[0])
-    _flower_environment()
     job = ServerJob(config, recipe, initial_state, standardisation, held_out)
     results: list[FederatedResult] = []
-    with tempfile.TemporaryDirectory(prefix="fl-sim-") as tmp:
+    with _flower_environment(), tempfile.TemporaryDirectory(prefix="fl-sim-") as tmp:
         nodes = []
         for index, spec in enumerate(clients):
             path = spec.data
