@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from cloud_controller.alarms import policy_of
 from cloud_controller.audit import record as audit
 from cloud_controller.exceptions import Conflict, NotFound
 from cloud_controller.job_models import (
@@ -27,6 +28,7 @@ from cloud_controller.job_models import (
     Job,
     JobCreate,
     JobKind,
+    JobParams,
     JobPublic,
     JobRound,
     JobState,
@@ -259,8 +261,13 @@ def write(engine: Engine, job_id: str, worker_id: str, **values: Any) -> bool:
 
 
 def start_for_alarms(engine: Engine, *, actor: str) -> list[tuple[int, str]]:
-    """Start a retraining job for each open ``auto`` alarm without one (or attach the model's
-    unfinished job to it); ``(alarm id, job id)`` of each alarm taken.
+    """Start a retraining job for each open ``auto`` alarm without one; ``(alarm id, job id)`` of
+    each alarm taken.
+
+    An unfinished job of the model whose data covers the alarm's site (no ``sites`` filter, or one
+    naming the site) is attached to the alarm. Otherwise the new job is scoped to the alarm: the
+    alarm's site only (``params.sites``), and a data window from the alarm policy's ``window_s``
+    before the alarm fired until the job runs (what the alarm judged, and what came since).
 
     The alarm's ``job_id`` is set only if it is still empty, in the transaction that creates the
     job: two workers racing for one alarm start one job.
@@ -268,7 +275,7 @@ def start_for_alarms(engine: Engine, *, actor: str) -> list[tuple[int, str]]:
     taken: list[tuple[int, str]] = []
     with Session(engine) as session:
         open_alarms = session.exec(
-            select(Alarm.id, Alarm.model_id, Alarm.site_id, Alarm.kind)
+            select(Alarm.id, Alarm.model_id, Alarm.site_id, Alarm.kind, Alarm.fired_at)
             .where(
                 col(Alarm.action) == AlarmAction.AUTO.value,
                 col(Alarm.job_id).is_(None),
@@ -276,17 +283,20 @@ def start_for_alarms(engine: Engine, *, actor: str) -> list[tuple[int, str]]:
             )
             .order_by(col(Alarm.fired_at))
         ).all()
-        for alarm_id, model_id, site_id, kind in open_alarms:
+        for alarm_id, model_id, site_id, kind, fired_at in open_alarms:
             assert alarm_id is not None
-            running = session.exec(
-                select(Job.id)
+            unfinished = session.exec(
+                select(Job.id, Job.params)
                 .where(col(Job.model_id) == model_id, col(Job.state).in_([s.value for s in UNFINISHED]))
                 .order_by(col(Job.created_at))
-            ).first()
+            ).all()
+            running = next((job_id for job_id, params in unfinished if _covers(params, site_id)), None)
             if running is None:
+                window_s = policy_of(session, model_id).window_s + max(0.0, time.time() - fired_at)
+                params = JobParams(sites=[site_id], window_s=min(window_s, _MAX_WINDOW_S))
                 job = new_job(
                     session,
-                    JobCreate(kind=JobKind.RETRAIN, model_id=model_id),
+                    JobCreate(kind=JobKind.RETRAIN, model_id=model_id, params=params),
                     actor=actor,
                     trigger=JobTrigger.ALARM,
                     trigger_ref=f"alarm {alarm_id}: {kind} at {site_id}",
@@ -313,6 +323,16 @@ def start_for_alarms(engine: Engine, *, actor: str) -> list[tuple[int, str]]:
             session.commit()
             taken.append((alarm_id, job_id))
     return taken
+
+
+#: The longest data window a job may have (`JobParams.window_s`).
+_MAX_WINDOW_S = 365 * 86_400
+
+
+def _covers(params: dict[str, Any], site_id: str) -> bool:
+    """Whether a job with these params trains on the site's data: no ``sites`` filter, or one naming it."""
+    sites = params.get("sites")
+    return not sites or site_id in sites
 
 
 def start_scheduled(

@@ -110,7 +110,8 @@ def test_alarm_job_with_too_little_labelled_data_fails_at_dataset(pg_fleet: JobF
     assert (done["trigger"], done["state"], done["step"]) == ("alarm", "failed", "dataset")
     assert done["trigger_ref"].startswith(f"alarm {alarm['id']}: accuracy at site-a")
     assert done["error"].startswith(
-        "dataset: not enough labelled data (120 < 200): labelled records of sensor-mlp with features from "
+        "dataset: not enough labelled data (120 < 200): labelled records of sensor-mlp of site(s) site-a"
+        " with features from "
     )
     assert [s["state"] for s in done["steps"]] == ["failed"] + ["pending"] * 5
     assert "not enough labelled data (120 < 200)" in done["steps"][0]["log"][-1]
@@ -154,3 +155,74 @@ def test_a_schedule_makes_one_job_per_period_however_many_workers_ask(tmp_path: 
         finally:
             for engine in engines:
                 engine.dispose()
+
+
+def test_an_auto_alarm_joins_only_a_job_that_covers_its_site_else_starts_one_scoped_to_it(
+    tmp_path: Path,
+) -> None:
+    from cloud_controller.job_models import JobCreate, JobParams, JobTrigger
+    from cloud_controller.label_models import Alarm
+
+    for url in database_url("sqlite", tmp_path):
+        upgrade(url)
+        engine = make_engine(url)
+        try:
+            now = time.time()
+            with Session(engine) as session:
+                other_site = jobs.new_job(
+                    session,
+                    JobCreate(model_id=MODEL, params=JobParams(sites=["site-b"])),
+                    actor="operator:x",
+                    trigger=JobTrigger.OPERATOR,
+                    trigger_ref=None,
+                )
+                alarms = [
+                    Alarm(
+                        model_id=MODEL,
+                        site_id=site,
+                        kind="accuracy",
+                        value=0.4,
+                        threshold=0.8,
+                        samples=50,
+                        action="auto",
+                        fired_at=now - 600,
+                        last_value=0.4,
+                        evaluated_at=now,
+                    )
+                    for site in ("site-a", "site-b")
+                ]
+                session.add_all(alarms)
+                session.commit()
+                other_id, (a_id, b_id) = other_site.id, [a.id for a in alarms]
+            taken = dict(jobs.start_for_alarms(engine, actor="worker:w"))
+            assert taken[b_id] == other_id, "site-b's alarm joins the job that trains on site-b"
+            assert taken[a_id] != other_id, "site-a's alarm does not join a job of site-b's data"
+            with Session(engine) as session:
+                job = jobs.get(session, taken[a_id])
+            assert (job.trigger, job.params["sites"]) == ("alarm", ["site-a"])
+            # The policy's accuracy window (3600 s by default) before the alarm fired, until now.
+            assert 3600 + 600 <= job.params["window_s"] <= 3600 + 600 + 60
+            # A later alarm of site-a joins that job; one of a site no job covers gets its own.
+            with Session(engine) as session:
+                later = [
+                    Alarm(
+                        model_id=MODEL,
+                        site_id=site,
+                        kind="data_drift",
+                        value=0.5,
+                        threshold=0.2,
+                        samples=100,
+                        action="auto",
+                        fired_at=now,
+                        last_value=0.5,
+                        evaluated_at=now,
+                    )
+                    for site in ("site-a", "site-c")
+                ]
+                session.add_all(later)
+                session.commit()
+                a2, c2 = [a.id for a in later]
+            again = dict(jobs.start_for_alarms(engine, actor="worker:w"))
+            assert again[a2] == taken[a_id] and again[c2] not in (taken[a_id], other_id)
+        finally:
+            engine.dispose()
