@@ -21,6 +21,11 @@ from cloud_controller.rollout_models import CountWave, Gates, GroupName, Percent
 
 #: Job ids: "j-" and 8 hex digits.
 JOB_ID_PATTERN = r"^j-[0-9a-f]{8}$"
+#: Labelled records one job (or one federated node) trains on at most: the worker holds them in memory.
+MAX_SAMPLES = 500_000
+#: CPUs a federated job may ask for. The API cannot know the worker's cores (`os.cpu_count()` there),
+#: so the bound is fixed; the worker takes ``min(num_cpus, its cores)``.
+MAX_NUM_CPUS = 8
 
 
 def _now() -> float:
@@ -178,13 +183,19 @@ class FederatedParams(_Strict):
     hierarchical: StrictBool = Field(default=False, description="One update per site per round upstream")
     federated_evaluation: StrictBool = True
     min_samples: Int = Field(default=20, ge=1, le=MAX_ID, description="A node with fewer declines")
-    max_samples: Int = Field(default=5000, ge=1, le=MAX_ID)
+    max_samples: Int = Field(default=5000, ge=1, le=MAX_SAMPLES, description="Records a node trains on")
     target_accuracy: Float | None = Field(default=None, gt=0, le=1, description="Stop once reached")
     patience: Int | None = Field(
         default=None, ge=1, le=1000, description="Stop after this many rounds without gain"
     )
     groups: list[ResourceId] = Field(default_factory=list, max_length=1000, description="Sites taking part")
-    num_cpus: Int = Field(default=2, ge=1, le=1024)
+    num_cpus: Int = Field(
+        default=2,
+        ge=1,
+        le=MAX_NUM_CPUS,
+        description="CPUs the federation's simulation takes on the worker; at most 8 (the API cannot know"
+        " the worker's cores, so the bound is fixed; the worker uses fewer when it has fewer)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FederatedParams:
@@ -208,10 +219,19 @@ class JobParams(_Strict):
         default=200, ge=10, le=MAX_ID, description="Fewer labelled records than this fail the dataset step"
     )
     max_samples: Int = Field(
-        default=200_000, ge=10, le=10_000_000, description="The newest this many labelled records are used"
+        default=200_000,
+        ge=10,
+        le=MAX_SAMPLES,
+        description="The newest this many labelled records are used (at most 500,000: the worker holds"
+        " them in memory)",
     )
     holdout: Float = Field(
-        default=0.2, ge=0.05, le=0.5, description="Share of records held out (by a hash of device and seq)"
+        default=0.2,
+        ge=0.05,
+        le=0.5,
+        description="Share of records held out (by a hash of device and seq); half of them validate (a"
+        " federated job's best round, the build's measurements), the other half test the candidate"
+        " against production (evaluate) and nothing else",
     )
     sites: list[ResourceId] | None = Field(
         default=None,

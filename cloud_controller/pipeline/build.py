@@ -1,5 +1,6 @@
 """``build``: `model_compiler.build` of the trained weights: ONNX fp32 and int8, OpenVINO int8 by
-NNCF (pruned first when the recipe asks), measured on the held-out set, signed with the controller's key."""
+NNCF (pruned first when the recipe asks), measured on the validation split (the test split is left
+to ``evaluate``), signed with the controller's key."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 from sqlmodel import Session
 
 from cloud_controller.pipeline.base import StepContext, StepFailed
-from cloud_controller.pipeline.dataset import HELDOUT, TRAIN, load
+from cloud_controller.pipeline.dataset import TRAIN, VALIDATION, load
 from cloud_controller.pipeline.train import WEIGHTS, standardisation
 from cloud_controller.pipeline.versions import next_version, production
 from fleet_learning.recipes import TrainingRecipe, write_compiler_factory
@@ -42,7 +43,8 @@ class BuildStep:
             version = previous.get("version") or next_version(session, ctx.model_id)
         std = standardisation(ctx)
         x, y = load(ctx.workdir / "dataset" / TRAIN)
-        hx, hy = load(ctx.workdir / "dataset" / HELDOUT)
+        # Measured on the validation split: the test split is evaluate's alone.
+        hx, hy = load(ctx.workdir / "dataset" / VALIDATION)
         meta = {"feature_names": np.array(recipe.feature_names), "mean": std.mean, "scale": std.scale}
         np.savez(out / "eval.npz", x=std.apply(hx), y=hy, **meta)
         np.savez(out / "calibration.npz", x=std.apply(x[:_CALIBRATION]), **meta)

@@ -4,6 +4,11 @@ A label (table ``label``, by ``(device_id, seq)``) joined with the record stored
 ``features``). The window is fixed at the first run and recorded, and a row counts only if both
 the record and its label had arrived by the window's end: a re-run (after a worker died) reads the
 same rows. The split is a hash of ``(device_id, seq)``, the same on every run and every worker.
+
+Three sides: ``train``; the records held out (``holdout`` of them) are halved by a second hash into
+``validation`` (what a federated job picks its best round on and the build measures its bundles on)
+and ``heldout``, the test part, which only ``evaluate`` reads: the candidate and production are
+compared on records nothing was selected or fitted on.
 """
 
 from __future__ import annotations
@@ -23,13 +28,19 @@ from cloud_controller.models import Telemetry
 from cloud_controller.pipeline.base import StepContext, StepFailed
 from cloud_controller.pipeline.recipe import load_recipe
 
-TRAIN, HELDOUT = "train.npz", "heldout.npz"
+TRAIN, VALIDATION, HELDOUT = "train.npz", "validation.npz", "heldout.npz"
 
 
 def held_out(device_id: str, seq: int, share: float) -> bool:
     """The record's side of the split: a hash of its key, so it never moves between runs."""
     digest = hashlib.sha256(f"{device_id}\x00{seq}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def validation(device_id: str, seq: int) -> bool:
+    """A held-out record's side: validation (True) or test (False), by a hash of its key, half and half."""
+    digest = hashlib.sha256(f"validation\x00{device_id}\x00{seq}".encode()).digest()
+    return digest[0] < 128
 
 
 def digest(x: np.ndarray, y: np.ndarray) -> str:
@@ -106,12 +117,17 @@ class DatasetStep:
                 f"{ctx.model_id}{of_sites} with features from {_iso(since)} to {_iso(until)}"
             )
         out = ctx.dir(self.name)
-        sides: dict[bool, list[tuple[list[float], int, str]]] = {False: [], True: []}
+        sides: dict[str, list[tuple[list[float], int, str]]] = {"train": [], "validation": [], "heldout": []}
         for device_id, seq, features, label in keep:
-            sides[held_out(device_id, seq, ctx.params.holdout)].append((features, label, device_id))
-        if not sides[True] or not sides[False]:
+            if not held_out(device_id, seq, ctx.params.holdout):
+                side = "train"
+            else:
+                side = "validation" if validation(device_id, seq) else "heldout"
+            sides[side].append((features, label, device_id))
+        if not all(sides.values()):
             raise StepFailed(
-                f"the split of {len(keep)} records left one side empty: lower min_samples or holdout"
+                f"the split of {len(keep)} records into train, validation and test left one side empty: "
+                "raise min_samples or holdout"
             )
         result: dict[str, Any] = {
             "window": {"since": since, "until": until},
@@ -121,28 +137,27 @@ class DatasetStep:
             "device_sites": device_sites,
             "class_counts": dict(Counter(str(r[3]) for r in keep)),
         }
-        for side, file in ((False, TRAIN), (True, HELDOUT)):
-            x = np.asarray([f for f, _, _ in sides[side]], dtype=np.float32)
-            y = np.asarray([label for _, label, _ in sides[side]], dtype=np.int64)
+        for key, file in (("train", TRAIN), ("validation", VALIDATION), ("heldout", HELDOUT)):
+            x = np.asarray([f for f, _, _ in sides[key]], dtype=np.float32)
+            y = np.asarray([label for _, label, _ in sides[key]], dtype=np.int64)
             if not np.isfinite(x).all():
                 raise StepFailed("records with NaN or infinite features in the window: fix the source")
             # Which device each row came from: a federated job's clients are the devices.
-            np.savez(out / file, x=x, y=y, device=np.asarray([d for _, _, d in sides[side]], dtype=str))
-            key = "train" if not side else "heldout"
+            np.savez(out / file, x=x, y=y, device=np.asarray([d for _, _, d in sides[key]], dtype=str))
             result[key] = len(y)
             result[f"{key}_sha256"] = digest(x, y)
         if previous and result["train_sha256"] != ctx.artifacts[self.name].get("train_sha256"):
             raise StepFailed("the data of the job's window changed since its first run (labels corrected?)")
         ctx.log(
             f"{len(keep)} records from {len(sites)} site(s): {result['train']} to train, "
-            f"{result['heldout']} held out"
+            f"{result['validation']} to validate, {result['heldout']} held out to test"
         )
         return result
 
     def ready(self, ctx: StepContext) -> bool:
         done = ctx.artifacts.get(self.name)
         out = ctx.workdir / self.name
-        if not done or not (out / TRAIN).exists() or not (out / HELDOUT).exists():
+        if not done or not all((out / f).exists() for f in (TRAIN, VALIDATION, HELDOUT)):
             return False
         return digest(*load(out / TRAIN)) == done["train_sha256"]
 

@@ -1,4 +1,7 @@
-"""``evaluate``: candidate against production on the held-out set, each bundle run as a device runs it.
+"""``evaluate``: candidate against production on the held-out test split, each bundle run as a device runs it.
+
+The test split is read by no other step: a federated job picks its best round, and the build
+measures its bundles, on the validation split, so the margin check is not biased by that choice.
 
 A bundle is verified (signature and digests, with the controller's trusted keys), its
 preprocessing applied to the raw features, and its model run one record at a time by onnxruntime.
@@ -79,6 +82,7 @@ class EvaluateStep:
             raise StepFailed(f"the build made no {CANDIDATE_TARGET} bundle to judge the candidate by")
         result: dict[str, Any] = {
             "heldout": len(y),
+            "validation": ctx.artifacts["dataset"].get("validation"),
             "candidate": candidate,
             "candidate_accuracy": candidate[CANDIDATE_TARGET],
             "production_version": None,

@@ -2,7 +2,9 @@
 
 Each device whose labelled records are in the job's training split is one client of Flower's
 simulation engine, holding only its own records; the server evaluates every round's global model
-on the job's held-out split, and each round is written to ``job_round`` as soon as it ends (the
+on the job's validation split (the best round is picked there, never on the test split that
+``evaluate`` judges the candidate on), with the input standardisation fitted on the training split,
+and each round is written to ``job_round`` as soon as it ends (the
 dashboard draws them while the job runs). The result is weights and a standardisation, as central
 training leaves them, so that ``build`` and the steps after it do not know how the model was trained.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any
 
 import numpy as np
@@ -21,10 +24,11 @@ from sqlmodel import Session
 
 from cloud_controller.job_models import FederatedParams, JobRound
 from cloud_controller.pipeline.base import Cancelled, StepContext, StepFailed
-from cloud_controller.pipeline.dataset import HELDOUT, TRAIN, load, load_devices
+from cloud_controller.pipeline.dataset import TRAIN, VALIDATION, load, load_devices
 from cloud_controller.pipeline.recipe import load_recipe
 from fleet_learning.exceptions import LearningError
 from fleet_learning.recipes import build_model
+from fleet_learning.trainer import Standardisation
 
 WEIGHTS, STANDARDISATION = "weights.pt", "standardisation.json"
 
@@ -34,7 +38,10 @@ def federated_config(params: FederatedParams | None) -> Any:
     from fleet_learning.config import FederatedConfig
 
     try:
-        return FederatedConfig.model_validate((params or FederatedParams()).model_dump())
+        settings = (params or FederatedParams()).model_dump()
+        # The API bounds num_cpus without knowing this worker's cores: never more than it has.
+        settings["num_cpus"] = max(1, min(settings["num_cpus"], os.cpu_count() or 1))
+        return FederatedConfig.model_validate(settings)
     except ValidationError as exc:
         raise StepFailed(f"the job's federated settings are invalid: {exc}") from None
 
@@ -47,7 +54,8 @@ def train_federated(ctx: StepContext) -> dict[str, Any]:
     recipe = load_recipe(ctx.engine, ctx.model_id)
     x, y = load(ctx.workdir / "dataset" / TRAIN)
     devices = load_devices(ctx.workdir / "dataset" / TRAIN)
-    held = load(ctx.workdir / "dataset" / HELDOUT)
+    # Rounds are judged on the validation split; the test split is evaluate's alone.
+    held = load(ctx.workdir / "dataset" / VALIDATION)
     sites = ctx.artifacts["dataset"].get("device_sites", {})
     clients = [
         ClientSpec(
@@ -94,7 +102,15 @@ def train_federated(ctx: StepContext) -> dict[str, Any]:
         ctx.check()  # a cancel stops the rounds here
 
     try:
-        result = run_simulation(config, recipe, initial, clients, held_out=held, on_round=on_round)
+        result = run_simulation(
+            config,
+            recipe,
+            initial,
+            clients,
+            standardisation=Standardisation.of(x),  # the training split's, as central training fits it
+            held_out=held,
+            on_round=on_round,
+        )
     except LearningError as exc:
         ctx.check()  # cancelled: the simulation ended because on_round raised
         raise StepFailed(f"federated training failed: {exc}") from None
@@ -105,7 +121,7 @@ def train_federated(ctx: StepContext) -> dict[str, Any]:
     torch.save(result.state_dict, out / WEIGHTS)
     (out / STANDARDISATION).write_text(json.dumps({"mean": list(result.mean), "scale": list(result.scale)}))
     ctx.log(
-        f"stopped: {result.stopped_because}; best round {result.best_round}, held-out accuracy "
+        f"stopped: {result.stopped_because}; best round {result.best_round}, validation accuracy "
         f"{result.initial_accuracy} -> {result.final_accuracy}"
     )
     return {
@@ -120,6 +136,7 @@ def train_federated(ctx: StepContext) -> dict[str, Any]:
         "initial_accuracy": result.initial_accuracy,
         "final_accuracy": result.final_accuracy,
         "samples": len(y),
+        "validation_records": len(held[1]),
         "seconds": round(result.seconds, 2),
         "weights_sha256": hashlib.sha256((out / WEIGHTS).read_bytes()).hexdigest(),
     }

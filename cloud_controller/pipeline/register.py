@@ -37,6 +37,7 @@ def lineage(ctx: StepContext) -> dict[str, Any]:
         "data_window": data["window"],
         "records": data["records"],
         "train_records": data["train"],
+        "validation_records": data.get("validation"),
         "heldout_records": data["heldout"],
         "sites": data["sites"],
         "training_data_sha256": data["train_sha256"],

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from cloud_controller.pipeline.base import StepContext, StepFailed
-from cloud_controller.pipeline.dataset import HELDOUT, TRAIN, load
+from cloud_controller.pipeline.dataset import TRAIN, VALIDATION, load
 from cloud_controller.pipeline.recipe import load_recipe
 from fleet_learning.exceptions import LearningError
 from fleet_learning.recipes import build_model
@@ -36,7 +36,8 @@ class TrainStep:
             return train_federated(ctx)
         recipe = load_recipe(ctx.engine, ctx.model_id)
         x, y = load(ctx.workdir / "dataset" / TRAIN)
-        hx, hy = load(ctx.workdir / "dataset" / HELDOUT)
+        # Reported on the validation split: the test split is evaluate's alone.
+        hx, hy = load(ctx.workdir / "dataset" / VALIDATION)
         hp = recipe.hyperparameters
         epochs = ctx.params.epochs or hp.epochs
         try:
@@ -63,7 +64,7 @@ class TrainStep:
             json.dumps({"mean": std.mean.tolist(), "scale": std.scale.tolist()})
         )
         ctx.log(
-            f"held-out accuracy in torch {held.accuracy:.4f} on {held.n} records ({seconds:.1f} s training)"
+            f"validation accuracy in torch {held.accuracy:.4f} on {held.n} records ({seconds:.1f} s training)"
         )
         return {
             "mode": "central",
@@ -71,7 +72,7 @@ class TrainStep:
             "epochs": epochs,
             "samples": stats.n,
             "loss": stats.loss,
-            "heldout_accuracy_torch": held.accuracy,
+            "validation_accuracy_torch": held.accuracy,
             "seconds": round(seconds, 2),
             "weights_sha256": hashlib.sha256((out / WEIGHTS).read_bytes()).hexdigest(),
         }

@@ -59,7 +59,8 @@ def test_retrain_job_rolls_out_a_signed_candidate_that_beats_production(
     assert done["state"] == "succeeded", (done["error"], [s["log"] for s in done["steps"]])
     assert [s["state"] for s in done["steps"]] == ["succeeded"] * 6
     data, evaluation = done["artifacts"]["dataset"], done["artifacts"]["evaluate"]
-    assert data["records"] == 600 and data["train"] + data["heldout"] == 600
+    assert data["records"] == 600 and data["train"] + data["validation"] + data["heldout"] == 600
+    assert evaluation["heldout"] == data["heldout"] and evaluation["validation"] == data["validation"]
     assert evaluation["production_version"] == "1.0.0"
     assert evaluation["candidate_accuracy"] >= evaluation["production_accuracy"] + 0.02
     assert evaluation["candidate_accuracy"] > 0.9 and evaluation["production_accuracy"] < 0.2
@@ -72,6 +73,10 @@ def test_retrain_job_rolls_out_a_signed_candidate_that_beats_production(
     assert (lineage["job_id"], lineage["records"], lineage["fl_rounds"]) == (job["id"], 600, 0)
     assert lineage["data_window"] == data["window"]
     assert lineage["training_data_sha256"] == data["train_sha256"]
+    assert (lineage["validation_records"], lineage["heldout_records"]) == (
+        data["validation"],
+        data["heldout"],
+    )
     assert versions["1.0.0"]["stage"] == "production"
     sha = done["artifacts"]["register"]["bundles"][0]
     with fleet.client("viewer") as client:
@@ -169,6 +174,56 @@ def test_a_job_cancelled_while_it_trains_stops_there_and_production_stays(fleet:
     assert set(fleet.versions()) == before and fleet.production() == ["1.0.0"]
 
 
+def test_a_federated_job_picks_its_round_on_validation_and_only_evaluate_reads_the_test_split(
+    fleet: JobFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The best round is chosen, and the input scaling fitted, on records the margin check never sees."""
+    import numpy as np
+
+    import fleet_learning.federated
+    from cloud_controller.db import make_engine
+    from cloud_controller.job_models import JobParams
+    from cloud_controller.pipeline.base import Signals, StepContext, StepFailed
+    from cloud_controller.pipeline.dataset import TRAIN, VALIDATION, DatasetStep, load
+    from cloud_controller.pipeline.federated import train_federated
+    from fleet_learning.exceptions import LearningError
+
+    engine = make_engine(fleet.ctl.database_url)
+    ctx = StepContext(
+        job_id="j-0000fed0",
+        kind="federated",
+        model_id=MODEL,
+        params=JobParams(min_samples=300),
+        artifacts={},
+        workdir=tmp_path,
+        engine=engine,
+        settings=None,  # type: ignore[arg-type]  # neither step reads it
+        signals=Signals(),
+        log=lambda _: None,
+    )
+    try:
+        data = DatasetStep().run(ctx)
+        ctx.artifacts["dataset"] = data
+        assert data["train"] + data["validation"] + data["heldout"] == data["records"] == 600
+        assert data["validation"] > 30 and data["heldout"] > 30, "the held-out records are halved"
+        seen: dict[str, Any] = {}
+
+        def simulation(*args: Any, standardisation: Any = None, held_out: Any = None, **_: Any) -> None:
+            seen.update(standardisation=standardisation, held_out=held_out)
+            raise LearningError("stopped by the test")
+
+        monkeypatch.setattr(fleet_learning.federated, "run_simulation", simulation)
+        with pytest.raises(StepFailed, match="stopped by the test"):
+            train_federated(ctx)
+    finally:
+        engine.dispose()
+    (tx, _), (vx, vy) = (load(tmp_path / "dataset" / f) for f in (TRAIN, VALIDATION))
+    np.testing.assert_array_equal(seen["held_out"][0], vx)
+    np.testing.assert_array_equal(seen["held_out"][1], vy)
+    assert seen["standardisation"] is not None, "the scaling is not fitted on what the rounds are judged on"
+    np.testing.assert_allclose(seen["standardisation"].mean, tx.mean(axis=0), rtol=1e-4, atol=1e-5)
+
+
 def test_jobs_api_refuses_what_it_cannot_run(fleet: JobFleet) -> None:
     with fleet.client() as client:
         bad = client.post("/api/v1/jobs", json={"model_id": MODEL, "params": {"margin": 2}})
@@ -198,6 +253,27 @@ def test_jobs_api_refuses_what_it_cannot_run(fleet: JobFleet) -> None:
         assert client.get("/api/v1/models/other/recipe").json() == {
             "detail": "Model other has no training recipe"
         }
+        # Bounded: the worker holds a job's records in memory, and a recipe is a small document.
+        many = client.post("/api/v1/jobs", json={"model_id": MODEL, "params": {"max_samples": 500_001}})
+        assert many.status_code == 422 and many.json()["detail"][0]["loc"] == [
+            "body",
+            "params",
+            "max_samples",
+        ]
+        cpus = client.post(
+            "/api/v1/jobs",
+            json={"kind": "federated", "model_id": MODEL, "params": {"federated": {"num_cpus": 9}}},
+        )
+        assert cpus.status_code == 422
+        assert cpus.json()["detail"][0]["loc"] == ["body", "params", "federated", "num_cpus"]
+        huge = b'{"entry_point": "fleet_learning.models:mlp", "pad": "' + b"x" * (64 * 1024) + b'"}'
+        too_large = client.put(
+            f"/api/v1/models/{MODEL}/recipe", content=huge, headers={"Content-Type": "application/json"}
+        )
+        assert (too_large.status_code, too_large.json()) == (
+            413,
+            {"detail": "A recipe is at most 65536 bytes"},
+        )
     with fleet.client("viewer") as viewer:
         assert viewer.post("/api/v1/jobs", json={"model_id": MODEL}).status_code == 403
         assert viewer.get(f"/api/v1/models/{MODEL}/recipe").json()["recipe"]["entry_point"] == (

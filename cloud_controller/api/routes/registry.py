@@ -217,11 +217,14 @@ def download_bundle(
 
 # -- training recipes ----------------------------------------------------------------------------
 
+#: A recipe's JSON body at most (a larger one is answered 413 before it is all read).
+MAX_RECIPE_BYTES = 64 * 1024
+
 _RECIPE_BODY = {
     "required": True,
     "description": "A `fleet_learning.TrainingRecipe`: entry_point (module:callable), architecture, "
     "hyperparameters (epochs, batch_size, lr, weight_decay, seed, prune_ratio), feature_names, "
-    "class_names, anomaly_classes",
+    f"class_names, anomaly_classes; at most {MAX_RECIPE_BYTES} bytes (413 beyond)",
     "content": {"application/json": {"schema": {"type": "object"}}},
 }
 
@@ -238,14 +241,19 @@ def _model_id(model_id: str) -> str:
     response_model=RecipePublic,
     # The route reads and checks the body itself (validating a recipe needs fleet_learning, which
     # loads torch: only when a recipe is set, not when the API starts), so every 422 is ours.
-    responses=errors(*BODY, 403, 422),
+    responses=errors(*BODY, 403, 413, 422),
     openapi_extra={"requestBody": _RECIPE_BODY},
 )
 async def put_recipe(request: Request, session: SessionDep, caller: Operator, model_id: str) -> RecipePublic:
     """Set the training recipe a retraining job of this model trains from."""
     model_id = _model_id(model_id)
+    data = bytearray()
+    async for chunk in request.stream():
+        data.extend(chunk)
+        if len(data) > MAX_RECIPE_BYTES:
+            raise HTTPException(413, f"A recipe is at most {MAX_RECIPE_BYTES} bytes")
     try:
-        body = json.loads(await request.body())
+        body = json.loads(bytes(data))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HTTPException(400, f"The body is not JSON: {exc}") from None
     recipe = await run_in_threadpool(_check_recipe, body)
