@@ -91,7 +91,7 @@ def summary(status: JobStatus) -> list[tuple[str, str]]:
             (
                 "data",
                 f"{data['records']} labelled records ({sites}): {data['train']} train, "
-                f"{data['heldout']} held out",
+                f"{data.get('validation', 0)} to validate, {data['heldout']} to test",
             )
         )
     if train := a.get("train"):
@@ -121,7 +121,7 @@ def summary(status: JobStatus) -> list[tuple[str, str]]:
                 "evaluation",
                 f"candidate {ev['candidate_accuracy'] * 100:.1f} % against production "
                 + (f"{ev['production_version']} {current * 100:.1f} %" if current is not None else "(none)")
-                + f" on {ev['heldout']} held-out records",
+                + f" on {ev['heldout']} test records",
             )
         )
     if reg := a.get("register"):
@@ -143,10 +143,10 @@ def round_charts(rounds: Sequence[RoundPublic]) -> dict[str, Markup]:
         return [(r.round, v) for r in rounds if (v := value(r)) is not None and math.isfinite(v)]
 
     return {
-        "Loss per round (held-out, global model)": round_chart(
+        "Loss per round (validation split, global model)": round_chart(
             [Series("loss", points(lambda r: r.loss), COLORS[1])], y_label="loss (cross-entropy)"
         ),
-        "Accuracy per round (held-out, global model)": round_chart(
+        "Accuracy per round (validation split, global model)": round_chart(
             [Series("accuracy", points(lambda r: r.accuracy), COLORS[2])],
             y_label="accuracy (%)",
             y_format=percent,

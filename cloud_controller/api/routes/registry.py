@@ -222,7 +222,8 @@ MAX_RECIPE_BYTES = 64 * 1024
 
 _RECIPE_BODY = {
     "required": True,
-    "description": "A `fleet_learning.TrainingRecipe`: entry_point (module:callable), architecture, "
+    "description": "A `fleet_learning.TrainingRecipe`: entry_point (one of "
+    "fleet_learning.models.ARCHITECTURES), architecture, "
     "hyperparameters (epochs, batch_size, lr, weight_decay, seed, prune_ratio), feature_names, "
     f"class_names, anomaly_classes; at most {MAX_RECIPE_BYTES} bytes (413 beyond)",
     "content": {"application/json": {"schema": {"type": "object"}}},
