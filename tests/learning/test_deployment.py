@@ -9,6 +9,7 @@ sends one update upstream.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,5 +93,11 @@ def test_flwr_run_over_a_device_and_a_gateway_with_its_own_devices(
     after = evaluate(model, *held_out, standardisation=standardisation).accuracy
     assert after == pytest.approx(result["final_accuracy"])
     assert after > result["initial_accuracy"] + 0.2
-    status = federation.flwr("ls", "edgefleet", "--format", "json", timeout=60)
+    # The ServerApp writes its result before it exits: the run is marked finished a moment later.
+    deadline = time.monotonic() + 60
+    while True:
+        status = federation.flwr("ls", "edgefleet", "--format", "json", timeout=60)
+        if '"finished:completed"' in status.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert '"finished:completed"' in status.stdout, status.stdout + status.stderr
