@@ -37,7 +37,8 @@ from tests.utils.bundle_server import BundleServer
 from tests.utils.subscriber import FleetSubscriber
 from tests.utils.waiting import wait_until
 
-pytestmark = pytest.mark.slow
+# solo: the switch is judged against one reading period; run alone, not beside other tests.
+pytestmark = [pytest.mark.slow, pytest.mark.solo]
 
 RATE_HZ = 50.0
 

@@ -126,6 +126,21 @@ def controller(request: pytest.FixtureRequest, tmp_path: Path, public_key_file: 
             process.wait(10)
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def shared_controller(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, public_key_file: Path
+) -> Iterator[Controller]:
+    """One controller per store for a whole module: for tests that only read, or write what they check."""
+    tmp = tmp_path_factory.mktemp(f"controller-{request.param}")
+    for url in database_url(request.param, tmp):
+        process, ctl = start_controller(tmp, url, public_key_file)
+        try:
+            yield ctl
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
 @pytest.fixture
 def sqlite_controller(tmp_path: Path, public_key_file: Path) -> Iterator[Controller]:
     for url in database_url("sqlite", tmp_path):

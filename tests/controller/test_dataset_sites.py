@@ -15,7 +15,7 @@ from cloud_controller.label_models import RecordLabel
 from cloud_controller.migrate import upgrade
 from cloud_controller.models import Telemetry
 from cloud_controller.pipeline.base import Signals, StepContext, StepFailed
-from cloud_controller.pipeline.dataset import HELDOUT, TRAIN, DatasetStep, load, load_devices
+from cloud_controller.pipeline.dataset import HELDOUT, TRAIN, VALIDATION, DatasetStep, load, load_devices
 from cloud_controller.settings import ControllerSettings
 from fleet_learning import default_recipe
 
@@ -86,13 +86,10 @@ def test_dataset_takes_only_the_records_of_the_sites_the_job_names(engine, tmp_p
     result = DatasetStep().run(ctx)
 
     assert result["sites"] == {"site-1": 40}
-    devices = set(load_devices(ctx.workdir / "dataset" / TRAIN)) | set(
-        load_devices(ctx.workdir / "dataset" / HELDOUT)
-    )
+    splits = [ctx.workdir / "dataset" / name for name in (TRAIN, VALIDATION, HELDOUT)]
+    devices = {d for split in splits for d in load_devices(split)}
     assert devices and all(d.startswith("site-1-") for d in devices)
-    assert (
-        len(load(ctx.workdir / "dataset" / TRAIN)[1]) + len(load(ctx.workdir / "dataset" / HELDOUT)[1]) == 40
-    )
+    assert sum(len(load(split)[1]) for split in splits) == 40
 
 
 def test_dataset_without_sites_takes_every_site(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -39,18 +39,19 @@ CASES = [
 
 @pytest.mark.parametrize(("method", "path", "body", "where"), CASES, ids=[f"{m} {p}" for m, p, _, _ in CASES])
 def test_input_outside_the_schema_is_refused_naming_it(
-    controller: Controller, method: str, path: str, body: object, where: list[object]
+    shared_controller: Controller, method: str, path: str, body: object, where: list[object]
 ) -> None:
-    with controller.client("operator") as client:
+    # One controller per store for every case: each request is refused before it changes anything.
+    with shared_controller.client("operator") as client:
         client.post("/api/v1/sites", json={"id": "site-a"})
         response = client.request(method, path, json=body)
     assert response.status_code == 422, response.text
     assert [error["loc"][: len(where)] for error in response.json()["detail"]] == [where]
 
 
-def test_dashboard_refuses_a_device_id_that_cannot_exist(controller: Controller) -> None:
-    with controller.client(None) as client:
-        client.cookies.set("edgefleet_token", controller.tokens["viewer"])
+def test_dashboard_refuses_a_device_id_that_cannot_exist(shared_controller: Controller) -> None:
+    with shared_controller.client(None) as client:
+        client.cookies.set("edgefleet_token", shared_controller.tokens["viewer"])
         response = client.get("/devices/a%00b")
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["path", "device_id"]
