@@ -37,8 +37,7 @@ from tests.utils.bundle_server import BundleServer
 from tests.utils.subscriber import FleetSubscriber
 from tests.utils.waiting import wait_until
 
-# solo: the switch is judged against one reading period; run alone, not beside other tests.
-pytestmark = [pytest.mark.slow, pytest.mark.solo]
+pytestmark = pytest.mark.slow
 
 RATE_HZ = 50.0
 
@@ -80,6 +79,8 @@ def _config(tmp_path: Path, broker: Mosquitto, bundles, public_key_file, **ota: 
     )
 
 
+# solo: judged against one reading period / a latency ratio; run alone, not beside other tests.
+@pytest.mark.solo
 async def test_a_new_version_is_downloaded_resumed_shadowed_and_switched_live(
     tmp_path: Path, broker: Mosquitto, bundles, bundles_v2, public_key_file
 ) -> None:  # type: ignore[no-untyped-def]
@@ -126,6 +127,8 @@ async def test_a_new_version_is_downloaded_resumed_shadowed_and_switched_live(
     assert again.slots.previous() == bundles["onnx-fp32"], "1.0.0 (the provisioned bundle) is the way back"
 
 
+# solo: judged against one reading period / a latency ratio; run alone, not beside other tests.
+@pytest.mark.solo
 @pytest.mark.parametrize(
     ("defect", "state", "reason"),
     [
