@@ -27,6 +27,7 @@ class Fleet:
         anomaly_rate: float = 0.05,
         site: str = "site-a",
     ) -> None:
+        self.readings = readings
         self._outbox_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="outbox")
         self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
         self.agents: list[Agent] = []
@@ -74,9 +75,16 @@ class Fleet:
         return sum(a.outbox.stats.last_seq for a in self.agents)
 
     def drained(self) -> bool:
-        """Every source ended and every outbox is empty: the broker has everything."""
+        """Every reading is a stored record and every outbox is empty: the broker has everything.
+
+        A source that ended may still have its last readings in the agent's buffer, not yet records:
+        hence the seq check (synthetic readings are never refused).
+        """
         return all(
-            a.source_done.is_set() and not a.outbox.stats.depth and not a.outbox.stats.pending
+            a.source_done.is_set()
+            and a.outbox.stats.last_seq >= self.readings
+            and not a.outbox.stats.depth
+            and not a.outbox.stats.pending
             for a in self.agents
         )
 
