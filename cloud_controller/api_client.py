@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -55,3 +57,18 @@ def _detail(body: bytes) -> str:
             if isinstance(e, dict)
         )
     return str(detail)
+
+
+def api_options(token_help: str) -> argparse.ArgumentParser:
+    """The options every API command shares (``--url``, ``--token``, ``--json``), as a parent parser."""
+    api = argparse.ArgumentParser(add_help=False)
+    api.add_argument(
+        "--url",
+        default=os.environ.get("EDGEFLEET_URL", "http://127.0.0.1:8000"),
+        help="the controller's base URL (env EDGEFLEET_URL; default http://127.0.0.1:8000)",
+    )
+    api.add_argument(
+        "--token", default=os.environ.get("EDGEFLEET_TOKEN"), help=f"{token_help} (env EDGEFLEET_TOKEN)"
+    )
+    api.add_argument("--json", action="store_true", help="print the API's JSON answer instead of tables")
+    return api

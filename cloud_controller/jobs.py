@@ -87,14 +87,7 @@ def create(
     trigger_ref: str | None = None,
 ) -> Job:
     job = new_job(session, body, actor=actor, trigger=trigger, trigger_ref=trigger_ref)
-    session.flush()
-    audit(
-        session=session,
-        actor=actor,
-        action="create",
-        resource=f"job/{job.id}",
-        after=public(job).model_dump(mode="json"),
-    )
+    _audit_created(session, job, actor)
     session.commit()
     session.refresh(job)
     return job
@@ -360,14 +353,7 @@ def start_scheduled(
         )
         job.id = job_id
         try:
-            session.flush()
-            audit(
-                session=session,
-                actor=actor,
-                action="create",
-                resource=f"job/{job_id}",
-                after=public(job).model_dump(mode="json"),
-            )
+            _audit_created(session, job, actor)
             session.commit()
         except IntegrityError:
             session.rollback()
@@ -391,4 +377,16 @@ def status(session: Session, job: Job) -> JobStatus:
         steps=[StepPublic(**s) for s in job.steps],
         artifacts=job.artifacts,
         rounds=[RoundPublic.model_validate(r, from_attributes=True) for r in rounds],
+    )
+
+
+def _audit_created(session: Session, job: Job, actor: str) -> None:
+    """Flush the new job (its id and defaults) and record its creation in the same transaction."""
+    session.flush()
+    audit(
+        session=session,
+        actor=actor,
+        action="create",
+        resource=f"job/{job.id}",
+        after=public(job).model_dump(mode="json"),
     )

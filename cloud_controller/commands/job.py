@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from typing import Any
 
@@ -12,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cloud_controller.api_client import ApiClient
+from cloud_controller.api_client import ApiClient, api_options
 from cloud_controller.commands.rollout import parse_waves
 
 _STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -26,18 +25,7 @@ def add(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "read). A worker (`cloud-controller worker`) runs the jobs.",
     )
     sub = job.add_subparsers(dest="job_command", required=True, metavar="JOB_COMMAND")
-    api = argparse.ArgumentParser(add_help=False)
-    api.add_argument(
-        "--url",
-        default=os.environ.get("EDGEFLEET_URL", "http://127.0.0.1:8000"),
-        help="the controller's base URL (env EDGEFLEET_URL; default http://127.0.0.1:8000)",
-    )
-    api.add_argument(
-        "--token",
-        default=os.environ.get("EDGEFLEET_TOKEN"),
-        help="an API token: operator to start or cancel, viewer to read (env EDGEFLEET_TOKEN)",
-    )
-    api.add_argument("--json", action="store_true", help="print the API's JSON answer instead of tables")
+    api = api_options("an API token: operator to start or cancel, viewer to read")
 
     start = sub.add_parser(
         "start",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from typing import Any
 
@@ -12,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cloud_controller.api_client import ApiClient
+from cloud_controller.api_client import ApiClient, api_options
 from cloud_controller.exceptions import ConfigError
 
 _STATES = ("running", "paused", "succeeded", "aborted", "failed")
@@ -25,18 +24,7 @@ def add(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Talks to a running controller's API (operator token to change, viewer to read).",
     )
     sub = rollout.add_subparsers(dest="rollout_command", required=True, metavar="ROLLOUT_COMMAND")
-    api = argparse.ArgumentParser(add_help=False)
-    api.add_argument(
-        "--url",
-        default=os.environ.get("EDGEFLEET_URL", "http://127.0.0.1:8000"),
-        help="the controller's base URL (env EDGEFLEET_URL; default http://127.0.0.1:8000)",
-    )
-    api.add_argument(
-        "--token",
-        default=os.environ.get("EDGEFLEET_TOKEN"),
-        help="an API token: operator to create, pause, resume or abort, viewer to read (env EDGEFLEET_TOKEN)",
-    )
-    api.add_argument("--json", action="store_true", help="print the API's JSON answer instead of tables")
+    api = api_options("an API token: operator to create, pause, resume or abort, viewer to read")
 
     create = sub.add_parser(
         "create",
