@@ -1,9 +1,12 @@
 """The invariants of over-the-air updates, judged from what the site brokers delivered and the gateways count.
 
 - Every rollout ended as it should: a good version through every wave; a bad one stopped at its
-  canary, each canary device back on the previous version with a final reason for the bad one.
+  canary, each canary device back on the previous version with a final reason for the bad one, or
+  with its update cancelled (``ota.cancelled``) by the abort before its own checks had ended: the
+  controller's gates on the canary's shadow reports can stop a rollout before every device's do.
 - No device loaded an unverified bundle: a tampered bundle was refused by every device that was
-  sent it (``ota.refused`` for its signature or digests), never shadowed, promoted or run; and on
+  sent it (``ota.refused`` for its signature or digests) unless the abort cancelled its download
+  first, never shadowed, promoted or run; and on
   any device that was never killed, nothing was shadowed or promoted without being verified first.
 - Every record is attributed to the model version that made it: per device, in seq order, the
   records' version changes only where the device said it switched (``ota.promoted`` to the new
@@ -30,7 +33,7 @@ _REFUSED_UNVERIFIED = {
     ModelReason.DIGEST_MISMATCH.value,
     ModelReason.MANIFEST_MISMATCH.value,
 }
-_ENDED = ("ota.rolled_back", "ota.refused")
+_ENDED = ("ota.rolled_back", "ota.refused", "ota.cancelled", "ota.promoted")
 _LOADED = ("ota.shadow", "ota.promoted")
 _EXAMPLES = 5
 
@@ -89,9 +92,7 @@ def _got(view: FleetView, version: str) -> list[str]:
 
 def _outcome(view: FleetView, device: str, version: str) -> tuple[str | None, str | None]:
     """How the device's update to ``version`` ended: (state, reason), from its events or its last state."""
-    ended = [
-        e for e in view.ota.get(device, []) if e.version == version and e.kind in (*_ENDED, "ota.promoted")
-    ]
+    ended = [e for e in view.ota.get(device, []) if e.version == version and e.kind in _ENDED]
     if ended:
         return ended[-1].kind.removeprefix("ota."), ended[-1].reason
     state = view.states.get(device)
@@ -122,6 +123,8 @@ def _rollouts(rollouts: list[RolloutOutcome], view: FleetView) -> list[str]:
             if running != r.previous:
                 problems.append(f"{device} runs {running} after {r.version} failed, not {r.previous}")
             how, reason = _outcome(view, device, r.version)
+            if how == "cancelled" and r.state == "failed":
+                continue  # the abort came first; still on the previous version (checked above)
             if how not in ("rolled_back", "refused") or reason in (None, ModelReason.UPDATE_PENDING.value):
                 problems.append(f"{device}: {r.version} ended {how or 'without an outcome'}, reason {reason}")
     return problems
@@ -143,6 +146,8 @@ def _unverified(rollouts: list[RolloutOutcome], view: FleetView, killed: Mapping
                 problems.append(f"{device} made records with the tampered {r.version}")
         for device in _got(view, r.version):
             how, reason = _outcome(view, device, r.version)
+            if how == "cancelled":
+                continue  # the abort stopped it before the check (and `loaded` above is empty)
             if how != "refused" or reason not in _REFUSED_UNVERIFIED:
                 problems.append(f"{device} did not refuse the tampered {r.version}: {how}, {reason}")
     for device, events in view.ota.items():

@@ -132,7 +132,10 @@ class Updater:
         """The desired state names ``target``: go there unless already there or already refused."""
         if runs(self._current(), target):
             # Already there (a rollout aborted back to what runs): an update elsewhere stops here.
-            self._cancel(f"the desired state names {target.model_id}@{target.version} again, which runs")
+            why = f"the desired state names {target.model_id}@{target.version} again, which runs"
+            stopped = self._task
+            if self._cancel(why):
+                self._task = asyncio.create_task(self._cancelled(stopped, why), name="ota-cancelled")
             return
         same = self.target is not None and self.target.manifest_sha256 == target.manifest_sha256
         if same and self.busy:
@@ -198,16 +201,27 @@ class Updater:
 
     # -- the update ------------------------------------------------------------------------
 
-    def _cancel(self, why: str) -> None:
+    def _cancel(self, why: str) -> bool:
         """Stop an update under way, and say so (``ota.cancelled``): it is neither refused nor rolled back."""
         if self._task is None or self._task.done() or self.target is None:
-            return
+            return False
         self._task.cancel()
         log.info("update to %s@%s cancelled: %s", self.target.model_id, self.target.version, why)
         self._emit(
             "ota.cancelled", self._status(self.status.state if self.status else OtaState.IDLE, None, why)
         )
         self.shadow = None  # its figures belong to the cancelled update
+        return True
+
+    async def _cancelled(self, stopped: asyncio.Task[None] | None, why: str) -> None:
+        """An update stopped with nothing after it: idle in the reported state and in the journal.
+
+        Otherwise the device would go on reporting the stopped step (``shadow``) as under way, and a
+        restart would take the update up again from the journal.
+        """
+        if stopped is not None:
+            await asyncio.gather(stopped, return_exceptions=True)  # its last journal write lands first
+        await self._done(OtaState.IDLE, None, why)
 
     def _start(self, target: ModelAssignment, revision: int | None, *, skip_shadow: bool = False) -> None:
         self._cancel(f"the desired state now names {target.model_id}@{target.version}")
@@ -440,8 +454,9 @@ class Updater:
             OtaState.PROMOTED: "ota.promoted",
             OtaState.ROLLED_BACK: "ota.rolled_back",
             OtaState.REFUSED: "ota.refused",
-        }[state]
-        self._emit(kind, self.status)
+        }.get(state)
+        if kind is not None:  # IDLE after a cancel: `ota.cancelled` went out already
+            self._emit(kind, self.status)
         self._state_changed()
         self.shadow = None
 

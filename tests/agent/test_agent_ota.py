@@ -289,8 +289,11 @@ async def test_an_update_is_cancelled_when_the_desired_state_goes_back_to_the_ru
         await _publish_desired(broker.port, _desired(server.url(server.add(v1)), v1, "1.0.0", 4))
         await wait_until(lambda: any(e.kind == "ota.cancelled" for e in sub.events), 10, "cancelled")
         await wait_until(lambda: sub.states["dev-1"].model_reason is None, 10, "on its desired model")
+        # The stopped shadow is not reported as under way, neither now nor after a restart.
+        await wait_until(lambda: sub.states["dev-1"].ota.state == OtaState.IDLE, 10, "idle after the cancel")
         assert agent.updater is not None and not agent.updater.busy and agent.updater.challenger is None
         agent.stop()
         await asyncio.wait_for(task, 15)
+        assert (await agent.updater.journal.load())["phase"] == "done"
     assert not any(e.kind == "ota.promoted" for e in sub.events)
     assert {r.model_version for r in sub.records} == {"1.0.0"}

@@ -123,6 +123,23 @@ def test_a_canary_device_left_on_the_bad_version_or_without_a_final_reason_fails
     assert _judge(view, complete=False)[ROLLOUT] is None, "an incomplete view is not judged"
 
 
+def test_a_canary_update_cancelled_by_the_abort_passes_but_one_still_shadowing_fails() -> None:
+    """The controller's gates may abort before a device's own: it stops and says ota.cancelled."""
+    view = _good_view()
+    view.ota[OTHER] = [
+        _event("ota.verified", "1.2.0", 5.0),
+        _event("ota.shadow", "1.2.0", 5.1),
+        _event("ota.cancelled", "1.2.0", 5.5),
+    ]
+    assert _judge(view)[ROLLOUT] is True
+    view.ota[OTHER].pop()  # shadowing still, as far as anyone can tell
+    assert _judge(view)[ROLLOUT] is False
+    rollouts = _rollouts()
+    rollouts[1].state = "running"  # a cancel is an answer only once the rollout failed
+    view.ota[OTHER].append(_event("ota.cancelled", "1.2.0", 5.5))
+    assert _judge(view, rollouts)[ROLLOUT] is False
+
+
 def test_a_bad_rollout_that_went_past_its_canary_fails() -> None:
     rollouts = _rollouts()
     rollouts[1].waves[1]["started_at"] = 8.0
