@@ -26,6 +26,7 @@ from cloud_controller.api.routes import (
     registry,
     rollouts,
     sites,
+    tokens,
 )
 from cloud_controller.api.routes import jobs as job_routes
 from cloud_controller.dashboard import router as dashboard_router
@@ -34,6 +35,7 @@ from cloud_controller.dashboard_jobs import router as job_pages
 from cloud_controller.dashboard_rollouts import router as rollout_pages
 from cloud_controller.db import make_engine
 from cloud_controller.metrics import ControllerMetrics
+from cloud_controller.rate_limit import IngestLimiter
 from cloud_controller.rollout_engine import RolloutEngine
 from cloud_controller.settings import ControllerSettings
 from fleet_protocol.ingest import IngestBatch
@@ -52,6 +54,11 @@ def create_app(settings: ControllerSettings) -> FastAPI:
         app.state.trusted_keys = [load_public_key(p) for p in settings.trusted_keys]
         app.state.metrics = ControllerMetrics(engine)
         app.state.decoding = threading.Lock()  # ingest decodes one batch at a time
+        app.state.ingest_limiter = (
+            IngestLimiter(settings.ingest_records_per_s, settings.ingest_burst_records)
+            if settings.ingest_records_per_s is not None
+            else None
+        )
         # What exists now (modules, schemas, the app) lives as long as the process: out of the
         # collector's sight. A full collection, which a large batch's objects set off, stops every
         # thread; walking these 100k objects each time took over 100 ms.
@@ -73,7 +80,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
         engine.dispose()
 
     app = FastAPI(title="edgefleet controller", version="0.1.0", lifespan=lifespan)
-    for module in (sites, devices, groups, rollouts, labels, alarms, registry, ingest, audit):
+    for module in (sites, devices, groups, rollouts, labels, alarms, registry, ingest, audit, tokens):
         app.include_router(module.router, prefix=API)
     app.include_router(sites.gateways, prefix=API)
     app.include_router(job_routes.router, prefix=API)

@@ -53,7 +53,9 @@ def login(request: Request, session: SessionDep, token: Annotated[str, Form()]) 
             request, "login.html", {"error": "Token not valid for the dashboard"}, status_code=401
         )
     response = RedirectResponse("/", status_code=303)
-    response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+    # Secure over TLS: the browser then never sends the token over plain HTTP.
+    secure = request.url.scheme == "https"
+    response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=secure)
     return response
 
 

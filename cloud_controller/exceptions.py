@@ -27,3 +27,13 @@ class Unreachable(ControllerError):
     """The CLI could not reach the controller at all."""
 
     exit_code = 3
+
+
+class Invalid(ControllerError):
+    """The request is refused as it is, e.g. a gateway token without a site (HTTP 422)."""
+
+    exit_code = 2
+
+
+class TokenRejected(ControllerError):
+    """A bearer token is unknown, revoked or expired (HTTP 401); the message says which."""

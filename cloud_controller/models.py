@@ -435,3 +435,8 @@ class ApiToken(SQLModel, table=True):
     token_sha256: str = Field(unique=True, index=True)
     created_at: float = Field(default_factory=_now)
     revoked: bool = False
+    #: Unix time after which the token is refused (401, "expired"); None: never (tokens issued
+    #: before migration 0011, or made with ``--expires-in never``).
+    expires_at: float | None = None
+    #: Last time the token authenticated an API request, written at most once a minute.
+    last_used_at: float | None = None

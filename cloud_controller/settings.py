@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cloud_controller.exceptions import ConfigError
@@ -43,6 +43,26 @@ class ControllerSettings(BaseSettings):
     alarm_tick_s: float = Field(
         default=30.0, gt=0, le=3600, description="Seconds between two passes of the alarm evaluator"
     )
+    ingest_records_per_s: float | None = Field(
+        default=10_000.0,
+        gt=0,
+        description="Items (records, states, events, summaries, drift windows, labels) each gateway "
+        "token may ingest per second, on average; null: no limit. Kept per controller process",
+    )
+    ingest_burst_records: int = Field(
+        default=100_000, ge=1, description="Items a gateway token may ingest at once above that rate"
+    )
+    tls_certfile: Path | None = Field(default=None, description="PEM certificate chain: serve HTTPS")
+    tls_keyfile: Path | None = Field(default=None, description="PEM private key of tls_certfile")
+    metrics_token: SecretStr | None = Field(
+        default=None, min_length=16, description="When set, /metrics requires 'Authorization: Bearer <it>'"
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ControllerSettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("tls_certfile and tls_keyfile go together: set both or neither")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -9,7 +9,8 @@ from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
-from cloud_controller.auth import lookup
+from cloud_controller.auth import authenticate
+from cloud_controller.exceptions import TokenRejected
 from cloud_controller.models import ID_PATTERN, MAX_ID, SHA256_PATTERN, TEXT_PATTERN, ApiToken, Role
 
 _bearer = HTTPBearer(auto_error=False)
@@ -43,10 +44,17 @@ def current_token(
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "Missing bearer token", {"WWW-Authenticate": "Bearer"}
         )
-    token = lookup(session=session, token=credentials.credentials)
-    if token is None:
+    try:
+        token = authenticate(session=session, token=credentials.credentials)
+    except TokenRejected as exc:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), {"WWW-Authenticate": "Bearer"}) from None
+    if token.role is Role.GATEWAY and not token.site_id:
+        # Issued before gateway tokens had to name their site: it could ingest for any site.
         raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, "Invalid or revoked token", {"WWW-Authenticate": "Bearer"}
+            status.HTTP_403_FORBIDDEN,
+            f"Gateway token {token.name!r} names no site and may no longer be used: issue one bound to "
+            "the gateway's site (cloud-controller admin create-token --role gateway --site SITE) "
+            "and revoke this one",
         )
     return token
 

@@ -15,12 +15,13 @@ class ErrorMessage(BaseModel):
 
 _DESCRIPTIONS = {
     400: "The body cannot be read (e.g. not valid gzip)",
-    401: "Missing, invalid or revoked bearer token",
+    401: "Missing, invalid, revoked or expired bearer token",
     403: "This token's role, or the site it is bound to, may not do this",
     404: "The resource, or one it refers to, does not exist",
     409: "Conflicts with what is stored (it exists already, or is archived)",
     413: "The body is larger than the controller accepts",
     415: "Content-Encoding is neither gzip nor identity",
+    429: "Over this gateway token's ingest rate: nothing was stored; send again after Retry-After seconds",
     422: "The body is not what this route accepts; the detail names the field or the reason",
     503: "The database does not answer",
 }

@@ -17,7 +17,7 @@ from tests.controller.conftest import database_url
 def test_migrate_from_empty_reaches_head(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'c.sqlite'}"
     upgrade(url)
-    assert current_revision(url) == head_revision(url) == "0010"
+    assert current_revision(url) == head_revision(url) == "0011"
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
@@ -34,6 +34,12 @@ def _migrate_keeping_data(url: str, previous: str) -> None:
     engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO site (id, name, created_at) VALUES ('s1', 'Plant', 1.0)"))
+        conn.execute(
+            text(
+                "INSERT INTO api_token (name, role, site_id, token_sha256, created_at, revoked)"
+                " VALUES ('old-gw', 'GATEWAY', 's1', 'ab', 1.0, FALSE)"
+            )
+        )
         conn.execute(
             text(
                 "INSERT INTO device (id, site_id, hardware_profile, labels, online, last_seq, created_at)"
@@ -68,7 +74,7 @@ def _migrate_keeping_data(url: str, previous: str) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert f"schema {previous} -> 0010" in result.stdout
+    assert f"schema {previous} -> 0011" in result.stdout
     with engine.begin() as conn:
         device = conn.execute(
             text(
@@ -95,6 +101,9 @@ def _migrate_keeping_data(url: str, previous: str) -> None:
             (2**40, 2**31),
         ]
         assert conn.execute(text("SELECT COUNT(*) FROM drift")).scalar() == 0
+        # A token issued before expiry existed never expires (and was never seen in use).
+        token = conn.execute(text("SELECT name, expires_at, last_used_at FROM api_token")).one()
+        assert tuple(token) == ("old-gw", None, None)
         assert conn.execute(text("SELECT COUNT(*) FROM window_summary")).scalar() == 0
         if "0001" < previous < "0008":
             # An ota.* event's rollout, read from its data, so that the rollout's events are found.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 from fastapi import APIRouter, HTTPException, Request, Response
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -36,9 +38,21 @@ def readyz(session: SessionDep) -> dict[str, str]:
         200: {
             "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
             "description": "Prometheus text exposition format",
-        }
+        },
+        **errors(401),
     },
 )
 def metrics(request: Request) -> Response:
-    """Prometheus text format."""
+    """Prometheus text format; behind ``Authorization: Bearer <metrics_token>`` when that is set."""
+    expected = request.app.state.settings.metrics_token
+    if expected is not None:
+        # Read from the headers, not declared: with no metrics_token /metrics asks for nothing,
+        # and the published schema must not say otherwise.
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        # Compared in constant time: the answer's timing must not tell how much of a guess was right.
+        right = secrets.compare_digest(given.encode(), expected.get_secret_value().encode())
+        if scheme.lower() != "bearer" or not right:
+            raise HTTPException(
+                401, "/metrics needs the metrics token (metrics_token)", {"WWW-Authenticate": "Bearer"}
+            )
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

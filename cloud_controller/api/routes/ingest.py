@@ -15,6 +15,7 @@ from cloud_controller.api.errors import AUTH, errors
 from cloud_controller.desired_state import etag, issue
 from cloud_controller.ingest import store_batch
 from cloud_controller.models import ApiToken, Device, Role, Site
+from cloud_controller.rate_limit import batch_items, retry_after
 from fleet_protocol import ProtocolError, decode
 from fleet_protocol.ingest import IngestBatch, IngestResult, SiteDesiredStates
 
@@ -29,7 +30,18 @@ _ENCODINGS = ("gzip", "identity")
     "/ingest",
     response_model=IngestResult,
     # The route reads the body itself: FastAPI validates no parameter, every 422 is ours.
-    responses=errors(400, 413, 415, 422),
+    responses={
+        **errors(400, 413, 415, 422, 429),
+        429: {
+            **errors(429)[429],
+            "headers": {
+                "Retry-After": {
+                    "description": "Seconds to wait before sending again",
+                    "schema": {"type": "integer"},
+                }
+            },
+        },
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -79,6 +91,7 @@ def _ingest(state: State, session: Session, caller: ApiToken, data: bytearray, g
     try:
         if caller.site_id is not None and caller.site_id != batch.site:
             raise HTTPException(403, f"This gateway token is for site {caller.site_id}, not {batch.site}")
+        _within_rate(state, caller, batch)
         result = store_batch(session=session, batch=batch)
     finally:
         # Record by record: freeing millions of numbers in one call would hold the GIL throughout.
@@ -88,6 +101,25 @@ def _ingest(state: State, session: Session, caller: ApiToken, data: bytearray, g
     state.metrics.ingest_duplicates.inc(result.duplicates)
     state.metrics.ingest_summaries.inc(result.summaries_stored)
     return result
+
+
+def _within_rate(state: State, caller: ApiToken, batch: IngestBatch) -> None:
+    """429 with ``Retry-After`` when the caller's bucket cannot take this batch now; nothing is stored."""
+    if state.ingest_limiter is None:
+        return
+    assert caller.id is not None
+    items = batch_items(batch)
+    delay = state.ingest_limiter.admit(caller.id, items)
+    if delay > 0:
+        state.metrics.ingest_rejected.labels("rate_limited").inc()
+        wait = retry_after(delay)
+        raise HTTPException(
+            429,
+            f"Gateway token {caller.name!r} is over its ingest rate ({state.settings.ingest_records_per_s:g} "
+            f"items/s, burst {state.settings.ingest_burst_records}): batch of {items} items not stored, "
+            f"send it again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
 
 
 def _gunzip(data: bytearray, limit: int) -> bytes:
