@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from fleet_protocol.ingest import IngestResult, SiteDesiredStates
 _CHUNK = 1 << 16
 #: Statuses that say the request itself is wrong: sending it again cannot help.
 _CONTENT_ERRORS = {400, 404, 409, 413, 415, 422}
+#: The ``Retry-After`` of a 429 is honoured within these bounds (seconds): the controller's rate
+#: limit asks for a few seconds at a time.
+_MIN_RETRY_AFTER_S, _MAX_RETRY_AFTER_S = 0.1, 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +57,7 @@ class ControllerClient:
             ) as response:
                 body = await response.read()
                 if response.status != 200:
-                    raise _status_error("ingest", response.status, body)
+                    raise _status_error("ingest", response.status, body, response.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(f"ingest: controller unreachable: {exc!r}") from None
         try:
@@ -128,8 +132,24 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _status_error(what: str, status: int, body: bytes) -> UpstreamError:
+def _status_error(what: str, status: int, body: bytes, retry_after: str | None = None) -> UpstreamError:
     detail = body[:500].decode(errors="replace")
     return UpstreamError(
-        f"{what}: controller answered {status}: {detail}", status=status, retry=status not in _CONTENT_ERRORS
+        f"{what}: controller answered {status}: {detail}",
+        status=status,
+        retry=status not in _CONTENT_ERRORS,
+        retry_after=_retry_after(retry_after) if status == 429 else None,
     )
+
+
+def _retry_after(header: str | None) -> float | None:
+    """A 429's ``Retry-After`` in seconds, or None when absent or not a number (the controller
+    sends whole seconds, never an HTTP date)."""
+    try:
+        seconds = float(header) if header is not None else math.nan
+    except ValueError:
+        return None
+    if not math.isfinite(seconds):
+        return None
+    # Bounded both ways: 0 must not become a busy loop, nor a garbled header park the uplink for days.
+    return min(max(seconds, _MIN_RETRY_AFTER_S), _MAX_RETRY_AFTER_S)

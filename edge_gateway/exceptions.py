@@ -26,9 +26,13 @@ class LinkError(GatewayError):
 
 
 class UpstreamError(GatewayError):
-    """The controller did not take a request; ``retry`` says whether sending again may help."""
+    """The controller did not take a request; ``retry`` says whether sending again may help, and
+    ``retry_after`` (seconds) when the controller said how long to wait first (429 over its rate)."""
 
-    def __init__(self, message: str, *, status: int | None = None, retry: bool = True) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, retry: bool = True, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.retry = retry
+        self.retry_after = retry_after

@@ -123,6 +123,8 @@ class Uplink:
         self.last_success: float | None = None
         self.last_error: str | None = None
         self._limit = config.max_records
+        #: 429s with Retry-After since the controller last took a batch.
+        self._told_to_wait = 0
 
     async def run(self) -> None:
         while True:
@@ -167,6 +169,7 @@ class Uplink:
             return
         self._limit = min(self.config.max_records, self._limit * 2)
         self.backoff.reset()
+        self._told_to_wait = 0
         self.last_success, self.last_error = time.time(), None
         self.metrics.upstream_batches.inc()
         self.metrics.upstream_items.inc(len(batch.items) + len(batch.devices))
@@ -177,12 +180,34 @@ class Uplink:
         log.debug("batch %s: %d new, %d duplicates", result.batch_id, result.accepted, result.duplicates)
 
     async def _wait_to_retry(self, exc: UpstreamError) -> None:
+        if exc.retry_after is not None:
+            await self._wait_as_told(exc, exc.retry_after)
+            return
         attempt = self.backoff.attempt + 1
         delay = self.backoff.next_delay()
         # Once per doubling of the attempts: a cloud link down for days must not fill the log.
         if attempt & (attempt - 1) == 0:
             log.warning(
                 "%s; attempt %d, retrying in %.1fs (%d items wait)", exc, attempt, delay, self.store.depth
+            )
+        await asyncio.sleep(delay)
+
+    async def _wait_as_told(self, exc: UpstreamError, retry_after: float) -> None:
+        """The controller said how long to wait (429: over its rate limit): that long, and a little more.
+
+        The batch stays queued and goes again as it is. The backoff does not grow: the link works,
+        the controller is pacing this gateway. The jitter (up to a tenth, at most a second) keeps
+        gateways refused together from coming back together.
+        """
+        self._told_to_wait += 1
+        delay = retry_after + self.backoff.rng.uniform(0.0, min(1.0, retry_after / 10))
+        if self._told_to_wait & (self._told_to_wait - 1) == 0:
+            log.warning(
+                "%s; told to wait %d times, sending the same batch again in %.1fs (%d items wait)",
+                exc,
+                self._told_to_wait,
+                delay,
+                self.store.depth,
             )
         await asyncio.sleep(delay)
 
