@@ -102,6 +102,17 @@ def test_every_command_left_in_the_edge_venv_runs(edge_venv: Path) -> None:
         else:
             assert target.partition(".")[0] in CLOUD_MODULES, name
     assert not (edge_venv / "bin" / "cloud-controller").exists()
+    # The systemd installer ships with the agent: a device installed from this set can run it.
+    target = edge_venv.parent / "target"
+    installed = subprocess.run(
+        [str(edge_venv / "bin" / "edge-agent"), "install", "--root", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert installed.returncode == 0, installed.stderr
+    unit = (target / "etc/systemd/system/edge-agent.service").read_text()
+    assert f"ExecStart={edge_venv}/bin/edge-agent run" in unit
 
 
 @pytest.fixture
