@@ -5,7 +5,7 @@ would be deployed, without the benchmark's own imports (torch, to train the mode
 whose garbage collection would otherwise slow the side that allocates most. Modes: ``ort`` (bare
 ONNX Runtime), ``agent`` (the agent offline), ``pipeline`` (the bare loop on the agent's
 micro-batch sizes), ``deliver`` (the agent end to end to a subscriber), ``sync`` (the agent's
-sync from a full outbox), ``paho`` (a bare publisher).
+sync from a full outbox), ``paho`` (a bare publisher), ``link`` (the agent's MQTT link alone).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge_agent.agent import Agent  # noqa: E402
 from edge_agent.config import AgentSettings, load_settings  # noqa: E402
+from edge_agent.mqtt_link import LinkSettings, MqttLink  # noqa: E402
 from edge_agent.sources.base import Reading, SensorSource  # noqa: E402
 from edge_agent.sources.synthetic import make_dataset  # noqa: E402
 from fleet_protocol import BundleManifest  # noqa: E402
@@ -315,6 +316,31 @@ def bare_paho_delivery(port: int, payloads: list[bytes], records: int, inflight:
     return got / elapsed
 
 
+async def link_delivery(port: int, payloads: list[bytes], records: int, inflight: int) -> float:
+    """Records per second the agent's MQTT link (`MqttLink`, aiomqtt) gets to the counter with payloads
+    already built, ``inflight`` QoS 1 publishes at once: the transport alone, without the outbox."""
+    counter = start_counter(port, "bare/telemetry", records)
+    link = MqttLink(LinkSettings(host="127.0.0.1", port=port, client_id=f"bench-link-{time.time_ns()}"))
+    window = asyncio.Semaphore(inflight)
+
+    async def publish(payload: bytes) -> None:
+        try:
+            await link.publish("bare/telemetry", payload, qos=1)
+        finally:
+            window.release()
+
+    async with link:
+        started = time.time()
+        async with asyncio.TaskGroup() as group:
+            for payload in payloads:
+                await window.acquire()
+                group.create_task(publish(payload))
+        got, elapsed = await asyncio.to_thread(finish_counter, counter, started)
+    if got < records:
+        raise RuntimeError(f"the link's subscriber counted {got} of {records} records")
+    return got / elapsed
+
+
 async def agent_delivery(work: Path, bundle: Path, key: Path, port: int, rows: list[list[float]]) -> float:
     """Records per second from the agent's start (verify, load, infer, store, send) to the subscriber."""
     counter = start_counter(port, "fleet/bench/+/telemetry", len(rows))
@@ -333,9 +359,12 @@ async def agent_delivery(work: Path, bundle: Path, key: Path, port: int, rows: l
 
 
 async def agent_sync(
-    work: Path, bundle: Path, key: Path, port: int, rows: list[list[float]], keep: Path
+    work: Path, bundle: Path, key: Path, port: int, rows: list[list[float]], keep: Path, profile: bool = False
 ) -> tuple[float, AgentSettings]:
-    """Records per second the agent's sync gets from a full outbox to the subscriber, from its connection."""
+    """Records per second the agent's sync gets from a full outbox to the subscriber, from its connection.
+
+    With ``profile``, cProfile covers the clocked part only (not the offline fill before it).
+    """
     device = "sync-bench"
     await agent_throughput(work, bundle, key, rows, 1, device)  # offline: fills the outbox
     counter = start_counter(port, "fleet/bench/+/telemetry", len(rows), keep)
@@ -343,8 +372,14 @@ async def agent_sync(
     agent = Agent(settings, source=ListSource([]))
     task = asyncio.create_task(agent.run())
     await agent.syncer.connected.wait()
+    profiler = cProfile.Profile() if profile else None
+    if profiler is not None:
+        profiler.enable()
     started = time.time()
     records, elapsed = await asyncio.to_thread(finish_counter, counter, started)
+    if profiler is not None:
+        profiler.disable()
+        _print_profile("the agent's sync (clocked part)", profiler)
     agent.stop()
     await task
     if records < len(rows):
@@ -367,12 +402,16 @@ def profiled(what: str, run: Callable[[], Any]) -> Any:
     profiler.enable()
     result = run()
     profiler.disable()
+    _print_profile(what, profiler)
+    return result
+
+
+def _print_profile(what: str, profiler: cProfile.Profile) -> None:
     text = io.StringIO()
     stats = pstats.Stats(profiler, stream=text)
     stats.sort_stats("tottime").print_stats(30)
     stats.sort_stats("cumulative").print_stats(45)
     say(f"profile of {what}:\n{text.getvalue()}")
-    return result
 
 
 def main() -> None:
@@ -417,16 +456,16 @@ def main() -> None:
         assert bundle is not None
         rows = readings(p["n"])
 
-        def run() -> Any:
-            return asyncio.run(
-                agent_sync(Path(p["work"]), bundle, Path(p["key"]), p["port"], rows, Path(p["keep"]))
-            )
-
-        rate, settings = profiled("the agent's sync", run) if profile else run()
+        rate, settings = asyncio.run(
+            agent_sync(Path(p["work"]), bundle, Path(p["key"]), p["port"], rows, Path(p["keep"]), profile)
+        )
         out = {"rate": rate, "inflight": settings.mqtt.max_inflight}
     elif mode == "paho":
         payloads = read_payloads(Path(p["payloads"])) * p["replays"]
         out = {"rate": bare_paho_delivery(p["port"], payloads, p["records"], p["inflight"])}
+    elif mode == "link":
+        payloads = read_payloads(Path(p["payloads"])) * p["replays"]
+        out = {"rate": asyncio.run(link_delivery(p["port"], payloads, p["records"], p["inflight"]))}
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     print(json.dumps(out), flush=True)

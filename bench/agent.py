@@ -25,6 +25,10 @@ Delivery through Mosquitto, records per second reaching a subscriber (another pr
   connection, over a bare paho publisher, timed from its connection, sending the very payloads
   the agent sent (captured by the subscriber) with the agent's in-flight window
   (``mqtt.max_inflight`` publishes awaiting PUBACK).
+- ``link_vs_bare_paho_same_batches``: the agent's MQTT link alone (`edge_agent.mqtt_link.MqttLink`
+  on aiomqtt) publishing those same payloads, already built, with the same window, over bare paho:
+  what the transport costs. What is left between it and ``delivery_vs_bare_paho_same_batches`` is
+  the outbox (read, delete) and encoding the stored records as wire records.
 - ``delivery_vs_bare_paho_per_record``: the agent end to end (from its start, inference included,
   as before) over a bare paho publisher sending one record per QoS 1 message (20 in flight): what
   batching buys.
@@ -158,15 +162,18 @@ def main() -> None:
             payloads = len(read_payloads(captured))
             window = sync["inflight"]
             say(f"delivery: bare paho, the agent's {payloads} payloads x {REPLAYS}, {window} in flight")
-            # Replayed: once would take a few tens of milliseconds.
-            same = side(
-                "paho",
-                port=broker.port,
-                payloads=captured,
-                replays=REPLAYS,
-                records=N_DELIVER * REPLAYS,
-                inflight=window,
-            )["rate"]
+            # Replayed: once would take a few tens of milliseconds. Bare paho and the link alone
+            # send the very same payloads, the same number of times, with the same window.
+            replay = {
+                "port": broker.port,
+                "payloads": captured,
+                "replays": REPLAYS,
+                "records": N_DELIVER * REPLAYS,
+                "inflight": window,
+            }
+            same = side("paho", **replay)["rate"]
+            say(f"delivery: the agent's MQTT link alone, the same payloads x {REPLAYS}, {window} in flight")
+            link = side("link", **replay)["rate"]
             if args.profile:
                 side(
                     "sync",
@@ -192,6 +199,7 @@ def main() -> None:
                     "agent_rss_mb": round(rss, 1),
                     "delivery_vs_bare_paho_same_batches": round(sync["rate"] / same, 3),
                     "delivery_vs_bare_paho_per_record": round(delivered / per_record, 3),
+                    "link_vs_bare_paho_same_batches": round(link / same, 3),
                     "agent_readings_per_s": round(agent_rate),
                     "bare_pipeline_readings_per_s": round(pipeline_rate),
                     "agent_cpu_us_per_reading": round(1e6 * agent_cpu / args.rounds, 2),
@@ -208,6 +216,7 @@ def main() -> None:
                     "agent_sync_records_per_s": round(sync["rate"]),
                     "agent_end_to_end_records_delivered_per_s": round(delivered),
                     "bare_paho_same_batches_records_per_s": round(same),
+                    "link_same_batches_records_per_s": round(link),
                     "bare_paho_per_record_records_per_s": round(per_record),
                     "delivery_payloads": payloads,
                     "delivery_records_per_payload": round(N_DELIVER / max(1, payloads), 1),

@@ -21,7 +21,10 @@ rolled out through the controller's rollout API, as ``fleet-sim``'s ``rollout`` 
   that read at 10 Hz (``Agent.swap_gap_s``, the ``edge_agent_model_swap_gap_seconds`` metric);
   goal <= one reading period at 10 Hz (100 ms). The gap counts from the last batch of the old
   model to the first of the new, so it holds one reading period by construction when the switch
-  costs nothing: the excess over the period is given beside it.
+  costs nothing: the excess over the period is given beside it. ``steady_gap_ms_before_swap``: the
+  longest gap between two batches of the same model on those devices in the 5-10 s before their
+  switch (``Agent.steady_gap_s``), what the machine's own scheduling gives without any switch;
+  ``swap_gap_over_own_steady_ms_max``: the most any device's swap gap exceeded its own steady gap.
 - ``simulator``: whether the machine held the fleet on schedule (`simulators.lag`), and if not,
   the largest fleet it held.
 
@@ -182,6 +185,13 @@ async def bench(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         out["swap_gap_excess_ms_p50"] = round(fast[len(fast) // 2] - READING_PERIOD_MS, 1) if fast else None
         out["swap_gap_devices"] = len(fast)
         out["swap_gap_ms_all_devices_p50"] = round(every[len(every) // 2], 1) if every else None
+        # The same devices' own longest gap between two batches in the 5-10 s before their switch.
+        steady = fleet.steady_gaps()
+        before = sorted(g * 1000 for d, g in steady.items() if "-fast-" in d)
+        out["steady_gap_ms_before_swap"] = round(before[-1], 1) if before else None
+        out["steady_gap_ms_before_swap_p50"] = round(before[len(before) // 2], 1) if before else None
+        over = [gaps[d] - steady[d] for d in gaps if "-fast-" in d and d in steady]
+        out["swap_gap_over_own_steady_ms_max"] = round(max(over) * 1000, 1) if over else None
 
         stop = asyncio.Event()
         canary = asyncio.create_task(_follow_canary(fleet, BAD, GOOD, stop))

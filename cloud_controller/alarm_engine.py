@@ -27,6 +27,8 @@ class AlarmEngine:
     """Evaluates every ``interval_s`` in a worker thread (the database calls block).
 
     ``on_accuracy`` receives each pass's tallies (what /metrics exports as the latest accuracy).
+    ``after_pass`` is called in the event loop after each pass, failed or not (the alarm webhook's
+    notifier is woken by it: it sends in a task of its own, so a slow receiver delays no evaluation).
     """
 
     def __init__(
@@ -36,8 +38,10 @@ class AlarmEngine:
         interval_s: float,
         on_accuracy: Callable[[list[Tally]], None] = lambda _: None,
         clock: Callable[[], float] = time.time,
+        after_pass: Callable[[], None] = lambda: None,
     ) -> None:
         self.engine, self.interval_s, self.on_accuracy, self.clock = engine, interval_s, on_accuracy, clock
+        self.after_pass = after_pass
 
     async def run(self, stop: asyncio.Event) -> None:
         """Evaluate until ``stop`` is set; a pass under way finishes first."""
@@ -46,6 +50,7 @@ class AlarmEngine:
                 await asyncio.to_thread(self.evaluate)
             except Exception:  # the database may be away for a while: the next pass tries again
                 log.exception("alarm evaluation failed; trying again in %g s", self.interval_s)
+            self.after_pass()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval_s)
 

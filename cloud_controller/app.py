@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.routing import Match, Route
 
 from cloud_controller.alarm_engine import AlarmEngine
+from cloud_controller.alarm_webhook import AlarmNotifier
 from cloud_controller.api.routes import (
     alarms,
     audit,
@@ -67,16 +68,35 @@ def create_app(settings: ControllerSettings) -> FastAPI:
         rollout_engine = asyncio.create_task(
             RolloutEngine(engine, interval_s=settings.rollout_tick_s).run(stop), name="rollout-engine"
         )
-        alarm_engine = asyncio.create_task(
-            AlarmEngine(
-                engine, interval_s=settings.alarm_tick_s, on_accuracy=app.state.metrics.accuracy.update
-            ).run(stop),
-            name="alarm-engine",
+        notifier, tasks = None, [rollout_engine]
+        if settings.alarm_webhook_url is not None:
+            token = settings.alarm_webhook_token
+            notifier = AlarmNotifier(
+                engine,
+                url=str(settings.alarm_webhook_url),
+                token=token.get_secret_value() if token is not None else None,
+                timeout_s=settings.alarm_webhook_timeout_s,
+                max_age_s=settings.alarm_webhook_max_age_s,
+                counter=app.state.metrics.alarm_notifications,
+            )
+            tasks.append(
+                asyncio.create_task(notifier.run(stop, settings.alarm_tick_s), name="alarm-notifier")
+            )
+        tasks.append(
+            asyncio.create_task(
+                AlarmEngine(
+                    engine,
+                    interval_s=settings.alarm_tick_s,
+                    on_accuracy=app.state.metrics.accuracy.update,
+                    after_pass=notifier.wake if notifier is not None else lambda: None,
+                ).run(stop),
+                name="alarm-engine",
+            )
         )
         yield
         stop.set()
-        await rollout_engine
-        await alarm_engine
+        for task in tasks:
+            await task
         engine.dispose()
 
     app = FastAPI(title="edgefleet controller", version="0.1.0", lifespan=lifespan)

@@ -5,7 +5,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cloud_controller.commands import admin, job, migrate, rollout, serve, worker
+from cloud_controller.commands import (
+    admin,
+    bundle,
+    deploy,
+    devices,
+    group,
+    job,
+    migrate,
+    pki,
+    rollout,
+    serve,
+    site,
+    worker,
+)
 from cloud_controller.exceptions import ControllerError
 
 
@@ -17,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         "metrics. SQLite by default, PostgreSQL by database_url.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, migrate, admin, rollout, job, worker):
+    for module in (serve, migrate, admin, pki, site, group, bundle, deploy, devices, rollout, job, worker):
         module.add(commands)
     args = parser.parse_args(argv)
     try:

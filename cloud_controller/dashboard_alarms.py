@@ -1,25 +1,31 @@
 """The dashboard's alarms and accuracy pages.
 
 Alarms: the open ones and the latest resolved, each with its value against its threshold, and the
-models' policies. Accuracy: per model and site, accuracy over time from labels (one line per
-version), with the policy's floor drawn.
+models' policies; an operator starts a retraining or a federated job for an open alarm without
+one (through `cloud_controller.jobs`, as the API's ``POST /api/v1/alarms/{id}/job``). Accuracy:
+per model and site, accuracy over time from labels (one line per version), with the policy's
+floor drawn.
 """
 
 from __future__ import annotations
 
 import time
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Cookie, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi import APIRouter, Cookie, Form, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import col, select
 
-from cloud_controller import accuracy, alarms
-from cloud_controller.api.deps import SessionDep
+from cloud_controller import accuracy, alarms, jobs
+from cloud_controller.api.deps import IntId, SessionDep
+from cloud_controller.audit import who
 from cloud_controller.charts import COLORS, Series, Threshold, percent, time_chart
 from cloud_controller.dashboard import signed_in, templates
+from cloud_controller.exceptions import Conflict, NotFound
+from cloud_controller.job_models import JobKind
 from cloud_controller.label_models import Alarm, AlarmPolicy
-from cloud_controller.models import ModelVersion
+from cloud_controller.models import ModelVersion, Role
 
 router = APIRouter(include_in_schema=False)
 #: Resolved alarms listed: the latest ones.
@@ -32,7 +38,7 @@ ACCURACY_POINTS = 240
 def alarms_page(
     request: Request, session: SessionDep, edgefleet_token: Annotated[str | None, Cookie()] = None
 ) -> Response:
-    signed_in(session, edgefleet_token)
+    caller = signed_in(session, edgefleet_token)
     opened = session.exec(
         select(Alarm).where(col(Alarm.resolved_at).is_(None)).order_by(col(Alarm.fired_at).desc())
     ).all()
@@ -52,8 +58,29 @@ def alarms_page(
             "policies": policies,
             "default": alarms.DEFAULT,
             "shown": RESOLVED_SHOWN,
+            "operator": caller.role is Role.OPERATOR,
+            "error": request.query_params.get("error"),
         },
     )
+
+
+@router.post("/alarms/{alarm_id}/job")
+def alarm_job(
+    session: SessionDep,
+    alarm_id: IntId,
+    kind: Annotated[JobKind, Form()],
+    edgefleet_token: Annotated[str | None, Cookie()] = None,
+) -> Response:
+    """Start a job of ``kind`` for the alarm (the policy's scope, default params) and show it; what
+    refuses it (resolved, a job already, no training recipe) is shown on the alarms page."""
+    caller = signed_in(session, edgefleet_token)
+    if caller.role is not Role.OPERATOR:
+        raise HTTPException(403, f"Role {caller.role.value} may not do this")
+    try:
+        job = jobs.start_for_alarm(session=session, alarm_id=alarm_id, kind=kind, actor=who(caller))
+    except (NotFound, Conflict) as exc:
+        return RedirectResponse(f"/alarms?{urlencode({'error': str(exc)})}", status_code=303)
+    return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
 
 def _alarm_view(alarm: Alarm) -> dict[str, Any]:

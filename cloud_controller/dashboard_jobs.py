@@ -96,7 +96,12 @@ def summary(status: JobStatus) -> list[tuple[str, str]]:
         )
     if train := a.get("train"):
         if train.get("mode") == "federated":
-            rows.append(("training", f"federated, {train.get('rounds', 0)} rounds"))
+            where = (
+                f"on SuperLink {train.get('superlink')}, run {train.get('run_id')}"
+                if train.get("engine") == "deployment"
+                else "simulated in the worker"
+            )
+            rows.append(("training", f"federated, {train.get('rounds', 0)} rounds, {where}"))
         else:
             rows.append(
                 (

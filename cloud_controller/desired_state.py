@@ -4,7 +4,8 @@ What a device should run comes from *layers*, newest first: the newest deploymen
 and every active rollout. A device takes the first layer whose group selects it, except that a
 rollout holds only the devices its started waves reach (`waves.py`); the rest of its group fall
 through to the layer below, which is what they ran before the rollout. When a rollout ends it is
-no longer a layer: after an abort or a failure its devices fall through to the previous version;
+no longer a layer: after an abort or a failure its devices fall through to the previous version
+(the group's deployment; without one, the version most of them ran when it started, a layer under all);
 after a success the deployment it made (newer than everything) gives the group the new version.
 
 Revisions: a device applies only a revision above the last it applied, so each device's last
@@ -24,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from cloud_controller.models import Bundle, Deployment, DesiredRevision, Device, DeviceGroup, ModelVersion
-from cloud_controller.rollout_models import ACTIVE, Rollout
+from cloud_controller.rollout_models import ACTIVE, Rollout, RolloutState
 from cloud_controller.waves import FULL, position
 from fleet_protocol import DesiredState, ModelAssignment, RolloutDirective
 
@@ -70,7 +71,7 @@ def selector_selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 
 def load_layers(session: Session) -> list[Layer]:
-    """Every layer, newest first."""
+    """Every layer, newest first; then, under all, what aborted rollouts put groups back on."""
     selectors = {g.id: g.selector for g in session.exec(select(DeviceGroup)).all()}
     layers: dict[object, Layer] = {}
     # An older deployment of a group is hidden by its newest one whatever the device: skip it.
@@ -79,7 +80,25 @@ def load_layers(session: Session) -> list[Layer]:
             layers[d.group_id] = Layer(d.created_at, selectors[d.group_id], d.model_id, d.version)
     for r in session.exec(select(Rollout).where(col(Rollout.state).in_(ACTIVE))).all():
         layers[r.id] = rollout_layer(r, selectors[r.group_id])
-    return sorted(layers.values(), key=lambda layer: layer.created_at, reverse=True)
+    newest_first = sorted(layers.values(), key=lambda layer: layer.created_at, reverse=True)
+    deployed = {key for key, layer in layers.items() if layer.rollout_id is None}
+    return newest_first + _put_back(session, selectors, deployed)  # type: ignore[arg-type]
+
+
+def _put_back(session: Session, selectors: dict[int, dict[str, str]], deployed: set[int]) -> list[Layer]:
+    """Under every other layer: a group that has no deployment keeps the version its newest aborted
+    or failed rollout found its devices running (hand-provisioned devices go back to it)."""
+    out: dict[int, Layer] = {}
+    ended = select(Rollout).where(
+        col(Rollout.state).in_((RolloutState.ABORTED, RolloutState.FAILED)),
+        col(Rollout.previous_version).is_not(None),
+    )
+    for r in session.exec(ended.order_by(col(Rollout.created_at).desc())).all():
+        if r.group_id in deployed or r.group_id in out or r.previous_model_id is None:
+            continue
+        assert r.previous_version is not None
+        out[r.group_id] = Layer(r.created_at, selectors[r.group_id], r.previous_model_id, r.previous_version)
+    return list(out.values())
 
 
 def rollout_layer(rollout: Rollout, selector: dict[str, str]) -> Layer:

@@ -8,6 +8,7 @@ after it runs, so that another worker resumes a job whose worker died at its fir
 
 from __future__ import annotations
 
+import re
 import time
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -161,12 +162,86 @@ class JobCountWave(CountWave):
     count: Int = Field(ge=1, le=MAX_ID)
 
 
+#: ``host:port`` of a SuperLink: a DNS name or IPv4 address, or an IPv6 address in brackets.
+_SUPERLINK = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\]):(\d{1,5})$")
+#: Characters a CA file path may not hold: it goes into flwr's config.toml, one quoted line.
+_UNSAFE_PATH = re.compile(r'["\\\x00-\x1f\x7f]')
+
+
+class FlowerFederation(_Strict):
+    """The real federation a ``engine: deployment`` job runs on: a Flower SuperLink's Control API.
+
+    The SuperLink runs edgefleet's ServerApp, which reads the job's files from the worker's job
+    directory: the SuperLink must see that directory at the same path (same host, or a shared volume).
+    """
+
+    superlink: str = Field(
+        max_length=300,
+        description="host:port of the SuperLink's Control API (what `flwr run` connects to)",
+    )
+    ca_file: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="On the worker: the PEM CA certificate that signed the SuperLink's TLS certificate"
+        " (the fleet CA, `cloud-controller pki`)",
+    )
+    insecure: StrictBool = Field(
+        default=False,
+        description="Plain gRPC/HTTP to the SuperLink, without TLS: only when said explicitly (the worker"
+        " logs it); weights and the recipe then cross the link unencrypted",
+    )
+    timeout_s: Float | None = Field(
+        default=None,
+        gt=0,
+        le=7 * 86_400,
+        description="Longest the train step waits for the run; default: for each round, the round timeout"
+        " three times (nodes to come online, training, federated evaluation) plus 120 s to start",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> FlowerFederation:
+        match = _SUPERLINK.match(self.superlink)
+        if match is None or not 1 <= int(match.group(1)) <= 65535:
+            raise ValueError(
+                f"superlink {self.superlink!r} is not host:port (the SuperLink's Control API, e.g."
+                " superlink.example.com:9093)"
+            )
+        if self.ca_file is not None:
+            if self.insecure:
+                raise ValueError("give ca_file (TLS) or insecure: true (a plain link), not both")
+            if not self.ca_file.startswith("/") or _UNSAFE_PATH.search(self.ca_file):
+                raise ValueError(
+                    "ca_file must be an absolute path on the worker, without quotes, backslashes or"
+                    " control characters"
+                )
+        elif not self.insecure:
+            raise ValueError(
+                "ca_file is needed: the SuperLink's CA certificate (PEM) on the worker, to verify its TLS"
+                " certificate; a plain link only with insecure: true"
+            )
+        return self
+
+
+#: FederatedParams' fields that say where the rounds run: the worker's, not fleet_learning's.
+ENGINE_FIELDS = ("engine", "federation")
+
+
 class FederatedParams(_Strict):
     """A federated job's settings: `fleet_learning.FederatedConfig`'s fields, published here.
 
     The API process does not import fleet_learning (it loads torch and Flower); a test keeps the
-    two in step, and the worker builds the FederatedConfig from these.
+    two in step, and the worker builds the FederatedConfig from these (all but `ENGINE_FIELDS`).
     """
+
+    engine: Literal["simulation", "deployment"] = Field(
+        default="simulation",
+        description="simulation: Flower's simulation engine in the worker, each device a client holding"
+        " the labelled records it uploaded; deployment: a real federation (`federation`), each device's"
+        " SuperNode training on its own training buffer (raw inputs stay on the devices)",
+    )
+    federation: FlowerFederation | None = Field(
+        default=None, description="engine deployment: the SuperLink to run on (its Control API and CA)"
+    )
 
     strategy: Literal["fedavg", "fedprox", "trimmed_mean"] = "fedavg"
     rounds: Int = Field(default=3, ge=1, le=1000)
@@ -199,6 +274,13 @@ class FederatedParams(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> FederatedParams:
+        if self.engine == "deployment" and self.federation is None:
+            raise ValueError(
+                "engine deployment needs federation: {superlink: host:port of the SuperLink's Control API,"
+                " ca_file: its CA certificate on the worker}"
+            )
+        if self.engine == "simulation" and self.federation is not None:
+            raise ValueError("federation is for engine deployment; the simulation engine runs in the worker")
         if self.strategy == "fedprox" and self.mu == 0:
             raise ValueError("fedprox needs mu > 0 (mu = 0 is fedavg)")
         if self.noise_multiplier > 0 and self.clip_norm is None:
@@ -280,6 +362,26 @@ class JobCreate(_Strict):
     kind: JobKind = JobKind.RETRAIN
     model_id: ModelId
     params: JobParams = Field(default_factory=JobParams)
+
+
+class AlarmJobCreate(_Strict):
+    """An operator's job for an open alarm: its kind, and how it runs (scoped to the alarm)."""
+
+    kind: JobKind = Field(description="retrain: central training; federated: Flower rounds")
+    params: JobParams = Field(
+        default_factory=JobParams,
+        description="As a job's, but for sites: the job trains on the alarm's site. Without window_s,"
+        " its data window is the alarm policy's window_s before the alarm fired, until the job runs",
+    )
+
+    @model_validator(mode="after")
+    def _no_sites(self) -> AlarmJobCreate:
+        if self.params.sites is not None:
+            raise ValueError(
+                "params.sites cannot be set: a job for an alarm trains on the alarm's site"
+                " (POST /api/v1/jobs trains on other sites)"
+            )
+        return self
 
 
 # -- what the API answers ------------------------------------------------------------------

@@ -34,6 +34,7 @@ from cloud_controller.job_models import (
     JobState,
     JobStatus,
     JobTrigger,
+    ModelRecipe,
     RoundPublic,
     StepPublic,
     StepState,
@@ -255,12 +256,8 @@ def write(engine: Engine, job_id: str, worker_id: str, **values: Any) -> bool:
 
 def start_for_alarms(engine: Engine, *, actor: str) -> list[tuple[int, str]]:
     """Start a retraining job for each open ``auto`` alarm without one; ``(alarm id, job id)`` of
-    each alarm taken.
-
-    An unfinished job of the model whose data covers the alarm's site (no ``sites`` filter, or one
-    naming the site) is attached to the alarm. Otherwise the new job is scoped to the alarm: the
-    alarm's site only (``params.sites``), and a data window from the alarm policy's ``window_s``
-    before the alarm fired until the job runs (what the alarm judged, and what came since).
+    each alarm taken (see `_take_alarm`: an unfinished job covering the alarm's site is attached
+    instead).
 
     The alarm's ``job_id`` is set only if it is still empty, in the transaction that creates the
     job: two workers racing for one alarm start one job.
@@ -268,7 +265,7 @@ def start_for_alarms(engine: Engine, *, actor: str) -> list[tuple[int, str]]:
     taken: list[tuple[int, str]] = []
     with Session(engine) as session:
         open_alarms = session.exec(
-            select(Alarm.id, Alarm.model_id, Alarm.site_id, Alarm.kind, Alarm.fired_at)
+            select(Alarm)
             .where(
                 col(Alarm.action) == AlarmAction.AUTO.value,
                 col(Alarm.job_id).is_(None),
@@ -276,46 +273,118 @@ def start_for_alarms(engine: Engine, *, actor: str) -> list[tuple[int, str]]:
             )
             .order_by(col(Alarm.fired_at))
         ).all()
-        for alarm_id, model_id, site_id, kind, fired_at in open_alarms:
-            assert alarm_id is not None
-            unfinished = session.exec(
-                select(Job.id, Job.params)
-                .where(col(Job.model_id) == model_id, col(Job.state).in_([s.value for s in UNFINISHED]))
-                .order_by(col(Job.created_at))
-            ).all()
-            running = next((job_id for job_id, params in unfinished if _covers(params, site_id)), None)
-            if running is None:
-                window_s = policy_of(session, model_id).window_s + max(0.0, time.time() - fired_at)
-                params = JobParams(sites=[site_id], window_s=min(window_s, _MAX_WINDOW_S))
-                job = new_job(
-                    session,
-                    JobCreate(kind=JobKind.RETRAIN, model_id=model_id, params=params),
-                    actor=actor,
-                    trigger=JobTrigger.ALARM,
-                    trigger_ref=f"alarm {alarm_id}: {kind} at {site_id}",
-                )
-                job_id = job.id
-                session.flush()
-            else:
-                job_id = running
-            marked = session.execute(
-                update(Alarm)
-                .where(col(Alarm.id) == alarm_id, col(Alarm.job_id).is_(None))
-                .values(job_id=job_id)
-            )
-            if marked.rowcount != 1:  # type: ignore[attr-defined]
-                session.rollback()
-                continue
-            audit(
-                session=session,
-                actor=actor,
-                action="alarm.job",
-                resource=f"alarm/{alarm_id}",
-                after={"job_id": job_id},
-            )
-            session.commit()
-            taken.append((alarm_id, job_id))
+        for alarm in open_alarms:
+            assert alarm.id is not None
+            alarm_id = alarm.id  # read now: a rollback expires the row
+            job_id = _take_alarm(session, alarm, kind=JobKind.RETRAIN, params=None, actor=actor)
+            if job_id is not None:
+                taken.append((alarm_id, job_id))
     return taken
+
+
+def start_for_alarm(
+    *,
+    session: Session,
+    alarm_id: int,
+    kind: JobKind,
+    params: JobParams | None = None,
+    actor: str,
+) -> Job:
+    """An operator's job for one open alarm (an ``ask`` alarm's decision; any open alarm without a
+    job): the job now recorded on the alarm, new or attached (see `_take_alarm`).
+
+    A new job trains on the alarm's site (``params.sites`` is replaced; the API refuses a body
+    naming it); without ``params.window_s`` its data window is the auto path's: the policy's
+    window before the alarm fired, until the job runs.
+
+    NotFound: no such alarm, or a new job is needed and the model has no training recipe.
+    Conflict: the alarm is resolved, or has a job (set by another operator or a worker first).
+    """
+    alarm = session.get(Alarm, alarm_id)
+    if alarm is None:
+        raise NotFound(f"Alarm {alarm_id} not found")
+    _check_open_without_job(alarm)
+    job_id = _take_alarm(session, alarm, kind=kind, params=params, actor=actor, recipe_needed=True)
+    if job_id is None:  # another request took the alarm between our read and our update
+        alarm = session.get(Alarm, alarm_id)
+        assert alarm is not None
+        _check_open_without_job(alarm)
+        raise Conflict(f"Alarm {alarm_id} changed while its job was started: try again")
+    return get(session, job_id)
+
+
+def _check_open_without_job(alarm: Alarm) -> None:
+    if alarm.resolved_at is not None:
+        raise Conflict(f"Alarm {alarm.id} is resolved: its condition cleared, no job is started for it")
+    if alarm.job_id is not None:
+        raise Conflict(f"Alarm {alarm.id} has job {alarm.job_id} already")
+
+
+def _take_alarm(
+    session: Session,
+    alarm: Alarm,
+    *,
+    kind: JobKind,
+    params: JobParams | None,
+    actor: str,
+    recipe_needed: bool = False,
+) -> str | None:
+    """Give one open alarm a job, and commit: the job's id, or None (rolled back) when the alarm got
+    a job or was resolved meanwhile.
+
+    An unfinished job of the model whose data covers the alarm's site (no ``sites`` filter, or one
+    naming the site) is attached to the alarm, whatever its kind. Otherwise a new job of ``kind``
+    is scoped to the alarm: the alarm's site only (``params.sites``), and a data window from the
+    alarm policy's ``window_s`` before the alarm fired until the job runs (what the alarm judged,
+    and what came since), unless ``params`` set ``window_s``. ``recipe_needed``: a new job of a
+    model without a training recipe is refused (NotFound), as ``POST /api/v1/jobs`` refuses it.
+
+    The alarm's ``job_id`` is set only if it is still empty and the alarm still open, in the
+    transaction that creates the job, with an ``alarm.job`` audit record.
+    """
+    alarm_id, model_id, site_id = alarm.id, alarm.model_id, alarm.site_id
+    unfinished = session.exec(
+        select(Job.id, Job.params)
+        .where(col(Job.model_id) == model_id, col(Job.state).in_([s.value for s in UNFINISHED]))
+        .order_by(col(Job.created_at))
+    ).all()
+    job_id = next((job_id for job_id, job_params in unfinished if _covers(job_params, site_id)), None)
+    if job_id is None:
+        if recipe_needed and session.get(ModelRecipe, model_id) is None:
+            raise NotFound(
+                f"Model {model_id} has no training recipe: PUT /api/v1/models/{model_id}/recipe first"
+            )
+        given = params or JobParams()
+        scope: dict[str, Any] = {"sites": [site_id]}
+        if "window_s" not in given.model_fields_set:
+            window_s = policy_of(session, model_id).window_s + max(0.0, time.time() - alarm.fired_at)
+            scope["window_s"] = min(window_s, _MAX_WINDOW_S)
+        job = new_job(
+            session,
+            JobCreate(kind=kind, model_id=model_id, params=given.model_copy(update=scope)),
+            actor=actor,
+            trigger=JobTrigger.ALARM,
+            trigger_ref=f"alarm {alarm_id}: {alarm.kind} at {site_id}",
+        )
+        _audit_created(session, job, actor)
+        job_id = job.id
+    marked = session.execute(
+        update(Alarm)
+        .where(col(Alarm.id) == alarm_id, col(Alarm.job_id).is_(None), col(Alarm.resolved_at).is_(None))
+        .values(job_id=job_id)
+    )
+    if marked.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        return None
+    audit(
+        session=session,
+        actor=actor,
+        action="alarm.job",
+        resource=f"alarm/{alarm_id}",
+        after={"job_id": job_id},
+    )
+    session.commit()
+    return job_id
 
 
 #: The longest data window a job may have (`JobParams.window_s`).

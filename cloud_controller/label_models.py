@@ -100,6 +100,10 @@ class Alarm(SQLModel, table=True):
     resolved_at: float | None = None
     #: The job started for it (by the jobs worker); a string so that any job id fits.
     job_id: str | None = None
+    #: Webhook notice of each event: None (not yet sent), "delivered" or "skipped" (too old when
+    #: a configured webhook first saw it). Rows from before the webhooks count as delivered.
+    fired_notice: str | None = None
+    resolved_notice: str | None = None
 
 
 # -- what the API accepts and answers ---------------------------------------------------------

@@ -4,7 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
+
+#: A query parameter named like a secret (``?token=``, ``&api_key=``, ``password=``): a log line
+#: keeps its name, never its value. The access log writes every request's path with its query, so a
+#: client that puts its token in the URL (the API reads it only from ``Authorization``) would leave
+#: it in the log.
+_SECRET_PARAMETER = re.compile(
+    r"(?i)([?&][\w.-]*(?:token|password|passwd|secret|api[_-]?key)[\w.-]*=)[^&#\s\"']+"
+)
+REDACTED = "[redacted]"
+
+
+def redact(text: str) -> str:
+    """``text`` with the value of every secret-named query parameter replaced by ``[redacted]``."""
+    return _SECRET_PARAMETER.sub(lambda match: match.group(1) + REDACTED, text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -13,10 +28,10 @@ class JsonFormatter(logging.Formatter):
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, default=str)
 
 

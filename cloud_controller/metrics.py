@@ -208,5 +208,15 @@ class ControllerMetrics:
         self.ingest_duplicates = Counter("edgefleet_ingest_duplicates", "Records already stored", registry=r)
         self.ingest_rejected = Counter("edgefleet_ingest_rejected", "Batches refused", ["reason"], registry=r)
         self.ingest_summaries = Counter("edgefleet_ingest_summaries", "Window summaries stored", registry=r)
+        self.alarm_notifications = Counter(
+            "edgefleet_alarm_notifications",
+            "Alarm webhook events by event (fired, resolved) and result: ok and failed count requests "
+            "(a failed one is tried again each pass), skipped counts events given up as too old",
+            ["event", "result"],
+            registry=r,
+        )
+        for event in ("fired", "resolved"):
+            for result in ("ok", "failed", "skipped"):
+                self.alarm_notifications.labels(event=event, result=result)
         self.accuracy = LatestAccuracy()
         r.register(FleetCollector(engine, self.accuracy))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,29 @@ from cloud_controller.waves import position, target, threshold
 _DONE = {Action.PAUSE: "paused", Action.RESUME: "resumed", Action.ABORT: "aborted"}
 
 
+def _running(session: Session, group: DeviceGroup, model_id: str, target: str) -> tuple[str, str] | None:
+    """What most of the group's devices run of ``model_id`` when no deployment says: the version an
+    abort puts them back on (devices provisioned by hand). Only a version with a bundle qualifies."""
+    counts: Counter[str] = Counter(
+        version
+        for labels, running_model, version in session.exec(
+            select(Device.labels, Device.model_id, Device.model_version)
+        ).all()
+        if running_model == model_id
+        and version not in (None, target)
+        and selector_selects(group.selector, labels)
+    )
+    for version, _ in counts.most_common():
+        stored = session.exec(
+            select(Bundle.sha256)
+            .join(ModelVersion, col(Bundle.model_version_id) == col(ModelVersion.id))
+            .where(ModelVersion.model_id == model_id, ModelVersion.version == version)
+        ).first()
+        if stored is not None:
+            return model_id, version
+    return None
+
+
 def create(*, session: Session, body: RolloutCreate, actor: str) -> Rollout:
     """Check the version and the group, then start wave 0 (its devices' desired state changes)."""
     group = session.exec(select(DeviceGroup).where(DeviceGroup.name == body.group)).first()
@@ -62,6 +86,11 @@ def create(*, session: Session, body: RolloutCreate, actor: str) -> Rollout:
     ).first()
     if deployed is not None and (deployed.model_id, deployed.version) == (body.model_id, body.version):
         raise Conflict(f"Group {group.name} runs {ref} already")
+    previous = (
+        (deployed.model_id, deployed.version)
+        if deployed
+        else _running(session, group, body.model_id, body.version)
+    )
     now = time.time()
     rollout = Rollout(
         id=_new_id(session),
@@ -69,8 +98,8 @@ def create(*, session: Session, body: RolloutCreate, actor: str) -> Rollout:
         version=body.version,
         group_id=group.id,
         group_name=group.name,
-        previous_model_id=deployed.model_id if deployed else None,
-        previous_version=deployed.version if deployed else None,
+        previous_model_id=previous[0] if previous else None,
+        previous_version=previous[1] if previous else None,
         waves=[w.model_dump() for w in body.waves],
         soak_s=body.soak_s,
         shadow_s=body.shadow_s,
@@ -134,6 +163,12 @@ def abort(*, session: Session, rollout_id: str, actor: str) -> Rollout:
     return _operate(session, rollout_id, actor, Action.ABORT, ACTIVE, RolloutState.ABORTED)
 
 
+#: An operator's pause, resume or abort is tried again this often when the engine took a step of
+#: the same rollout between our read and our write (it ticks every second): the operator asked for
+#: a state, not for a race.
+_OPERATE_ATTEMPTS = 5
+
+
 def _operate(
     session: Session,
     rollout_id: str,
@@ -142,34 +177,36 @@ def _operate(
     allowed: tuple[RolloutState, ...],
     state: RolloutState,
 ) -> Rollout:
-    rollout = get(session, rollout_id)
-    if rollout.state not in allowed:
-        names = " or ".join(s.value for s in allowed)
-        raise Conflict(
-            f"Rollout {rollout_id} is {rollout.state}: only a {names} rollout can be {_DONE[action]}"
-        )
-    now = time.time()
-    measured = current(session, rollout)
-    changes: dict[str, Any] = {"state": state}
-    if action is Action.RESUME:
-        wave = rollout.current_wave
-        changes["progress"] = [
-            {**w, "clock": now} if i == wave else w for i, w in enumerate(rollout.progress)
-        ]
-    values = {**measured.gates.model_dump(), "devices": measured.devices} if measured else {}
-    if not record(
-        session,
-        rollout,
-        action=action,
-        reason=f"{_DONE[action]} by {actor}",
-        values=values,
-        actor=actor,
-        now=now,
-        **changes,
-    ):
-        raise Conflict(f"Rollout {rollout_id} changed meanwhile: read it again")
-    session.refresh(rollout)
-    return rollout
+    for _ in range(_OPERATE_ATTEMPTS):
+        rollout = get(session, rollout_id)
+        if rollout.state not in allowed:
+            names = " or ".join(s.value for s in allowed)
+            raise Conflict(
+                f"Rollout {rollout_id} is {rollout.state}: only a {names} rollout can be {_DONE[action]}"
+            )
+        now = time.time()
+        measured = current(session, rollout)
+        changes: dict[str, Any] = {"state": state}
+        if action is Action.RESUME:
+            wave = rollout.current_wave
+            changes["progress"] = [
+                {**w, "clock": now} if i == wave else w for i, w in enumerate(rollout.progress)
+            ]
+        values = {**measured.gates.model_dump(), "devices": measured.devices} if measured else {}
+        if record(
+            session,
+            rollout,
+            action=action,
+            reason=f"{_DONE[action]} by {actor}",
+            values=values,
+            actor=actor,
+            now=now,
+            **changes,
+        ):
+            session.refresh(rollout)
+            return rollout
+        session.expire_all()  # the engine's step: read the rollout again and decide again
+    raise Conflict(f"Rollout {rollout_id} kept changing meanwhile: try again")
 
 
 def current(session: Session, rollout: Rollout) -> Measured | None:

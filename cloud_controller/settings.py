@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, HttpUrl, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cloud_controller.exceptions import ConfigError
@@ -43,6 +43,23 @@ class ControllerSettings(BaseSettings):
     alarm_tick_s: float = Field(
         default=30.0, gt=0, le=3600, description="Seconds between two passes of the alarm evaluator"
     )
+    alarm_webhook_url: HttpUrl | None = Field(
+        default=None,
+        description="POST alarm.fired and alarm.resolved events (JSON) here; null: no notifications",
+    )
+    alarm_webhook_token: SecretStr | None = Field(
+        default=None, description="Sent as 'Authorization: Bearer <it>' to alarm_webhook_url; never logged"
+    )
+    alarm_webhook_timeout_s: float = Field(
+        default=5.0, gt=0, le=300, description="Seconds a webhook request may wait to connect, or for data"
+    )
+    alarm_webhook_max_age_s: float | None = Field(
+        default=86_400.0,
+        ge=0,
+        description="An alarm event not delivered by the time it is this old (a webhook configured on "
+        "a controller with older alarms, or a receiver away this long) is skipped: marked, counted and "
+        "logged, never sent; null: send every event however old",
+    )
     ingest_records_per_s: float | None = Field(
         default=10_000.0,
         gt=0,
@@ -54,6 +71,20 @@ class ControllerSettings(BaseSettings):
     )
     tls_certfile: Path | None = Field(default=None, description="PEM certificate chain: serve HTTPS")
     tls_keyfile: Path | None = Field(default=None, description="PEM private key of tls_certfile")
+    tls_client_ca: Path | None = Field(
+        default=None,
+        description="The fleet CA (PEM, `pki init`'s ca.pem): over HTTPS, ask callers for a client "
+        "certificate it signed (optional: callers without one use tokens); a gateway's lets it in "
+        "without a token",
+    )
+    tls_crl_file: Path | None = Field(
+        default=None,
+        description="The fleet CRL (`pki init`'s crl.pem): certificates it lists are refused; read "
+        "again when the file changes",
+    )
+    tls_crl_check_s: float = Field(
+        default=5.0, gt=0, le=3600, description="Seconds between two looks at tls_crl_file's mtime"
+    )
     metrics_token: SecretStr | None = Field(
         default=None, min_length=16, description="When set, /metrics requires 'Authorization: Bearer <it>'"
     )
@@ -62,6 +93,10 @@ class ControllerSettings(BaseSettings):
     def _tls_pair(self) -> ControllerSettings:
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
             raise ValueError("tls_certfile and tls_keyfile go together: set both or neither")
+        if self.tls_client_ca is not None and self.tls_certfile is None:
+            raise ValueError("tls_client_ca needs HTTPS: set tls_certfile and tls_keyfile too")
+        if self.tls_crl_file is not None and self.tls_client_ca is None:
+            raise ValueError("tls_crl_file is the CRL of tls_client_ca's certificates: set tls_client_ca too")
         return self
 
     @classmethod

@@ -22,7 +22,7 @@ from edge_agent import __version__
 from edge_agent.config import AgentSettings
 from edge_agent.exceptions import ModelLoadError
 from edge_agent.metrics import AgentMetrics, serve_metrics
-from edge_agent.model import LoadedModel, Predictions, load_model, load_trusted_keys
+from edge_agent.model import LoadedModel, Predictions, load_model, load_trusted_keys, output_problem
 from edge_agent.ota.slots import Slots
 from edge_agent.ota.updater import Updater, runs
 from edge_agent.outbox import Outbox, PackedRecords
@@ -123,8 +123,12 @@ class Agent:
         self._model_ready = asyncio.Event()
         #: The last switch of models: from the old model's last batch to the new one's first.
         self.swap_gap_s: float | None = None
+        #: At that switch, the longest gap between two batches of the same model in the 5-10 s
+        #: before it: what the machine's own scheduling gave, to set the swap gap against.
+        self.steady_gap_s: float | None = None
         self._last_batch_end = 0.0
         self._gap_from: float | None = None
+        self._gaps = _RecentMax(_STEADY_WINDOW_S)
         # Held while a batch runs: a switch of models waits for the batch, never cuts into it.
         self._model_lock = asyncio.Lock()
         ota = settings.ota
@@ -148,6 +152,7 @@ class Agent:
                 current=lambda: self.model,
                 promote=self._promote,
                 recent_inputs=lambda: list(self._recent),
+                withdrawn=JsonStore(settings.data_dir / "withdrawn.json", "withdrawn"),
             )
         self.health = Health.OK
         self.reason: str | None = None
@@ -164,6 +169,8 @@ class Agent:
         self.input_problem: str | None = None
         self._input_logged_at = -_INPUT_LOG_EVERY_S
         self._dropped_reported: dict[str, int] = {}
+        #: The manifest sha256 of the running model whose retired signing key was last reported.
+        self._retired_signer_reported: str | None = None
         self._stop = asyncio.Event()
         self.started = asyncio.Event()
         self.source_done = asyncio.Event()
@@ -287,12 +294,19 @@ class Agent:
             self._inference_executor.shutdown(wait=False)
 
     def _load_model(self) -> LoadedModel:
-        """The active slot's model; if it cannot run, the previous one, then the provisioned one."""
+        """The active slot's model; if it cannot run, the previous one, then the provisioned one.
+
+        Each was installed (or provisioned) verified, so one signed by a key retired since still
+        runs: a device must not stop inferring, offline perhaps for days, because its operator
+        rotated keys. It says so (health degraded, ``model.signer_retired``) until an update signed
+        by a current key replaces it; new bundles signed by the retired key are refused. A key
+        removed from ``trusted_keys`` (a compromised one) is another matter: nothing it signed runs.
+        """
         keys = load_trusted_keys(self.settings.trusted_keys)
         first: ModelLoadError | None = None
         for bundle in self.slots.candidates():
             try:
-                model = load_model(bundle, keys, threads=self.settings.inference.threads)
+                model = load_model(bundle, keys, threads=self.settings.inference.threads, allow_retired=True)
             except ModelLoadError as exc:
                 log.error("cannot run %s: %s", bundle, exc)
                 first = first or exc
@@ -348,7 +362,11 @@ class Agent:
         try:
             predictions, seconds = await self._predict(model, scaled)
         except Exception as exc:  # the runtime failed on this batch: counted, and the agent goes on
-            self._model_raised(model, exc, len(kept))
+            self._model_failed(model, f"raised {exc!r}", len(kept), ModelReason.RUNTIME_ERROR)
+            return None
+        problem = output_problem(model, predictions.outputs, len(kept))
+        if problem is not None:  # no record is made of outputs that mean nothing
+            self._model_failed(model, problem, len(kept), ModelReason.SMOKE_TEST_FAILED)
             return None
         self.metrics.inference_seconds.observe(seconds)
         self.metrics.batch_size.observe(len(kept))
@@ -386,15 +404,16 @@ class Agent:
             return
         self.updater.observe_shadow(champion, champion_s, predictions, seconds)
 
-    def _model_raised(self, model: LoadedModel, exc: Exception, readings: int) -> None:
-        """A model that raises is rolled back when an update installed it; otherwise reported."""
+    def _model_failed(self, model: LoadedModel, what: str, readings: int, reason: ModelReason) -> None:
+        """A model that raises, or gives non-finite outputs or outputs of another shape than its
+        manifest declares, is rolled back when an update installed it; otherwise reported."""
         self.rejected["runtime_error"] += readings
         self.metrics.rejected.labels("runtime_error").inc(readings)
-        log.error("%s raised on a batch of %d readings: %r", model.manifest.ref, readings, exc)
+        log.error("%s %s on a batch of %d readings", model.manifest.ref, what, readings)
         if self.updater is not None and self.updater.installed(model):
-            self.updater.roll_back(f"{model.manifest.ref} raised {exc!r}")
+            self.updater.roll_back(f"{model.manifest.ref} {what}", reason)
         elif self.health is Health.OK:
-            self.health, self.reason = Health.DEGRADED, f"{model.manifest.ref} raised {exc!r}"
+            self.health, self.reason = Health.DEGRADED, f"{model.manifest.ref} {what}"
             self.syncer.state_changed()
 
     def _batch_done(self) -> None:
@@ -403,6 +422,8 @@ class Agent:
             self.swap_gap_s = now - self._gap_from
             self.metrics.swap_gap.set(self.swap_gap_s)
             self._gap_from = None
+        elif self._last_batch_end:
+            self._gaps.add(now, now - self._last_batch_end)
         self._last_batch_end = now
 
     async def _promote(self, model: LoadedModel) -> None:
@@ -410,6 +431,7 @@ class Agent:
         async with self._model_lock:
             if self.model is not None and self._last_batch_end:
                 self._gap_from = self._last_batch_end
+                self.steady_gap_s = self._gaps.value()
             old, self.model = self.model, model
             if self.health is Health.FAILED:  # it had no model to run; now it has
                 self.health, self.reason = Health.OK, None
@@ -516,6 +538,8 @@ class Agent:
                 f"outbox bound dropped records: {stats.evicted_routine} routine, {stats.evicted_flagged}"
                 f" flagged evicted, {stats.dropped_disk_full} lost to a full disk"
             )
+        if health is Health.OK and (retired := self._retired_signer()) is not None:
+            health, reason = Health.DEGRADED, retired
         model_reason = None
         want = self.desired.model if self.desired is not None else None
         if want is not None and not runs(self.model, want):
@@ -625,7 +649,43 @@ class Agent:
                 self._rejected_example.clear()
             self._judge_input_window()
             self._training_metrics()
+            self._report_retired_signer()
             await asyncio.sleep(_HOUSEKEEPING_S)
+
+    def _retired_signer(self) -> str | None:
+        """Why the running model is reported, when the key that signed it is retired."""
+        model = self.model
+        signer = model.signer if model is not None else None
+        if model is None or signer is None or not signer.retired():
+            return None
+        assert signer.retired_at is not None
+        return (
+            f"running {model.manifest.ref}, signed by key {signer.key_id}, retired at"
+            f" {signer.retired_at.isoformat()}: it runs on, but no bundle signed by that key is installed any"
+            " more; roll out one signed by a current key"
+        )
+
+    def _report_retired_signer(self) -> None:
+        """Once per model: an event (and a state) when the running model's key is, or becomes, retired."""
+        model = self.model
+        if model is None or model.manifest_sha256 == self._retired_signer_reported:
+            return
+        why = self._retired_signer()
+        if why is None:
+            return
+        self._retired_signer_reported = model.manifest_sha256
+        assert model.signer is not None
+        log.warning("%s", why)
+        self._event(
+            "model.signer_retired",
+            Severity.WARNING,
+            why,
+            model_id=model.manifest.model_id,
+            version=model.manifest.version,
+            key_id=model.signer.key_id,
+            retired_at=model.signer.retired_at.isoformat() if model.signer.retired_at else None,
+        )
+        self.syncer.state_changed()
 
     def _training_metrics(self) -> None:
         if self.training is None:
@@ -677,3 +737,28 @@ def _timed(model: LoadedModel, scaled: np.ndarray) -> tuple[Predictions, float]:
     started = time.perf_counter()
     predictions = model.predict(scaled)
     return predictions, time.perf_counter() - started
+
+
+_STEADY_WINDOW_S = 5.0
+
+
+class _RecentMax:
+    """The largest value added in the current and the previous window of ``window_s`` seconds."""
+
+    __slots__ = ("_current", "_previous", "_start", "_window_s")
+
+    def __init__(self, window_s: float) -> None:
+        self._window_s = window_s
+        self._start = 0.0
+        self._current = self._previous = 0.0
+
+    def add(self, now: float, value: float) -> None:
+        if now - self._start >= self._window_s:
+            # A window with nothing added is over too: only the last two count.
+            stale = now - self._start >= 2 * self._window_s
+            self._previous, self._current, self._start = (0.0 if stale else self._current), 0.0, now
+        self._current = max(self._current, value)
+
+    def value(self) -> float | None:
+        best = max(self._current, self._previous)
+        return best or None

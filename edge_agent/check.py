@@ -10,6 +10,7 @@ from edge_agent.config import AgentSettings, MqttTopicSourceConfig, ReplaySource
 from edge_agent.exceptions import AgentError, ModelLoadError
 from edge_agent.model import LoadedModel, load_model, load_trusted_keys
 from edge_agent.sources import Reading, SensorSource, build_source
+from fleet_protocol.signing import TrustedKey
 
 #: Rows of the source read to see whether they fit the model.
 SAMPLE_ROWS = 20
@@ -27,9 +28,11 @@ def check_config(path: str) -> int:
     if isinstance(source, ReplaySourceConfig) and not source.path.is_file():
         problems.append(f"source.path: {source.path} does not exist")
     model = None
+    keys: list[TrustedKey] = []
     try:
         keys = load_trusted_keys(settings.trusted_keys)
-        model = load_model(settings.model_dir, keys, threads=settings.inference.threads)
+        # As `run` does: the provisioned bundle runs even if its key was retired since (said below).
+        model = load_model(settings.model_dir, keys, threads=settings.inference.threads, allow_retired=True)
     except ModelLoadError as exc:
         problems.append(f"model: {exc}")
     if problems:
@@ -38,6 +41,15 @@ def check_config(path: str) -> int:
         return ModelLoadError.exit_code if model is None else 1
     assert model is not None
     manifest = model.manifest
+    if all(k.retired() for k in keys):
+        print("warning: trusted_keys: every key is retired: no update can be installed", file=sys.stderr)
+    signer = model.signer
+    if signer is not None and signer.retired() and signer.retired_at is not None:
+        print(
+            f"warning: model {manifest.ref} is signed by key {signer.key_id}, retired at"
+            f" {signer.retired_at.isoformat()}: it runs, but updates signed by that key are refused",
+            file=sys.stderr,
+        )
     fit = _sample_fit(settings, model)
     model.close()
     if fit is not None:

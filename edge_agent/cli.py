@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from edge_agent import __version__, install
+from edge_agent import __version__, enroll, install
 from edge_agent.agent import Agent
 from edge_agent.check import check_config
 from edge_agent.config import ENV_PREFIX, load_settings
@@ -46,11 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     check.add_argument("--config", required=True, help="agent YAML file")
     install.add_parser(commands)
+    enroll.add_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return check_config(args.config)
     if args.command == "install":
         return install.run(args)
+    if args.command == "enroll":
+        return enroll.run(args)
     return _run(args.config)
 
 

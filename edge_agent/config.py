@@ -6,12 +6,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge_agent.exceptions import ConfigError
 from fleet_protocol import Encoding, Runtime, validate_id
 from fleet_protocol.codec import describe_validation_error
+from fleet_protocol.tls import MqttTls, resolve_tls_paths
 
 ENV_PREFIX = "EDGEFLEET_AGENT__"
 
@@ -47,6 +56,19 @@ class SyntheticSourceConfig(_SourceSection):
     noise: float = Field(default=0.6, gt=0)
     drift_per_hour: float = Field(default=0.0, ge=0)
     limit: int | None = Field(default=None, ge=1, description="Stop after this many readings")
+    class_weights: dict[int | str, float] | None = Field(
+        default=None,
+        description="How often each normal class (by name or index: idle, load, peak) is the regime,"
+        " relative weights; a class left out never is. None: uniform. Faults come at anomaly_rate",
+    )
+
+    @field_validator("class_weights")
+    @classmethod
+    def _known_classes(cls, value: dict[int | str, float] | None) -> dict[int | str, float] | None:
+        from edge_agent.sources.synthetic import regime_probabilities  # the sources import this module
+
+        regime_probabilities(value)
+        return value
 
 
 class MqttTopicSourceConfig(_SourceSection):
@@ -88,6 +110,8 @@ class MqttConfig(_Section):
     reconnect_max_s: float = Field(default=30.0, gt=0)
     state_interval_s: float = Field(default=30.0, gt=0)
     encoding: Encoding = Encoding.JSON
+    #: MQTT over TLS with this device's certificate; None: plain TCP (a lab; said at start).
+    tls: MqttTls | None = None
 
     @model_validator(mode="after")
     def _backoff_ordered(self) -> Self:
@@ -142,6 +166,17 @@ class OtaConfig(_Section):
         return self
 
 
+class TrustedKeyConfig(_Section):
+    """A public key bundles may be signed by; a plain path in ``trusted_keys`` is one never retired."""
+
+    path: Path = Field(description="PEM ed25519 public key (model-compiler keygen's .pub)")
+    #: From this moment on (the device's clock) a bundle signed by this key is refused for download
+    #: and install; bundles already installed before it keep running, reported (see the README).
+    retired_at: AwareDatetime | None = Field(
+        default=None, description="ISO 8601 with a time zone, e.g. 2026-03-01T00:00:00Z; None: not retired"
+    )
+
+
 class MetricsConfig(_Section):
     port: int | None = Field(default=None, ge=0, le=65535, description="None: no HTTP endpoint")
     host: str = "127.0.0.1"
@@ -158,7 +193,11 @@ class AgentSettings(BaseSettings):
     site: str
     data_dir: Path = Field(description="Outbox and agent state live here")
     model_dir: Path = Field(description="The active model bundle")
-    trusted_keys: list[Path] = Field(min_length=1, description="PEM ed25519 keys bundles must be signed by")
+    trusted_keys: list[TrustedKeyConfig] = Field(
+        min_length=1,
+        description="Keys bundles must be signed by: each a path to a PEM ed25519 public key, or"
+        " {path, retired_at} for a key being rotated out",
+    )
     source: SourceConfig
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
@@ -177,6 +216,14 @@ class AgentSettings(BaseSettings):
     @classmethod
     def _site(cls, value: str) -> str:
         return validate_id(value, "site")
+
+    @field_validator("trusted_keys", mode="before")
+    @classmethod
+    def _plain_key_paths(cls, value: Any) -> Any:
+        # A plain path (the form every config had before rotation) is a key never retired.
+        if isinstance(value, list):
+            return [{"path": item} if isinstance(item, str | Path) else item for item in value]
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -231,11 +278,23 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(out.get(key), str):
             out[key] = str(base / out[key])
     if isinstance(out.get("trusted_keys"), list):
-        out["trusted_keys"] = [str(base / k) if isinstance(k, str) else k for k in out["trusted_keys"]]
+        out["trusted_keys"] = [_resolve_key(k, base) for k in out["trusted_keys"]]
     source = out.get("source")
     if isinstance(source, dict) and isinstance(source.get("path"), str):
         out["source"] = {**source, "path": str(base / source["path"])}
+    mqtt = out.get("mqtt")
+    if isinstance(mqtt, dict) and isinstance(mqtt.get("tls"), dict):
+        out["mqtt"] = {**mqtt, "tls": resolve_tls_paths(mqtt["tls"], base)}
     ota = out.get("ota")
     if isinstance(ota, dict) and isinstance(ota.get("models_dir"), str):
         out["ota"] = {**ota, "models_dir": str(base / ota["models_dir"])}
     return out
+
+
+def _resolve_key(entry: Any, base: Path) -> Any:
+    """A trusted key's path, plain or in ``{path, retired_at}``, against the config's folder."""
+    if isinstance(entry, str):
+        return str(base / entry)
+    if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+        return {**entry, "path": str(base / entry["path"])}
+    return entry

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -43,6 +44,8 @@ class LinkSettings:
     clean_session: bool = False
     timeout_s: float = 10.0
     max_inflight: int = 20
+    #: MQTT over TLS (a client certificate in it); None: plain TCP.
+    tls: ssl.SSLContext | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,7 @@ class MqttLink:
             clean_session=settings.clean_session,
             timeout=settings.timeout_s,
             max_inflight_messages=settings.max_inflight,
+            tls_context=settings.tls,
         )
         # aiomqtt hands paho's "register write" to the loop with the socket's number taken now; a
         # connection that drops meanwhile makes add_writer fail on a closed (or reused) descriptor

@@ -4,7 +4,7 @@ The outbox stores each record as a compact msgpack list (no keys), with ``output
 ``features`` as raw float32 bytes: building Python floats for every value costs more than
 the inference itself on small models, so that work waits until a batch is sent, where it
 is done with numpy for the whole batch. `to_wire` gives the `TelemetryRecord` shape;
-`wire_json` writes a whole JSON batch in one go (orjson, arrays straight from numpy): about
+`wire_json` writes a whole JSON batch in one go (orjson, arrays decoded column by column): about
 five times cheaper than building Python floats for ``json.dumps``.
 """
 
@@ -79,20 +79,46 @@ def _float32_groups(rows: list[list[Any]], index: int) -> list[tuple[list[list[A
 
 
 def wire_json(head: dict[str, Any], stored: list[tuple[int, bytes]]) -> bytes:
-    """A JSON `TelemetryBatch`: ``head`` plus ``records`` made from ``(seq, stored body)`` pairs."""
+    """A JSON `TelemetryBatch`: ``head`` plus ``records`` made from ``(seq, stored body)`` pairs.
+
+    Column by column: each array field of the whole batch decodes in one numpy call, and the
+    records are built from the fields every record has in one ``dict(zip())`` each.
+    """
     rows = [msgpack.unpackb(body, raw=False) for _, body in stored]
+    if not rows:
+        return orjson.dumps({**head, "records": []})
+    columns = [list(column) for column in zip(*rows, strict=True)]
     for index in _ARRAYS:
-        _arrays_as_numpy(rows, index)
-    records = []
-    for (seq, _), values in zip(stored, rows, strict=True):
-        record: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "seq": seq}
-        record.update({name: value for name, value in zip(FIELDS, values, strict=True) if value is not None})
-        records.append(record)
-    return orjson.dumps({**head, "records": records}, option=orjson.OPT_SERIALIZE_NUMPY)
+        columns[index] = _floats(columns[index])
+    every = [(name, column) for name, column in zip(FIELDS, columns, strict=True) if None not in column]
+    some = [
+        (name, column)
+        for name, column in zip(FIELDS, columns, strict=True)
+        if None in column and any(value is not None for value in column)
+    ]
+    names = ("schema_version", "seq", *(name for name, _ in every))
+    records = [
+        dict(zip(names, values, strict=True))
+        for values in zip(
+            [SCHEMA_VERSION] * len(rows), [seq for seq, _ in stored], *(c for _, c in every), strict=True
+        )
+    ]
+    for name, column in some:
+        for record, value in zip(records, column, strict=True):
+            if value is not None:
+                record[name] = value
+    return orjson.dumps({**head, "records": records})
 
 
-def _arrays_as_numpy(rows: list[list[Any]], index: int) -> None:
-    """Float32 byte fields become rows of one numpy array per length (rounded like `to_wire`)."""
-    for group, array in _float32_groups(rows, index):
-        for values, row in zip(group, np.round(array, DECIMALS), strict=True):
-            values[index] = row
+def _floats(column: list[Any]) -> list[Any]:
+    """Float32 byte fields as lists of floats rounded like `to_wire`; anything else as it is."""
+    first = column[0]
+    if isinstance(first, bytes) and all(type(b) is bytes and len(b) == len(first) for b in column):
+        array = np.frombuffer(b"".join(column), dtype=np.float32).reshape(len(column), -1)
+        return np.round(array.astype(np.float64), DECIMALS).tolist()  # type: ignore[no-any-return]
+    return [
+        np.round(np.frombuffer(b, dtype=np.float32).astype(np.float64), DECIMALS).tolist()
+        if isinstance(b, bytes)
+        else b
+        for b in column
+    ]

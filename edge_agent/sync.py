@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
 import msgpack
 
 from edge_agent.config import MqttConfig
-from edge_agent.exceptions import LinkError
+from edge_agent.exceptions import ConfigError, LinkError
 from edge_agent.metrics import AgentMetrics
 from edge_agent.mqtt_link import LastWill, LinkSettings, MqttLink
 from edge_agent.outbox import Outbox, OutboxRow
@@ -40,10 +41,30 @@ from fleet_protocol import (
     telemetry_topic,
 )
 from fleet_protocol.pacing import Backoff, ByteBudget
+from fleet_protocol.tls import TlsConfigError
 
 log = logging.getLogger(__name__)
 
 _EVENT_QUEUE = 256
+#: How long acknowledged records wait to be deleted together. Never sent again meanwhile (they
+#: are skipped by seq); after a kill -9 they are sent again, and stored once downstream.
+_DELETE_EVERY_S = 0.1
+
+
+def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
+    """The link's TLS context; without one, say at start that anyone on the network can pose as us."""
+    if config.tls is None:
+        log.warning(
+            "MQTT to %s:%d is plain TCP without a client certificate: for a lab only (anyone on"
+            " the network can read and publish as this device); set mqtt.tls for production",
+            config.host,
+            config.port,
+        )
+        return None
+    try:
+        return config.tls.context()
+    except TlsConfigError as exc:
+        raise ConfigError(f"mqtt.tls: {exc}") from None
 
 
 class _SessionOver(Exception):
@@ -91,6 +112,7 @@ class Syncer:
                 will=LastWill(self._topics["state"], encode(offline), qos=1, retain=True),
                 timeout_s=config.publish_timeout_s,
                 max_inflight=max(20, config.max_inflight),
+                tls=tls_context(config),
             )
         )
         #: Failed attempts since the last good connection (a device offline for days counts up).
@@ -206,12 +228,16 @@ class Syncer:
                 if not rows:
                     await self.outbox.wait_for_records()
                     continue
+                sent_upto = rows[-1].seq
                 payload = self._batch_payload(rows)
                 if self.budget is not None:
                     await self.budget.take(len(payload))
                 await inflight.acquire()
-                sent_upto = rows[-1].seq
                 group.create_task(self._publish_batch(payload, [r.seq for r in rows], inflight))
+                if sent_upto >= self.outbox.stats.last_seq:
+                    # All there is: wait for more rather than read nothing (half the reads of a
+                    # device that sends as it reads).
+                    await self.outbox.wait_for_records()
 
     async def _publish_batch(self, payload: bytes, seqs: list[int], inflight: asyncio.Semaphore) -> None:
         try:
@@ -230,6 +256,9 @@ class Syncer:
         """Delete what the broker acknowledged, many batches per transaction."""
         while True:
             await self._acked_ready.wait()
+            # Gather the acknowledgements of a while into one transaction: a delete per PUBACK
+            # makes a draining backlog's outbox thread compete with the sync for the GIL.
+            await asyncio.sleep(_DELETE_EVERY_S)
             self._acked_ready.clear()
             await self._delete_now()
 

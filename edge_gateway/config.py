@@ -12,12 +12,36 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from edge_gateway.exceptions import ConfigError
 from fleet_protocol import validate_id
 from fleet_protocol.codec import describe_validation_error
+from fleet_protocol.tls import MqttTls, resolve_tls_paths
 
 ENV_PREFIX = "EDGEFLEET_GATEWAY__"
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class BrokerServeTls(_Section):
+    """The managed broker's TLS listener (see edge_gateway/broker_acl.py for what each name may do)."""
+
+    cert_file: Path = Field(description="The broker's certificate (`pki issue --kind broker --host ...`)")
+    key_file: Path = Field(description="The broker's private key")
+    ca_file: Path = Field(description="The fleet CA: clients must show a certificate it signed")
+    crl_file: Path | None = Field(default=None, description="The fleet CRL; a change restarts the broker")
+    crl_check_s: float = Field(
+        default=10.0, gt=0, description="How often the CRL file (and devices_file) is looked at"
+    )
+    devices_file: Path | None = Field(
+        default=None,
+        description="The site's devices, one id a line (`cloud-controller pki devices --site`): only these"
+        " names get a device's rights here; a change is applied without a restart. None: any other"
+        " certificate of the fleet CA is a device of this site",
+    )
+    labellers: list[str] = Field(default_factory=list, description="Names that may publish labels here")
+    observers: list[str] = Field(default_factory=list, description="Names that may read the whole site")
+    acl_extra: list[str] = Field(
+        default_factory=list, description="More Mosquitto ACL lines: ['user bridge-1', 'topic read fleet/#']"
+    )
 
 
 class BrokerConfig(_Section):
@@ -32,11 +56,19 @@ class BrokerConfig(_Section):
     client_id: str | None = Field(default=None, description="Default gateway-<gateway_id>")
     reconnect_min_s: float = Field(default=0.2, gt=0)
     reconnect_max_s: float = Field(default=5.0, gt=0)
+    #: The gateway's own connection over TLS, with its certificate (CN = gateway_id).
+    tls: MqttTls | None = None
+    #: The managed broker takes only clients with a fleet certificate, under an ACL per identity.
+    serve_tls: BrokerServeTls | None = None
 
     @model_validator(mode="after")
     def _backoff_ordered(self) -> Self:
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must not be below reconnect_min_s")
+        if self.serve_tls is not None and self.host is not None:
+            raise ValueError("serve_tls configures the managed broker: it needs broker.host unset")
+        if self.serve_tls is not None and self.tls is None:
+            raise ValueError("a broker requiring certificates needs broker.tls for the gateway's own link")
         return self
 
 
@@ -66,6 +98,15 @@ class DeviceClass(_Section):
 class UpstreamConfig(_Section):
     url: str | None = Field(default=None, description="The controller, e.g. https://cloud:8000; None: keep")
     token: str | None = Field(default=None, description="A gateway token from `cloud-controller admin`")
+    ca_file: Path | None = Field(
+        default=None, description="The CA of the controller's HTTPS certificate, when not a public one"
+    )
+    cert_file: Path | None = Field(
+        default=None,
+        description="This gateway's fleet certificate (`pki issue --kind gateway`), shown to a controller "
+        "served with --client-ca: then no token is needed (a token, when set, is sent and wins)",
+    )
+    key_file: Path | None = Field(default=None, description="The private key of cert_file, mode 0600")
     max_records: int = Field(default=2000, ge=1, le=5000, description="Items per ingest batch")
     max_bytes: int = Field(default=4 * 1024 * 1024, ge=4096, description="JSON bytes per batch, before gzip")
     linger_s: float = Field(default=1.0, ge=0, description="Wait this long for a batch to fill")
@@ -79,8 +120,13 @@ class UpstreamConfig(_Section):
 
     @model_validator(mode="after")
     def _token_with_url(self) -> UpstreamConfig:
-        if self.url and not self.token:
-            raise ValueError("upstream.token is required when upstream.url is set")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("upstream.cert_file and upstream.key_file go together: set both or neither")
+        if self.url and not self.token and self.cert_file is None:
+            raise ValueError(
+                "upstream.token is required when upstream.url is set (or upstream.cert_file and "
+                "upstream.key_file: the gateway's fleet certificate)"
+            )
         if self.retry_max_s < self.retry_min_s:
             raise ValueError("retry_max_s must not be below retry_min_s")
         return self
@@ -196,4 +242,21 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         out["data_dir"] = str(base / out["data_dir"])
     if isinstance(out.get("trusted_keys"), list):
         out["trusted_keys"] = [str(base / k) if isinstance(k, str) else k for k in out["trusted_keys"]]
+    broker = out.get("broker")
+    if isinstance(broker, dict):
+        broker = dict(broker)
+        for section in ("tls", "serve_tls"):
+            if isinstance(broker.get(section), dict):
+                broker[section] = resolve_tls_paths(broker[section], base)
+        out["broker"] = broker
+    upstream = out.get("upstream")
+    if isinstance(upstream, dict):
+        out["upstream"] = {
+            **upstream,
+            **{
+                k: str(base / upstream[k])
+                for k in ("ca_file", "cert_file", "key_file")
+                if isinstance(upstream.get(k), str)
+            },
+        }
     return out

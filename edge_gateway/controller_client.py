@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
-from edge_gateway.exceptions import UpstreamError
+from edge_gateway.exceptions import ConfigError, UpstreamError
 from fleet_protocol import ProtocolError, decode
 from fleet_protocol.ingest import IngestResult, SiteDesiredStates
+from fleet_protocol.tls import TlsConfigError, check_private_key_mode
 
 _CHUNK = 1 << 16
 #: Statuses that say the request itself is wrong: sending it again cannot help.
@@ -33,15 +35,48 @@ class Desired:
 
 
 class ControllerClient:
-    def __init__(self, base_url: str, token: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        *,
+        timeout_s: float = 30.0,
+        ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+    ) -> None:
+        """``ca_file``: the CA of the controller's certificate when it is not a public one.
+
+        ``cert_file``, ``key_file``: the gateway's fleet certificate, shown in the TLS handshake; a
+        controller served with ``--client-ca`` takes it instead of a token (None or "": send none).
+        """
         self.base_url = base_url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {token}"}
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, 10.0))
         self._session: aiohttp.ClientSession | None = None
+        self._tls: ssl.SSLContext | bool = True  # the system's CAs
+        if ca_file is not None or cert_file is not None:
+            try:
+                self._tls = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"upstream.ca_file {ca_file}: {exc}") from None
+        if cert_file is not None:
+            if key_file is None:
+                raise ConfigError("upstream.cert_file needs upstream.key_file")
+            assert isinstance(self._tls, ssl.SSLContext)
+            try:
+                check_private_key_mode(key_file)
+                self._tls.load_cert_chain(str(cert_file), str(key_file))
+            except TlsConfigError as exc:
+                raise ConfigError(f"upstream.key_file: {exc}") from None
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"upstream.cert_file {cert_file} with key {key_file}: {exc}") from None
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+            self._session = aiohttp.ClientSession(
+                headers=self._headers, timeout=self._timeout, connector=aiohttp.TCPConnector(ssl=self._tls)
+            )
         return self._session
 
     async def close(self) -> None:
@@ -59,7 +94,7 @@ class ControllerClient:
                 if response.status != 200:
                     raise _status_error("ingest", response.status, body, response.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamError(f"ingest: controller unreachable: {exc!r}") from None
+            raise UpstreamError(f"ingest: controller unreachable: {_failure(exc)}") from None
         try:
             return IngestResult.model_validate_json(body)
         except ValueError as exc:
@@ -79,7 +114,7 @@ class ControllerClient:
                     raise _status_error("desired state", response.status, body)
                 tag = response.headers.get("ETag")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamError(f"desired state: controller unreachable: {exc!r}") from None
+            raise UpstreamError(f"desired state: controller unreachable: {_failure(exc)}") from None
         try:
             return Desired(decode(body, SiteDesiredStates, max_bytes=64 * 1024 * 1024), tag)
         except ProtocolError as exc:
@@ -114,10 +149,21 @@ class ControllerClient:
                 else:
                     raise _status_error(f"bundle {sha256[:12]}", response.status, await response.read())
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamError(f"bundle {sha256[:12]}: download interrupted: {exc!r}") from None
+            raise UpstreamError(f"bundle {sha256[:12]}: download interrupted: {_failure(exc)}") from None
         if await asyncio.to_thread(_sha256, part) != sha256:
             await asyncio.to_thread(part.unlink, True)
             raise UpstreamError(f"bundle {sha256[:12]}: downloaded bytes do not match their sha256")
+
+
+def _failure(exc: BaseException) -> str:
+    """What went wrong, for a log line, never the request's headers (the gateway's token).
+
+    The repr of aiohttp's `ClientResponseError` (a malformed answer, a redirect loop) carries the
+    request's headers, ``Authorization`` among them; its str names the status, message and URL only.
+    """
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"{type(exc).__name__}({exc})"
+    return repr(exc)
 
 
 def _size(path: Path) -> int:

@@ -9,17 +9,20 @@ processor changes the in-memory state, so none of it needs a lock.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
 
-from edge_gateway.broker import ManagedBroker
+from edge_gateway.broker import ManagedBroker, reach_host
+from edge_gateway.broker_acl import SiteIdentities, TlsListener, acl, read_devices_file
 from edge_gateway.bundles import BundleCache
-from edge_gateway.config import GatewaySettings
+from edge_gateway.config import BrokerConfig, GatewaySettings
 from edge_gateway.controller_client import ControllerClient
 from edge_gateway.desired import DesiredRelay
-from edge_gateway.exceptions import LinkError
+from edge_gateway.exceptions import ConfigError, LinkError
 from edge_gateway.metrics import GatewayMetrics
 from edge_gateway.mqtt_link import Message, MqttLink
 from edge_gateway.pipeline import Pipeline
@@ -29,12 +32,64 @@ from edge_gateway.uplink import Uplink
 from fleet_protocol import site_subscription
 from fleet_protocol.pacing import Backoff
 from fleet_protocol.signing import load_public_key
+from fleet_protocol.tls import TlsConfigError
 
 log = logging.getLogger(__name__)
 
 _STORE_RETRY_S = 2.0
 _TICK_S = 1.0
 _LINGER_S = 0.005
+
+
+def managed_broker(settings: GatewaySettings) -> ManagedBroker:
+    """The site's Mosquitto: with ``broker.serve_tls``, for fleet certificates only, under an ACL."""
+    broker, serve = settings.broker, settings.broker.serve_tls
+    workdir = settings.data_dir / "broker"
+    if serve is None:
+        return ManagedBroker(workdir, listen=broker.listen, port=broker.port)
+    identities = SiteIdentities(
+        site=settings.site,
+        gateway=settings.gateway_id,
+        labellers=tuple(serve.labellers),
+        observers=tuple(serve.observers),
+        extra=tuple(serve.acl_extra),
+    )
+    devices_file = serve.devices_file
+
+    def site_acl() -> str:
+        if devices_file is None:
+            return acl(identities)
+        return acl(dataclasses.replace(identities, devices=read_devices_file(devices_file)))
+
+    try:
+        first = site_acl()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"broker.serve_tls.devices_file cannot be used: {exc}") from None
+    listener = TlsListener(serve.cert_file, serve.key_file, serve.ca_file, serve.crl_file)
+    return ManagedBroker(
+        workdir,
+        listen=broker.listen,
+        port=broker.port,
+        tls=listener,
+        acl=first,
+        crl_check_s=serve.crl_check_s,
+        acl_watch=devices_file,
+        acl_refresh=site_acl if devices_file is not None else None,
+    )
+
+
+def link_tls(broker: BrokerConfig) -> ssl.SSLContext | None:
+    """The gateway's own TLS context; without one, say at start that the site broker is open."""
+    if broker.tls is None:
+        log.warning(
+            "the site broker link is plain TCP without certificates: for a lab only (any client on"
+            " the site network can publish as any device); set broker.tls and broker.serve_tls"
+        )
+        return None
+    try:
+        return broker.tls.context()
+    except TlsConfigError as exc:
+        raise ConfigError(f"broker.tls: {exc}") from None
 
 
 class Gateway:
@@ -53,21 +108,27 @@ class Gateway:
         self._retry: list[Message] = []
         broker = settings.broker
         if broker.host is None:
-            self.broker = ManagedBroker(settings.data_dir / "broker", listen=broker.listen, port=broker.port)
-        host = broker.host or ("127.0.0.1" if broker.listen in ("0.0.0.0", "::") else broker.listen)
-        self.link = MqttLink(
-            host,
-            broker.port,
-            client_id=broker.client_id or f"gateway-{settings.gateway_id}",
-            username=broker.username,
-            password=broker.password,
-            keepalive_s=broker.keepalive_s,
-            # The broker sends no more than its in-flight limit before we acknowledge, which bounds
-            # this queue.
-            on_message=self._queue_message,
+            self.broker = managed_broker(settings)
+            self.broker.prime = self._open_session
+        self._link_tls = link_tls(broker)
+        # The broker sends no more than its in-flight limit before we acknowledge, which bounds
+        # this queue.
+        self.link = self._broker_link(
+            broker.host or reach_host(broker.listen), broker.port, on_message=self._queue_message
         )
         up = settings.upstream
-        self.client = ControllerClient(up.url, up.token or "", timeout_s=up.timeout_s) if up.url else None
+        self.client = (
+            ControllerClient(
+                up.url,
+                up.token,
+                timeout_s=up.timeout_s,
+                ca_file=up.ca_file,
+                cert_file=up.cert_file,
+                key_file=up.key_file,
+            )
+            if up.url
+            else None
+        )
         self.cache = BundleCache(
             settings.data_dir / "bundles",
             self.client,
@@ -102,6 +163,26 @@ class Gateway:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _broker_link(self, host: str, port: int, **options: Any) -> MqttLink:
+        """A connection to the site broker as this gateway (its client id, credentials, TLS)."""
+        broker = self.settings.broker
+        return MqttLink(
+            host,
+            port,
+            client_id=broker.client_id or f"gateway-{self.settings.gateway_id}",
+            username=broker.username,
+            password=broker.password,
+            keepalive_s=broker.keepalive_s,
+            tls=self._link_tls,
+            **options,
+        )
+
+    async def _open_session(self, host: str, port: int) -> None:
+        """Open this gateway's persistent session, subscribed, on a managed broker's listener of
+        its own before the site listener opens (`ManagedBroker._prime`)."""
+        async with self._broker_link(host, port) as link:
+            await link.subscribe(site_subscription(self.settings.site), qos=1)
 
     async def run(self) -> None:
         self.pipeline.restore(await self.store.open())

@@ -16,6 +16,7 @@ and the acknowledgements of a committed batch go out as one write (paho writes e
 from __future__ import annotations
 
 import logging
+import ssl
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,6 +90,7 @@ class MqttLink:
         password: str | None = None,
         keepalive_s: int = 30,
         timeout_s: float = 10.0,
+        tls: ssl.SSLContext | None = None,
         on_message: Callable[[Message], None] = lambda message: None,
     ) -> None:
         self.host, self.port = host, port
@@ -102,6 +104,7 @@ class MqttLink:
             keepalive=keepalive_s,
             clean_session=False,
             timeout=timeout_s,
+            tls_context=tls,
         )
         paho = self._client._client
         # paho sends no PUBACK until `ack` is called.

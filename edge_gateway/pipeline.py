@@ -47,7 +47,15 @@ _SIGNIFICANT = (
     "desired_revision",
     "agent_version",
     "evicted",
+    "model_reason",
 )
+
+
+def _update_step(state: ReportedState) -> tuple[str, str, str, str | None] | None:
+    """Where the device's update stands: a new step (downloading, verified, shadow, ...) or another
+    update goes up at once, so the rollout engine sees it; the shadow figures ride with the refresh."""
+    ota = state.ota
+    return None if ota is None else (ota.state.value, ota.model_id, ota.version, ota.rollout_id)
 
 
 class Pipeline:
@@ -162,7 +170,11 @@ class Pipeline:
     def _state(self, state: ReportedState, changes: Changes, now: float) -> None:
         before = self.devices.get(state.device_id)
         self.devices[state.device_id] = state
-        significant = before is None or any(getattr(before, f) != getattr(state, f) for f in _SIGNIFICANT)
+        significant = (
+            before is None
+            or any(getattr(before, f) != getattr(state, f) for f in _SIGNIFICANT)
+            or _update_step(before) != _update_step(state)
+        )
         # Unchanged states still go up now and then: the controller's "last seen" moves with them.
         if (
             significant

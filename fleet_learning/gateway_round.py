@@ -50,6 +50,8 @@ class Gateway:
     superlink: str
     min_devices: int = 1
     round_share: float = DEFAULT_SITE_ROUND_SHARE
+    #: The CA of the site SuperLink's TLS certificate (node config ``site-superlink-ca``); None: plain.
+    superlink_ca: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.round_share < 1:
@@ -70,6 +72,7 @@ def gateway_from_config(context: Context) -> Gateway | None:
         superlink=str(config["site-superlink"]),
         min_devices=int(config.get("site-min-devices", 1)),
         round_share=float(config.get("site-round-share", DEFAULT_SITE_ROUND_SHARE)),
+        superlink_ca=str(config["site-superlink-ca"]) if config.get("site-superlink-ca") else None,
     )
 
 
@@ -97,13 +100,13 @@ def _site_job(msg: Message, config: ConfigRecord, gateway: Gateway, timeout: flo
 
 
 def _warn_plain_link(gateway: Gateway) -> None:
-    """Once per process: the link to the site SuperLink is not encrypted (TLS: issue #13)."""
+    """Once per process: the link to the site SuperLink is not encrypted (no ``site-superlink-ca``)."""
     global _warned_plain_link
-    if not _warned_plain_link:
+    if gateway.superlink_ca is None and not _warned_plain_link:
         _warned_plain_link = True
         log.warning(
-            "site %s: the link to the site SuperLink %s is plain (insecure, no TLS): "
-            "weights and the recipe cross it unencrypted",
+            "site %s: the link to the site SuperLink %s is plain (insecure, no TLS): weights and"
+            " the recipe cross it unencrypted; give the node config site-superlink-ca for TLS",
             gateway.site,
             gateway.superlink,
         )
@@ -118,9 +121,11 @@ def _run_on_site(job: ServerJob, gateway: Gateway, timeout: float, work: Path) -
     _warn_plain_link(gateway)
     home = work / "flwr-home"
     home.mkdir()
+    transport = (
+        "insecure = true" if gateway.superlink_ca is None else f'root-certificates = "{gateway.superlink_ca}"'
+    )
     (home / "config.toml").write_text(
-        '[superlink]\ndefault = "site"\n\n[superlink.site]\n'
-        f'address = "{gateway.superlink}"\ninsecure = true\n'
+        f'[superlink]\ndefault = "site"\n\n[superlink.site]\naddress = "{gateway.superlink}"\n{transport}\n'
     )
     env = {
         **os.environ,

@@ -253,6 +253,7 @@ def run_rounds(
     best_score, best_round, since_best = -math.inf, 0, 0
     rounds: list[RoundStats] = []
     dp_updates: list[int] = []
+    dp_shares: list[float] = []
     stopped = f"ran {config.rounds} rounds"
     for server_round in range(1, config.rounds + 1):
         started = time.monotonic()
@@ -282,6 +283,8 @@ def run_rounds(
             if dp is not None:
                 dp.num_sampled_clients = len(updates)
                 dp_updates.append(len(updates))
+                counts = [int(u.content[m.METRICS][m.NUM_EXAMPLES]) for u in updates]
+                dp_shares.append(max(counts) / sum(counts) if sum(counts) else 1.0)
             new_arrays, train_metrics = strategy.aggregate_train(server_round, updates)
             if new_arrays is not None:
                 arrays, stats.aggregated = new_arrays, True
@@ -314,5 +317,12 @@ def run_rounds(
             break
     if best_round == 0:
         best_arrays, best_round = arrays, rounds[-1].round if rounds else 0
-    privacy = privacy_settings(config.clip_norm, config.noise_multiplier, dp_updates)
+    privacy = privacy_settings(
+        config.clip_norm,
+        config.noise_multiplier,
+        dp_updates,
+        dp_shares,
+        strategy=config.strategy,
+        unit="site" if config.hierarchical else "device",
+    )
     return RoundsOutcome(best_arrays, rounds, stopped, best_round, privacy)

@@ -9,6 +9,7 @@ and adds Gaussian noise to the aggregate.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from flwr.serverapp.strategy import (
@@ -18,6 +19,8 @@ from flwr.serverapp.strategy import (
     FedTrimmedAvg,
     Strategy,
 )
+
+from fleet_learning.privacy import gaussian_epsilon, round_noise_multiplier
 
 StrategyName = Literal["fedavg", "fedprox", "trimmed_mean"]
 
@@ -63,19 +66,52 @@ def with_central_dp(
     )
 
 
-def privacy_settings(clip_norm: float | None, noise_multiplier: float, updates_per_round: list[int]) -> dict:
-    """What a job records about privacy: mechanism, clipping, noise; no epsilon is computed."""
+def privacy_settings(
+    clip_norm: float | None,
+    noise_multiplier: float,
+    updates_per_round: list[int],
+    largest_share_per_round: list[float] | None = None,
+    *,
+    strategy: str = "fedavg",
+    unit: str = "device",
+    delta: float = 1e-5,
+) -> dict[str, Any]:
+    """What a job records about privacy: mechanism, clipping, noise, and the (epsilon, delta) spent.
+
+    Epsilon is computed for the weighted means (``fedavg``, ``fedprox``) from each round's number of
+    updates and largest example share (`fleet_learning.privacy`); not for ``trimmed_mean``, whose
+    sensitivity to one client this bound does not cover.
+    """
     if clip_norm is None:
         return {"mechanism": "none"}
-    return {
+    shares = largest_share_per_round or []
+    settings: dict[str, Any] = {
         "mechanism": "central DP: server-side fixed clipping + Gaussian noise"
         " (flwr DifferentialPrivacyServerSideFixedClipping)",
         "clipping_norm": clip_norm,
         "noise_multiplier": noise_multiplier,
         "updates_per_round": updates_per_round,
+        "largest_example_share_per_round": shares,
         "noise_stddev_per_round": [
             noise_multiplier * clip_norm / n if n else None for n in updates_per_round
         ],
-        "accounting": "not computed (Flower's accountant needs uniform client weights; ours are"
-        " weighted by examples)",
+        "unit_of_privacy": unit,
+        "delta": delta,
     }
+    if strategy not in ("fedavg", "fedprox"):
+        settings["epsilon"] = None
+        settings["accounting"] = f"not computed: the bound covers weighted means, not {strategy}"
+    elif len(shares) != len(updates_per_round):
+        settings["epsilon"] = None
+        settings["accounting"] = "not computed: the rounds' example shares are unknown"
+    else:
+        rounds = zip(updates_per_round, shares, strict=True)
+        sigmas = [round_noise_multiplier(noise_multiplier, n, s) for n, s in rounds]
+        epsilon = gaussian_epsilon(sigmas, delta)
+        settings["epsilon"] = epsilon if math.isfinite(epsilon) else None
+        settings["accounting"] = (
+            "Gaussian mechanism per round (sensitivity: clipping norm x largest example share), composed"
+            " with Renyi DP, no amplification by sampling claimed"
+            + ("" if math.isfinite(epsilon) else ": no noise, so no finite epsilon")
+        )
+    return settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -16,6 +16,8 @@ SIGNATURE_FILE = "manifest.sig"
 
 _SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
 _FILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+#: A semantic version (``1.2.0``, ``2.0.0-rc.1``), as the manifest's ``version`` takes it.
+SEMVER_PATTERN = _SEMVER
 
 
 class Runtime(StrEnum):
@@ -98,6 +100,19 @@ class BundleManifest(ProtocolModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     lineage: Lineage = Field(default_factory=Lineage)
     created_at: float = Field(default_factory=time.time)
+    withdrawn_versions: list[Annotated[str, Field(pattern=_SEMVER)]] = Field(
+        default_factory=list,
+        max_length=1024,
+        description="Versions of this model_id its publisher withdrew: a device that installed this"
+        " bundle refuses to install any of them from then on. Signed with the rest of the manifest;"
+        " left out of manifest.json when empty (older manifests have no such field)",
+    )
+
+    @model_validator(mode="after")
+    def _withdraws_others(self) -> BundleManifest:
+        if self.version in self.withdrawn_versions:
+            raise ValueError(f"withdrawn_versions names {self.version}, the version of this very manifest")
+        return self
 
     @model_validator(mode="after")
     def _files_are_safe(self) -> BundleManifest:

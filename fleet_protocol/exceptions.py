@@ -6,6 +6,8 @@ raw bytes in a dead-letter place: a bad payload never crashes a daemon.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 class ProtocolError(ValueError):
     """Base class: something on the wire or on disk does not meet the contract."""
@@ -47,6 +49,19 @@ class SignatureError(BundleError):
     """The manifest signature is missing, malformed, from an untrusted key, or wrong."""
 
     reason = "bad_signature"
+
+
+class KeyRetired(SignatureError):
+    """The manifest is rightly signed, by a trusted key that was retired before now.
+
+    ``key_id`` and ``retired_at`` (an aware datetime) say which key and since when.
+    """
+
+    reason = "key_retired"
+
+    def __init__(self, message: str, *, key_id: str, retired_at: datetime) -> None:
+        super().__init__(message)
+        self.key_id, self.retired_at = key_id, retired_at
 
 
 class DigestMismatch(BundleError):

@@ -41,7 +41,8 @@ class ModelReason(StrEnum):
     RUNTIME_UNSUPPORTED = "runtime_unsupported"
     #: The runtime could not load the model.
     LOAD_FAILED = "load_failed"
-    #: A smoke inference gave non-finite outputs or the wrong shape.
+    #: A smoke inference, or a live batch of the new model after the switch, gave non-finite
+    #: outputs or outputs of the wrong shape.
     SMOKE_TEST_FAILED = "smoke_test_failed"
     #: The runtime raised while running the new model.
     RUNTIME_ERROR = "runtime_error"
@@ -49,6 +50,8 @@ class ModelReason(StrEnum):
     SHADOW_GATE_FAILED = "shadow_gate_failed"
     #: No space left for the new bundle beside the active one.
     DISK_FULL = "disk_full"
+    #: A manifest the device installed (signed) withdraws this version: the device will not install it.
+    WITHDRAWN = "withdrawn"
 
 
 #: Integers are signed 64-bit everywhere (SQLite, PostgreSQL).

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -20,6 +21,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleet_protocol import Lineage, Postprocessing, Preprocessing, TensorSpec
+from fleet_protocol.bundle import SEMVER_PATTERN
 from fleet_protocol.reference import DRIFT_REFERENCE_FILE
 from model_compiler import __version__
 from model_compiler.archive import pack
@@ -64,6 +66,9 @@ class BuildRequest:
     labels: list[str] | None = None
     anomaly_classes: list[int] = field(default_factory=list)
     tflite_python: Path | None = None
+    #: Versions of ``model_id`` this release withdraws: signed into every bundle's manifest, and a
+    #: device that installs one of them refuses those versions from then on.
+    withdrawn_versions: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -89,6 +94,15 @@ class BuildReport:
             "pruning": self.pruning,
             "build_seconds": round(self.seconds, 2),
         }
+
+
+def check_withdrawn(version: str, withdrawn: list[str]) -> None:
+    """Refuse, before any work, withdrawn versions the manifest would refuse after the build."""
+    bad = [v for v in withdrawn if not re.match(SEMVER_PATTERN, v)]
+    if bad:
+        raise InputError(f"withdrawn version(s) {', '.join(bad)} are not semantic versions (like 1.2.0)")
+    if version in withdrawn:
+        raise InputError(f"a release cannot withdraw its own version {version}")
 
 
 def select_targets(requested: list[str], profile: Profile | None) -> list[str]:
@@ -132,6 +146,7 @@ def build(request: BuildRequest, progress: Progress | None = None) -> BuildRepor
 
     started = time.perf_counter()
     say = progress or (lambda step, done: None)
+    check_withdrawn(request.version, request.withdrawn_versions)
     targets = select_targets(request.targets, request.profile)
     model = load_model(request.model, request.weights)
     eval_data = load_dataset(request.eval_data)
@@ -291,6 +306,7 @@ def _bundle(
                 training_data_sha256=request.training_data_sha256 or _digest(request.train_data),
                 compiler_version=__version__,
             ),
+            withdrawn_versions=list(request.withdrawn_versions),
         )
     pack(out)
     return out

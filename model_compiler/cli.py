@@ -10,7 +10,7 @@ from rich.console import Console
 
 from fleet_protocol import ProtocolError
 from model_compiler import __version__
-from model_compiler.commands import build, keys, verify
+from model_compiler.commands import build, example, keys, verify
 from model_compiler.exceptions import CompilerError
 
 
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"model-compiler {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (build, keys, verify):
+    for module in (build, keys, verify, example):
         module.add(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

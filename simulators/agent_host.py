@@ -118,9 +118,10 @@ class AgentHost:
         extra_drift = float(args.pop("extra_drift", 0.0))
         relabel = {int(k): int(v) for k, v in args.pop("relabel", {}).items()}
         labels = args.pop("labels", None)
+        labeller_tls = args.pop("labeller_tls", None)
         source = PacedSource(**args)
         source.extra_drift, source.relabel = extra_drift, relabel
-        labeller = self._labeller(settings.site, settings.mqtt.host, settings.mqtt.port, labels)
+        labeller = self._labeller(settings.site, settings.mqtt.host, settings.mqtt.port, labels, labeller_tls)
         agent = Agent(
             settings,
             source=source,
@@ -132,7 +133,9 @@ class AgentHost:
         self.retired.pop(device, None)
         self.tasks[device] = asyncio.create_task(agent.run(), name=device)
 
-    def _labeller(self, site: str, host: str, port: int, labels: dict[str, Any] | None) -> Labeller | None:
+    def _labeller(
+        self, site: str, host: str, port: int, labels: dict[str, Any] | None, tls: dict[str, str] | None
+    ) -> Labeller | None:
         """The process's labeller, started with its first device that asks for labels."""
         if not labels or float(labels.get("share", 0.0)) <= 0.0:
             return None
@@ -144,6 +147,7 @@ class AgentHost:
                 share=float(labels["share"]),
                 delay_s=float(labels.get("delay_s", 0.0)),
                 client_id=f"labeller-{site}-{os.getpid()}",
+                tls=tls,
             )
             self.labeller.start()
         return self.labeller
@@ -189,6 +193,7 @@ class AgentHost:
                 "source_done": agent.source_done.is_set(),
                 "version": model.manifest.version if model is not None else None,
                 "swap_gap_s": agent.swap_gap_s,
+                "steady_gap_s": agent.steady_gap_s,
             }
         running = [s for s in self.sources.values() if s.started_at is not None and not s.done]
         delay, self._worst_delay = self._worst_delay, 0.0

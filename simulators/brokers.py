@@ -13,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from edge_gateway.broker import ACL_FILE
+from edge_gateway.broker_acl import TlsListener, tls_listener_lines
 from simulators.scenario import SimError
 
 
@@ -23,7 +25,16 @@ def free_port() -> int:
 
 
 class SiteBroker:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    """A site's Mosquitto; with ``tls`` (and its ``acl``) it takes only fleet certificates."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        tls: TlsListener | None = None,
+        acl: str | None = None,
+    ) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
             raise SimError(
@@ -32,8 +43,14 @@ class SiteBroker:
         self.binary, self.workdir, self.port = binary, workdir, port or free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         self.config = workdir / "mosquitto.conf"
+        if tls is not None:
+            # The lines a gateway's managed broker gets (edge_gateway.broker_acl): one behaviour.
+            (workdir / ACL_FILE).write_text(acl or "")
+            access = "\n".join(tls_listener_lines(tls, workdir / ACL_FILE)) + "\n"
+        else:
+            access = "allow_anonymous true\n"
         self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser root\npersistence true\n"
+            f"listener {self.port} 127.0.0.1\n{access}user root\npersistence true\n"
             f"persistence_location {workdir}/\nautosave_interval 1\nmax_queued_messages 0\n"
             # Gateways acknowledge after committing a batch: let a batch be in flight to them.
             "max_inflight_messages 1000\n"

@@ -25,10 +25,12 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cloud_controller.pki import Kind
 from simulators.agent_hosts import AgentHostProcess, DeviceSpec
 from simulators.brokers import SiteBroker
 from simulators.controller import ControllerProcess
 from simulators.gateways import GatewayProcess
+from simulators.identities import OBSERVER, RunIdentities, gateway_name, labeller_name
 from simulators.lag import FleetPace
 from simulators.learning import JobOutcome
 from simulators.netproxy import FaultyLink
@@ -73,6 +75,8 @@ class FleetRun:
         signing_key: Ed25519PrivateKey | None = None,
     ) -> None:
         self.scenario, self.run_dir, self.controller = scenario, run_dir, controller
+        #: The run's fleet CA and certificates (scenario ``tls``), else plain TCP on the site brokers.
+        self.identities = RunIdentities(run_dir) if scenario.tls else None
         self.bundles, self.key_file, self.observer = bundles, key_file, observer
         #: Signs the model versions the timeline builds during the run.
         self.signing_key = signing_key
@@ -105,7 +109,14 @@ class FleetRun:
     async def add_site(self, index: int) -> Site:
         name = f"site-{index}"
         home = self.run_dir / name
-        broker = SiteBroker(home / "broker")
+        if self.identities is not None:
+            processes = self.scenario.agent_processes_per_site + sum(
+                1 for cls in self.scenario.device_classes if cls.own_process
+            )
+            listener, acl = await asyncio.to_thread(self.identities.broker, name, processes)
+            broker = SiteBroker(home / "broker", tls=listener, acl=acl)
+        else:
+            broker = SiteBroker(home / "broker")
         await asyncio.to_thread(broker.start)
         host, port = self.controller.url.removeprefix("http://").split(":")
         uplink = FaultyLink(host, int(port), seed=index)
@@ -117,7 +128,11 @@ class FleetRun:
                 "gateway_id": f"gw-{name}",
                 "site": name,
                 "trusted_keys": [str(self.key_file)],
-                "broker": {"host": "127.0.0.1", "port": broker.port},
+                "broker": {
+                    "host": "127.0.0.1",
+                    "port": broker.port,
+                    **await self._tls(gateway_name(name), "gateway", name),
+                },
                 "upstream": {
                     "url": f"http://127.0.0.1:{uplink.port}",
                     "token": await asyncio.to_thread(self.controller.gateway_token, name),
@@ -137,7 +152,8 @@ class FleetRun:
             },
         )
         await asyncio.to_thread(gateway.start)
-        await self.observer.watch(name, broker.port)
+        observer_tls = (await self._tls(OBSERVER, "observer")).get("tls")
+        await self.observer.watch(name, broker.port, observer_tls)
         site = Site(index, name, broker, uplink, gateway)
         for number in range(self.scenario.agent_processes_per_site):
             agents = AgentHostProcess(f"{name}/{number}", home / f"agents-{number}.log")
@@ -151,6 +167,12 @@ class FleetRun:
                 site.class_hosts[cls.name] = agents
         self.sites.append(site)
         return site
+
+    async def _tls(self, name: str, kind: Kind, site: str | None = None) -> dict[str, Any]:
+        """``{"tls": section}`` of a client's MQTT config when the run is over TLS, else ``{}``."""
+        if self.identities is None:
+            return {}
+        return {"tls": await asyncio.to_thread(self.identities.tls, name, kind, site)}
 
     def sites_for(self, which: int | Literal["all"]) -> list[Site]:
         return list(self.sites) if which == "all" else [self.sites[which % len(self.sites)]]
@@ -185,8 +207,10 @@ class FleetRun:
                 "rate_hz": rate_hz,
                 "seed": seed,
                 "inline_labels": scenario.records_carry_labels,
+                "class_weights": cls.class_mix,
             },
             "mqtt": {
+                **await self._tls(device, "device", site.name),
                 "port": site.broker.port,
                 "reconnect_min_s": 0.2,
                 "reconnect_max_s": 3.0,
@@ -202,6 +226,7 @@ class FleetRun:
             "anomaly_rate": anomaly_rate,
             "noise": cls.noise,
             "period_s": cls.period_s,
+            "class_weights": cls.class_mix,
             "extra_drift": site.drift_shift,
             "relabel": {str(k): v for k, v in site.relabel.items()},
             "labels": scenario.labels.model_dump() if scenario.labels is not None else None,
@@ -209,6 +234,8 @@ class FleetRun:
         shared = [h for h in site.hosts if h not in site.class_hosts.values()]
         host = self.host_of.get(device) or site.class_hosts.get(cls.name) or shared[number % len(shared)]
         self.host_of[device] = host
+        labeller = labeller_name(site.name, site.hosts.index(host))
+        source["labeller_tls"] = (await self._tls(labeller, "labeller", site.name)).get("tls")
         await host.start_device(device, DeviceSpec(settings, source))
         self.running.add(device)
 
@@ -351,11 +378,19 @@ class FleetRun:
 
     def swap_gaps(self) -> dict[str, float]:
         """Per device that switched models, its last swap gap (`Agent.swap_gap_s`)."""
+        return self._per_device("swap_gap_s")
+
+    def steady_gaps(self) -> dict[str, float]:
+        """Per device that switched models, its longest gap between batches before the switch
+        (`Agent.steady_gap_s`): the machine's own scheduling, to set the swap gap against."""
+        return self._per_device("steady_gap_s")
+
+    def _per_device(self, key: str) -> dict[str, float]:
         return {
-            device: row["swap_gap_s"]
+            device: row[key]
             for host in self.hosts()
             for device, row in host.status.devices.items()
-            if row.get("swap_gap_s") is not None
+            if row.get(key) is not None
         }
 
     async def close(self) -> None:

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,14 +35,24 @@ class InTransit:
 class GatewayProcess:
     """One site gateway in a process of its own: started, killed -9, restarted, scraped."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: dict[str, Any],
+        *,
+        command_prefix: Sequence[str] = (),
+        reach: str = "127.0.0.1",
+    ) -> None:
+        """``command_prefix`` runs it elsewhere (``ip netns exec NS``), where ``reach`` reaches it."""
         self.workdir = workdir
         self.http_port = free_port()
+        self.command_prefix, self.reach = list(command_prefix), reach
+        http_host = "127.0.0.1" if reach == "127.0.0.1" else "0.0.0.0"
         self.config = {
             "gateway_id": "gw-a",
             "site": "site-a",
             "data_dir": str(workdir / "data"),
-            "http": {"host": "127.0.0.1", "port": self.http_port},
+            "http": {"host": http_host, "port": self.http_port},
             **config,
         }
         workdir.mkdir(parents=True, exist_ok=True)
@@ -54,12 +65,20 @@ class GatewayProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.reach}:{self.http_port}"
 
     def start(self, wait: bool = True) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "edge_gateway.cli", "run", "--config", str(self.config_path)],
+                [
+                    *self.command_prefix,
+                    sys.executable,
+                    "-m",
+                    "edge_gateway.cli",
+                    "run",
+                    "--config",
+                    str(self.config_path),
+                ],
                 stdout=log,
                 stderr=log,
             )

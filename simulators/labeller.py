@@ -28,6 +28,7 @@ from edge_agent.training_buffer import Samples
 from fleet_protocol import LabelBatch, encode, labels_topic
 from fleet_protocol.labels import MAX_LABELS, Label
 from fleet_protocol.pacing import Backoff
+from fleet_protocol.tls import MqttTls
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,21 @@ class Labeller:
     """Labels of the records of one site's devices, published on that site's broker after a delay."""
 
     def __init__(
-        self, *, site: str, host: str, port: int, share: float, delay_s: float, client_id: str
+        self,
+        *,
+        site: str,
+        host: str,
+        port: int,
+        share: float,
+        delay_s: float,
+        client_id: str,
+        tls: dict[str, str] | None = None,
     ) -> None:
         self.site, self.share, self.delay_s = site, share, delay_s
-        self.link = MqttLink(LinkSettings(host=host, port=port, client_id=client_id, clean_session=True))
+        context = MqttTls.model_validate(tls).context() if tls else None
+        self.link = MqttLink(
+            LinkSettings(host=host, port=port, client_id=client_id, clean_session=True, tls=context)
+        )
         #: (due, device, seq, truth), soonest first.
         self._due: list[tuple[float, str, int, int]] = []
         self.scheduled = 0

@@ -20,6 +20,7 @@ import httpx
 
 from simulators.releases import MODEL_ID
 from simulators.rollouts import ENDED as ROLLOUT_ENDED
+from simulators.rollouts import RolloutOutcome
 from simulators.scenario import Learning, SimError
 
 if TYPE_CHECKING:
@@ -69,17 +70,26 @@ class JobOutcome:
         return f"{what} {self.state}{took}: {self.outcome or ''}{rollout}"
 
 
+def mark_production(client: httpx.Client, version: str) -> None:
+    """Mark ``MODEL_ID@version`` production: what a job's candidate must beat. The newest version
+    marked so is production (`cloud_controller.pipeline.versions.production`), so marking the
+    version a good rollout gave the fleet makes it the one a job compares with."""
+    versions = client.get("/api/v1/models/versions", params={"model_id": MODEL_ID}).json()
+    found = next((v for v in versions if v["version"] == version), None)
+    if found is None:
+        raise SimError(f"cannot mark {MODEL_ID}@{version} production: the registry has no such version")
+    staged = client.patch(f"/api/v1/models/versions/{found['id']}", json={"stage": "production"})
+    if staged.status_code != 200:
+        raise SimError(f"cannot mark {MODEL_ID}@{version} production: {staged.status_code} {staged.text}")
+
+
 def set_up(controller: ControllerProcess, learning: Learning, version: str) -> None:
     """The model's training recipe and alarm policy, and ``version`` marked production (what a job's
     candidate must beat); blocking."""
     from fleet_learning import default_recipe
 
     with controller.client("operator") as client:
-        versions = client.get("/api/v1/models/versions", params={"model_id": MODEL_ID}).json()
-        first = next(v for v in versions if v["version"] == version)
-        staged = client.patch(f"/api/v1/models/versions/{first['id']}", json={"stage": "production"})
-        if staged.status_code != 200:
-            raise SimError(f"cannot mark {MODEL_ID}@{version} production: {staged.status_code} {staged.text}")
+        mark_production(client, version)
         recipe = client.put(
             f"/api/v1/models/{MODEL_ID}/recipe", json=default_recipe().model_dump(mode="json")
         )
@@ -104,16 +114,27 @@ def site_group(controller: ControllerProcess, site: Site) -> str:
     return site.name
 
 
+def open_since(alarm: dict[str, Any], since: float | None) -> bool:
+    """Whether the alarm was open at some time from ``since`` on (Unix time; None: any alarm)."""
+    if since is None:
+        return True
+    return alarm["fired_at"] >= since or alarm["resolved_at"] is None or alarm["resolved_at"] >= since
+
+
 async def wait_alarm(
-    client: httpx.AsyncClient, site: str, kind: str, within_s: float
+    client: httpx.AsyncClient, site: str, kind: str, within_s: float, *, since: float | None = None
 ) -> dict[str, Any] | None:
     """The site's alarm of ``kind`` once it is open (or was: it may have resolved since), None if none
-    fired within ``within_s``."""
+    fired within ``within_s``. With ``since``, only an alarm open at some time from then on: one
+    that fired and resolved before (a fault skewing a drift window) is not the one a drift raised."""
     deadline = time.monotonic() + within_s
     while True:
         answer = await client.get("/api/v1/alarms", params={"kind": kind, "site": site, "model_id": MODEL_ID})
-        if answer.status_code == 200 and answer.json()["data"]:
-            return min(answer.json()["data"], key=lambda a: a["fired_at"])
+        found = (
+            [a for a in answer.json()["data"] if open_since(a, since)] if answer.status_code == 200 else []
+        )
+        if found:
+            return min(found, key=lambda a: a["fired_at"])
         if time.monotonic() >= deadline:
             return None
         await asyncio.sleep(1.0)
@@ -297,15 +318,25 @@ class LearningResult:
     verdicts: dict[str, bool | None]
     problems: dict[str, list[str]]
     series_s: float
+    #: The timeline's own rollouts (before the drift, in a scenario that has both): on the same axis.
+    rollouts: list[RolloutOutcome] = field(default_factory=list)
 
     def marks(self, origin: float) -> list[dict[str, Any]]:
-        """Each step of the loop on the run's time axis (seconds from the stream's start), in order:
-        drift, alarm fired / resolved, each job step's start and end, rollout waves and end."""
+        """Each step of the story on the run's time axis (seconds from the stream's start), in order:
+        the timeline's rollouts (waves, end), drift, alarm fired / resolved, each job step's start
+        and end, the jobs' rollout waves and end."""
         out: list[dict[str, Any]] = []
 
         def mark(at: float | None, what: str, label: str, site: str) -> None:
             if at is not None:
                 out.append({"t": round(at - origin, 2), "what": what, "label": label, "site": site})
+
+        for rollout in self.rollouts:
+            name = rollout.version + (f" ({rollout.defect})" if rollout.defect else "")
+            for wave in rollout.waves:
+                label = f"{name} wave {wave.get('index', 0) + 1} ({wave.get('target', '?')} devices)"
+                mark(wave.get("started_at"), "ota_wave", label, "all sites")
+            mark(rollout.ended_at, "ota_end", f"{name} rollout {rollout.state}", "all sites")
 
         for site, acc in self.accuracy.items():
             mark(acc.drifted_at, "drift", f"{site} drifts", site)
@@ -325,6 +356,19 @@ class LearningResult:
             mark(job.rollout_ended_at, "rollout_end", f"{job.version} rollout {job.rollout_state}", job.site)
         return sorted(out, key=lambda m: m["t"])
 
+    def recovery_seconds(self, site: str) -> float | None:
+        """From the site's first alarm after its drift to the end of the rollout that recovered it
+        (the rollout ends when its last wave's devices all promoted): None when either is missing."""
+        acc = self.accuracy.get(site)
+        if acc is None or acc.drifted_at is None or acc.recovered_at is None:
+            return None
+        fired = [
+            a["fired_at"]
+            for a in self.alarms
+            if a["site_id"] == site and a["fired_at"] is not None and a["fired_at"] >= acc.drifted_at
+        ]
+        return round(acc.recovered_at - min(fired), 1) if fired else None
+
     def summary(self, origin: float) -> dict[str, Any]:
         return {
             "jobs": [job.as_dict() for job in self.jobs],
@@ -339,6 +383,7 @@ class LearningResult:
                     "recovered_at_s": None
                     if acc.recovered_at is None
                     else round(acc.recovered_at - origin, 2),
+                    "recovery_seconds": self.recovery_seconds(site),
                 }
                 for site, acc in self.accuracy.items()
             },

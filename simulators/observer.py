@@ -29,6 +29,7 @@ from typing import Any
 from edge_agent.exceptions import LinkError
 from edge_agent.mqtt_link import LinkSettings, MqttLink
 from fleet_protocol.pacing import Backoff
+from fleet_protocol.tls import MqttTls
 from simulators.fleet_view import FleetView
 from simulators.json_lines import run_child, serve
 
@@ -38,12 +39,13 @@ log = logging.getLogger(__name__)
 class SiteObserver:
     """One site's broker: ``fleet/{site}/#`` and this observer's marker topic, persistent session."""
 
-    def __init__(self, site: str, port: int, view: FleetView) -> None:
+    def __init__(self, site: str, port: int, view: FleetView, tls: dict[str, str] | None = None) -> None:
         self.view = view
         client_id = f"observer-{site}-{uuid.uuid4().hex[:6]}"
         self.topic = f"fleet/{site}/#"
         self.marker_topic = f"fleet-sim/observer/{client_id}/sync"
-        self.link = MqttLink(LinkSettings(host="127.0.0.1", port=port, client_id=client_id))
+        context = MqttTls.model_validate(tls).context() if tls else None
+        self.link = MqttLink(LinkSettings(host="127.0.0.1", port=port, client_id=client_id, tls=context))
         self.ready = asyncio.Event()
         self._markers: dict[str, asyncio.Future[None]] = {}
 
@@ -95,7 +97,7 @@ class Observer:
     async def answer(self, command: dict[str, Any]) -> dict[str, Any]:
         op = command.get("op")
         if op == "watch":
-            site = SiteObserver(command["site"], int(command["port"]), self.view)
+            site = SiteObserver(command["site"], int(command["port"]), self.view, command.get("tls"))
             self.sites[command["site"]] = site
             self.tasks.append(asyncio.create_task(site.run(), name=f"observe-{command['site']}"))
             await asyncio.wait_for(site.ready.wait(), 10)

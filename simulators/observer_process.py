@@ -14,9 +14,9 @@ class ObserverProcess(JsonLineChild):
     def __init__(self, log_path: Path) -> None:
         super().__init__("simulators.observer", log_path)
 
-    async def watch(self, site: str, port: int) -> None:
+    async def watch(self, site: str, port: int, tls: dict[str, str] | None = None) -> None:
         """Subscribe to a site's tree; returns once subscribed, so nothing after this is missed."""
-        await self.ask({"op": "watch", "site": site, "port": port}, within_s=20)
+        await self.ask({"op": "watch", "site": site, "port": port, "tls": tls}, within_s=20)
 
     async def stats(self, within_s: float = 2.0) -> dict[str, Any] | None:
         """Records seen, devices online, model versions; None if the observer is too busy to say."""

@@ -4,6 +4,12 @@
   canary, each canary device back on the previous version with a final reason for the bad one, or
   with its update cancelled (``ota.cancelled``) by the abort before its own checks had ended: the
   controller's gates on the canary's shadow reports can stop a rollout before every device's do.
+  A learning job's later rollout to the device's site may have moved it on since: its version
+  counts as the previous one. A defect a device judges by statistics (``slow_10x``, ``disagrees``:
+  a latency ratio, an agreement rate over its shadow period) may pass one device's gate on too few
+  readings and be caught by the controller's gates over the whole canary: such a device may have
+  promoted the bad version, provided the abort then put it back on the previous one. A NaN model or
+  a tampered bundle is caught on every device, by checks that do not depend on chance.
 - No device loaded an unverified bundle: a tampered bundle was refused by every device that was
   sent it (``ota.refused`` for its signature or digests) unless the abort cancelled its download
   first, never shadowed, promoted or run; and on
@@ -11,7 +17,8 @@
 - Every record is attributed to the model version that made it: per device, in seq order, the
   records' version changes only where the device said it switched (``ota.promoted`` to the new
   one, ``ota.rolled_back`` away from the old one), and no record comes from a version stopped at
-  its canary. An ``ota.*`` event is in the agent's memory until the broker has it, so a device
+  its canary, but on a device that promoted it as above (its records are then rightly its). An
+  ``ota.*`` event is in the agent's memory until the broker has it, so a device
   whose process was killed -9 may lose one per kill: those transitions are allowed, and counted.
 - Each site downloaded each bundle once: the gateway's ``edge_gateway_bundle_fetches_total
   {result="ok"}`` (over its lives) equals the bundles its devices' desired states named, but for
@@ -34,6 +41,8 @@ _REFUSED_UNVERIFIED = {
     ModelReason.MANIFEST_MISMATCH.value,
 }
 _ENDED = ("ota.rolled_back", "ota.refused", "ota.cancelled", "ota.promoted")
+#: Defects a device's own gate judges by statistics over its shadow period (see above).
+_STATISTICAL = ("slow_10x", "disagrees")
 _LOADED = ("ota.shadow", "ota.promoted")
 _EXAMPLES = 5
 
@@ -59,8 +68,13 @@ def judge(
     fetches: Mapping[str, float],
     planted: Mapping[str, set[str]],
     complete: bool,
+    moved_on: Mapping[str, str] | None = None,
 ) -> OtaVerdicts:
-    """The four verdicts; a problem found on an incomplete view is NOT JUDGED (None), not a FAIL."""
+    """The four verdicts; a problem found on an incomplete view is NOT JUDGED (None), not a FAIL.
+
+    ``moved_on``: per device, the version a later rollout that is not the timeline's (a learning
+    job's, to the device's site) gave it; a canary device of a bad rollout may end on that one
+    instead of the version it was back on."""
     out = OtaVerdicts()
     for r in rollouts:
         out.devices[r.version] = {}
@@ -70,7 +84,9 @@ def judge(
             runs = state.model_version if state is not None else None
             out.devices[r.version][device] = {"outcome": how, "reason": reason, "runs": runs}
     checks = {
-        "every_rollout_ended_as_expected_devices_back_with_a_reason": _rollouts(rollouts, view),
+        "every_rollout_ended_as_expected_devices_back_with_a_reason": _rollouts(
+            rollouts, view, moved_on or {}
+        ),
         "no_device_loaded_an_unverified_bundle": _unverified(rollouts, view, killed),
         "every_record_attributed_to_the_model_version_that_made_it": _attribution(
             rollouts, view, killed, out
@@ -101,7 +117,7 @@ def _outcome(view: FleetView, device: str, version: str) -> tuple[str | None, st
     return None, None
 
 
-def _rollouts(rollouts: list[RolloutOutcome], view: FleetView) -> list[str]:
+def _rollouts(rollouts: list[RolloutOutcome], view: FleetView, moved_on: Mapping[str, str]) -> list[str]:
     problems = []
     for r in rollouts:
         if r.state != r.expected:
@@ -120,11 +136,13 @@ def _rollouts(rollouts: list[RolloutOutcome], view: FleetView) -> list[str]:
         for device in canary:
             state = view.states.get(device)
             running = state.model_version if state is not None else None
-            if running != r.previous:
+            if running != r.previous and (running is None or running != moved_on.get(device)):
                 problems.append(f"{device} runs {running} after {r.version} failed, not {r.previous}")
             how, reason = _outcome(view, device, r.version)
             if how == "cancelled" and r.state == "failed":
                 continue  # the abort came first; still on the previous version (checked above)
+            if how == "promoted" and r.state == "failed" and r.defect in _STATISTICAL:
+                continue  # its gate passed on its readings; the canary's gates did not (back: above)
             if how not in ("rolled_back", "refused") or reason in (None, ModelReason.UPDATE_PENDING.value):
                 problems.append(f"{device}: {r.version} ended {how or 'without an outcome'}, reason {reason}")
     return problems
@@ -167,9 +185,11 @@ def _attribution(
 ) -> list[str]:
     problems = []
     stopped = {r.version for r in rollouts if r.defect is not None}
+    statistical = {r.version for r in rollouts if r.defect in _STATISTICAL}
     for device, runs in view.version_runs.items():
+        promoted = {e.version for e in view.ota.get(device, []) if e.kind == "ota.promoted"}
         for run in runs:
-            if run.version in stopped:
+            if run.version in stopped and not (run.version in statistical and run.version in promoted):
                 problems.append(f"{device}: {run.records} records from {run.version}, stopped at its canary")
         events = [e for e in view.ota.get(device, []) if e.kind in ("ota.promoted", "ota.rolled_back")]
         unexplained = 0

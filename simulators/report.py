@@ -68,8 +68,10 @@ def print_report(result: RunResult, console: Console) -> None:
     table = Table(title=f"edgefleet run: {summary['scenario']}", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
+    partial = set(summary["figures_from_partial_view"])
     for key in _SHOWN:
-        table.add_row(_LABELS.get(key, key.replace("_", " ")), str(summary[key]))
+        label = _LABELS.get(key, key.replace("_", " "))
+        table.add_row(label + (" (partial view)" if key in partial else ""), str(summary[key]))
     for label, keys in _LAG_SHOWN:
         table.add_row(label, " / ".join(str(lag.get(k, "n/a")) for k in keys))
     for line in summary["events"]:
@@ -86,6 +88,8 @@ def print_report(result: RunResult, console: Console) -> None:
                 f"{site} accuracy before drift / after drift / after recovery",
                 " / ".join("n/a" if v is None else f"{v:.3f}" for v in figures),
             )
+            if acc.get("recovery_seconds") is not None:
+                table.add_row(f"{site} recovery, alarm to rollout end (s)", f"{acc['recovery_seconds']:.1f}")
         for alarm in learning["alarms"]:
             state = "resolved" if alarm["resolved_at"] else "open"
             table.add_row("alarm", f"{alarm['kind']} at {alarm['site_id']}: {alarm['value']:.3f}, {state}")

@@ -1,5 +1,6 @@
 """The learning loop's part of report.html: accuracy per site on one time axis with every step of
-the loop marked (drift, alarms, job steps, rollout waves and ends), and the tables behind it."""
+the loop marked (the timeline's rollouts before it, drift, alarms, job steps, rollout waves and
+ends), and the tables behind it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 
 _COLOURS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2"]
 _MARK_COLOURS = {
+    "ota_wave": "#64748b",
+    "ota_end": "#0f766e",
     "drift": "#dc2626",
     "alarm_fired": "#ea580c",
     "alarm_resolved": "#16a34a",
@@ -94,7 +97,7 @@ def learning_section(learning: dict[str, Any] | None) -> str:
         f"<tr><td>{html.escape(site)}</td><td>{_cell(a['accuracy_before_drift'])}</td>"
         f"<td>{_cell(a['accuracy_after_drift'])}</td><td>{_cell(a['accuracy_after_recovery'])}</td>"
         f"<td>{_cell(a['labelled_after_recovery'])}</td><td>{_cell(a['drifted_at_s'])}</td>"
-        f"<td>{_cell(a['recovered_at_s'])}</td></tr>"
+        f"<td>{_cell(a['recovered_at_s'])}</td><td>{_cell(a.get('recovery_seconds'))}</td></tr>"
         for site, a in learning["accuracy_per_site"].items()
     )
     jobs = "".join(
@@ -119,7 +122,7 @@ def learning_section(learning: dict[str, Any] | None) -> str:
         + accuracy_timeline(learning)
         + "</div><table><tr><th>site</th><th>accuracy before drift</th><th>after drift</th>"
         "<th>accuracy_after_recovery</th><th>labelled after recovery</th><th>drift at (s)</th>"
-        f"<th>recovered at (s)</th></tr>{sites}</table>"
+        f"<th>recovered at (s)</th><th>recovery_seconds (alarm to rollout end)</th></tr>{sites}</table>"
         "<h3>Jobs</h3><table><tr><th>job</th><th>kind</th><th>site</th><th>answering</th><th>state</th>"
         f"<th>version</th><th>FL rounds</th><th>rollout</th><th>outcome</th></tr>{jobs}</table>"
         "<h3>Alarms</h3><table><tr><th>id</th><th>site</th><th>kind</th><th>value</th><th>threshold</th>"

@@ -205,6 +205,7 @@ async def _final_checks(fleet: FleetRun, result: RunResult) -> None:
             fetches=fetches,
             planted=fleet.planted,
             complete=result.view_complete,
+            moved_on=moved_on(fleet),
         )
         result.swap_gaps = fleet.swap_gaps()
     for site in fleet.sites:
@@ -272,6 +273,16 @@ def learning_version(jobs: list[JobOutcome], site: str) -> str | None:
     return max(done, key=lambda j: j.rollout_ended_at or 0.0).version if done else None
 
 
+def moved_on(fleet: FleetRun) -> dict[str, str]:
+    """Per device of a site a learning job's rollout reached, the version that job gave it."""
+    out = {}
+    for site in fleet.sites:
+        version = learning_version(fleet.jobs, site.name)
+        if version is not None:
+            out.update(dict.fromkeys(site.devices, version))
+    return out
+
+
 def _learning(fleet: FleetRun, result: RunResult) -> LearningResult:
     """Alarms, jobs and accuracy per site, from what the controller stored (blocking)."""
     scenario = fleet.scenario
@@ -301,7 +312,9 @@ def _learning(fleet: FleetRun, result: RunResult) -> LearningResult:
         [site.name for site in fleet.sites],
         complete=result.view_complete,
     )
-    return LearningResult(list(fleet.jobs), fired, accuracy, verdicts, problems, series_s=5.0)
+    return LearningResult(
+        list(fleet.jobs), fired, accuracy, verdicts, problems, series_s=5.0, rollouts=list(fleet.rollouts)
+    )
 
 
 def _write_reports(result: RunResult) -> None:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edge_agent.sources.synthetic import regime_probabilities
 from fleet_protocol.codec import describe_validation_error
 
 #: The version of the model every device is provisioned with; rollouts bring the others.
@@ -82,11 +83,23 @@ class DeviceClass(_Strict):
     noise: float = Field(default=0.6, gt=0, description="Sensor noise (the model was trained on 0.6)")
     anomaly_rate: float | None = Field(default=None, ge=0, le=1, description="Default: the scenario's")
     period_s: float = Field(default=60.0, gt=0, description="Period of the machine's slow cycle")
+    class_mix: dict[int | str, float] | None = Field(
+        default=None,
+        description="Non-IID devices: how often each normal class (by name or index: idle, load, peak)"
+        " is the machine's regime, as relative weights, e.g. {idle: 0.5, load: 0.3, peak: 0.2}; a class"
+        " left out never is. Default: uniform. Faults (class 3) still come at anomaly_rate",
+    )
     own_process: bool = Field(
         default=False,
         description="Its devices run in an agent process of their own at each site: the other devices'"
         " work (hundreds loading a new model at once) does not stall them",
     )
+
+    @field_validator("class_mix")
+    @classmethod
+    def _known_classes(cls, value: dict[int | str, float] | None) -> dict[int | str, float] | None:
+        regime_probabilities(value)
+        return value
 
 
 class Scenario(_Strict):
@@ -112,6 +125,11 @@ class Scenario(_Strict):
         " delayed labels. Default: false when `labels` are published, true otherwise",
     )
     drain_timeout_s: float = Field(default=90, gt=0)
+    tls: bool = Field(
+        default=False,
+        description="MQTT over mutual TLS: a fleet CA made for the run, a certificate per device, gateway,"
+        " labeller and observer, site brokers that take only those, under the gateway's ACL",
+    )
     agent_processes_per_site: int = Field(
         default=1,
         ge=1,

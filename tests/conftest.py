@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from fleet_protocol.signing import generate_private_key, public_key_pem
+from tests.utils import fleet_sim_capture
 from tests.utils.broker import Mosquitto
+from tests.utils.once_per_run import once_per_run
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -22,8 +28,14 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 
 
 @pytest.fixture(scope="session")
-def signing_key() -> Ed25519PrivateKey:
-    return generate_private_key()
+def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Ed25519PrivateKey:
+    """One key for the run, the same in every xdist worker (bundles built once are shared)."""
+    raw = once_per_run(
+        tmp_path_factory,
+        "signing-key",
+        lambda _: generate_private_key().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()),
+    )
+    return Ed25519PrivateKey.from_private_bytes(raw)
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +59,12 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, trained_mlp, signing_key) 
     from simulators.model_factory import build_bundles
 
     return build_bundles(trained_mlp, tmp_path_factory.mktemp("bundles"), signing_key)
+
+
+@pytest.fixture(scope="session")
+def ci_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """`fleet-sim run fleet_configs/ci.yaml` once for the session (about a minute): its result and run
+    directory, for tests/simulators (invariants, report) and tests/security (its logs and secrets,
+    `fleet_sim_capture.captured(out)`)."""
+    out = tmp_path_factory.mktemp("ci-run") / "run"
+    return fleet_sim_capture.run(ROOT / "fleet_configs" / "ci.yaml", out), out

@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
 from cloud_controller.auth import authenticate
+from cloud_controller.client_cert import CertificateRefused, ClientCertAuth, client_cert_der
 from cloud_controller.exceptions import TokenRejected
 from cloud_controller.models import ID_PATTERN, MAX_ID, SHA256_PATTERN, TEXT_PATTERN, ApiToken, Role
 
@@ -38,9 +39,15 @@ SessionDep = Annotated[Session, Depends(get_db)]
 
 
 def current_token(
-    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiToken:
+    """The caller's token; without one, a gateway's fleet client certificate (`client_cert`)."""
     if credentials is None:
+        by_certificate = _certificate_caller(request)
+        if by_certificate is not None:
+            return by_certificate
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "Missing bearer token", {"WWW-Authenticate": "Bearer"}
         )
@@ -57,6 +64,23 @@ def current_token(
             "and revoke this one",
         )
     return token
+
+
+def _certificate_caller(request: Request) -> ApiToken | None:
+    """An unsaved gateway token for the client's certificate; None when it showed none.
+
+    ``app.state.client_certs`` is set by ``serve`` when ``tls_client_ca`` is; a certificate in the
+    scope without it (never, short of another server) is not looked at.
+    """
+    der = client_cert_der(request.scope)
+    checker: ClientCertAuth | None = getattr(request.app.state, "client_certs", None)
+    if der is None or checker is None:
+        return None
+    try:
+        return checker.caller(der)
+    except CertificateRefused as exc:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        raise HTTPException(exc.status, str(exc), headers) from None
 
 
 CurrentToken = Annotated[ApiToken, Depends(current_token)]

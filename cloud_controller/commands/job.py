@@ -25,7 +25,7 @@ def add(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "read). A worker (`cloud-controller worker`) runs the jobs.",
     )
     sub = job.add_subparsers(dest="job_command", required=True, metavar="JOB_COMMAND")
-    api = api_options("an API token: operator to start or cancel, viewer to read")
+    api = api_options("an API token: operator to start or cancel, viewer to read", ca_file=True)
 
     start = sub.add_parser(
         "start",
@@ -73,7 +73,7 @@ def add(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _client(args: argparse.Namespace) -> ApiClient:
-    return ApiClient(args.url, args.token)
+    return ApiClient.from_args(args)
 
 
 def _start(args: argparse.Namespace) -> int:

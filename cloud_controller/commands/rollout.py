@@ -24,7 +24,9 @@ def add(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Talks to a running controller's API (operator token to change, viewer to read).",
     )
     sub = rollout.add_subparsers(dest="rollout_command", required=True, metavar="ROLLOUT_COMMAND")
-    api = api_options("an API token: operator to create, pause, resume or abort, viewer to read")
+    api = api_options(
+        "an API token: operator to create, pause, resume or abort, viewer to read", ca_file=True
+    )
 
     create = sub.add_parser(
         "create",
@@ -129,7 +131,7 @@ def parse_waves(text: str) -> list[dict[str, float | int]]:
 
 
 def _client(args: argparse.Namespace) -> ApiClient:
-    return ApiClient(args.url, args.token)
+    return ApiClient.from_args(args)
 
 
 def _create(args: argparse.Namespace) -> int:

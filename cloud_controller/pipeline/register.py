@@ -30,6 +30,12 @@ def lineage(ctx: StepContext) -> dict[str, Any]:
         rounds = session.exec(
             select(func.count()).select_from(JobRound).where(JobRound.job_id == ctx.job_id)
         ).one()
+    train = ctx.artifacts.get("train") or {}
+    federated: dict[str, Any] = {}
+    if train.get("mode") == "federated":  # where the rounds ran: the simulation, or a real federation's run
+        federated["fl_engine"] = train.get("engine", "simulation")
+        if federated["fl_engine"] == "deployment":
+            federated.update(fl_superlink=train["superlink"], fl_run_id=train["run_id"])
     return {
         "job_id": ctx.job_id,
         "kind": ctx.kind,
@@ -42,6 +48,7 @@ def lineage(ctx: StepContext) -> dict[str, Any]:
         "sites": data["sites"],
         "training_data_sha256": data["train_sha256"],
         "fl_rounds": rounds,
+        **federated,
     }
 
 

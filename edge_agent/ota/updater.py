@@ -6,6 +6,16 @@ before loading refuses the bundle; one after it rolls back, and the running mode
 stopped. The journal (``ota.json``, fsynced) says where an update stood, so a killed agent
 finishes or undoes it on restart: a download resumes, an unpacked bundle is verified again,
 a shadow period starts over, and a switch that happened is health-checked.
+
+Two rules come from signed manifests and the device's trusted keys (issue #13):
+
+- A bundle signed by a key retired before now (``trusted_keys[].retired_at``, the device clock)
+  is refused (``signature_invalid``), checked at verification and again just before the switch.
+  Bundles installed before the retirement (active, previous, provisioned) still run: a rollback
+  to the previous slot loads it as it was installed.
+- Every installed manifest's ``withdrawn_versions`` are remembered (``withdrawn.json``); a desired
+  state, or a downloaded manifest, naming one of them is refused (``withdrawn``). The automatic
+  rollback to the previous slot is local and stays allowed, even to a withdrawn version.
 """
 
 from __future__ import annotations
@@ -20,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.exceptions import InvalidReading, ModelLoadError
-from edge_agent.model import LoadedModel, load_model
+from edge_agent.model import LoadedModel, load_model, output_problem
 from edge_agent.ota.fetch import FetchError, address, fetch_bundle
 from edge_agent.ota.hooks import crash_point
 from edge_agent.ota.shadow import ShadowRun, rss_mb
@@ -31,6 +40,7 @@ from edge_agent.ota.slots import Slots, manifest_sha256
 from edge_agent.state_store import JsonStore
 from fleet_protocol import (
     BundleError,
+    BundleManifest,
     DigestMismatch,
     ModelAssignment,
     ModelReason,
@@ -40,7 +50,7 @@ from fleet_protocol import (
     SignatureError,
 )
 from fleet_protocol.pacing import Backoff
-from fleet_protocol.signing import verify_bundle
+from fleet_protocol.signing import TrustedKey, verify_bundle
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +77,7 @@ class Updater:
         *,
         slots: Slots,
         journal: JsonStore,
-        trusted_keys: list[Ed25519PublicKey],
+        trusted_keys: list[TrustedKey],
         runtimes: Sequence[Runtime] | None,
         threads: int,
         token: str | None,
@@ -79,8 +89,12 @@ class Updater:
         current: Callable[[], LoadedModel | None],
         promote: Promote,
         recent_inputs: Callable[[], list[Any]],
+        withdrawn: JsonStore | None = None,
     ) -> None:
         self.slots, self.journal, self.trusted_keys = slots, journal, trusted_keys
+        #: model_id -> version -> the ref of the installed manifest that withdrew it.
+        self.withdrawn: dict[str, dict[str, str]] = {}
+        self._withdrawn_store = withdrawn
         self.runtimes, self.threads, self.token = runtimes, threads, token
         self.download_timeout_s = download_timeout_s
         self.backoff = Backoff(retry_min_s, retry_max_s)
@@ -102,6 +116,12 @@ class Updater:
 
     async def resume(self) -> None:
         """At start: take up what the journal says was under way, or restore the last outcome."""
+        await self._load_withdrawn()
+        running = self._current()
+        if running is not None:
+            # It was installed (or provisioned) and verified: a crash between the switch and
+            # writing its withdrawals down loses none.
+            await self.remember_withdrawn(running.manifest)
         saved = await self.journal.load()
         if not saved:
             return
@@ -143,7 +163,48 @@ class Updater:
         final = self.status is not None and self.status.state in (OtaState.REFUSED, OtaState.ROLLED_BACK)
         if same and final and self.revision == revision:
             return  # failed for this revision already; a new revision asks again
-        self._start(target, revision)
+        self._start(target, revision)  # a withdrawn version is refused first thing, nothing fetched
+
+    # -- withdrawn versions ----------------------------------------------------------------
+
+    def withdrawn_by(self, model_id: str, version: str) -> str | None:
+        """The ref of the installed manifest that withdrew ``model_id@version``, if one did."""
+        return self.withdrawn.get(model_id, {}).get(version)
+
+    async def remember_withdrawn(self, manifest: BundleManifest) -> None:
+        """Write down the versions an installed, verified manifest withdraws (the list only grows)."""
+        known = self.withdrawn.setdefault(manifest.model_id, {})
+        new = {v: manifest.ref for v in manifest.withdrawn_versions if v not in known}
+        if not new:
+            return
+        known.update(new)
+        log.info("%s withdraws %s: they will not be installed", manifest.ref, ", ".join(sorted(new)))
+        if self._withdrawn_store is not None:
+            await self._withdrawn_store.save(self.withdrawn)
+
+    async def _load_withdrawn(self) -> None:
+        if self._withdrawn_store is None:
+            return
+        saved = await self._withdrawn_store.load()
+        if not isinstance(saved, dict):
+            return
+        # Merged into what is known: a malformed entry is dropped, never the whole list.
+        for model_id, versions in saved.items():
+            if isinstance(model_id, str) and isinstance(versions, dict):
+                known = self.withdrawn.setdefault(model_id, {})
+                for version, by in versions.items():
+                    if isinstance(version, str) and isinstance(by, str):
+                        known.setdefault(version, by)
+
+    def _refuse_withdrawn(self, model_id: str, version: str) -> None:
+        by = self.withdrawn_by(model_id, version)
+        if by is not None:
+            raise UpdateFailed(
+                ModelReason.WITHDRAWN,
+                f"{model_id}@{version} is withdrawn by the signed manifest of {by}, installed on this"
+                " device: refusing to install it (release the model again under a new version)",
+                loaded=False,
+            )
 
     def reason(self) -> ModelReason | None:
         """Why the device is not on ``self.target`` (the caller checked that it is not)."""
@@ -163,25 +224,30 @@ class Updater:
             and self.slots.previous() is not None
         )
 
-    def roll_back(self, detail: str) -> None:
-        """The promoted model raises while running: back to the previous slot (once)."""
+    def roll_back(self, detail: str, reason: ModelReason = ModelReason.RUNTIME_ERROR) -> None:
+        """The promoted model fails while running (it raises, or its outputs are not finite or not
+        of its declared shape): back to the previous slot (once)."""
         if self.busy:
             return
-        self._task = asyncio.create_task(self._roll_back(detail), name="ota-rollback")
+        self._task = asyncio.create_task(self._roll_back(detail, reason), name="ota-rollback")
 
-    async def _roll_back(self, detail: str) -> None:
+    async def _roll_back(self, detail: str, reason: ModelReason) -> None:
         previous = self.slots.previous()
         if previous is None:
             return
         try:
-            model = await asyncio.to_thread(load_model, previous, self.trusted_keys, threads=self.threads)
+            # Installed before: it runs even if its key was retired since (and even if a newer
+            # manifest withdrew its version): the way back is local.
+            model = await asyncio.to_thread(
+                load_model, previous, self.trusted_keys, threads=self.threads, allow_retired=True
+            )
         except ModelLoadError as exc:
             log.error("cannot roll back to %s: %s", previous, exc)
             return
         await asyncio.to_thread(self.slots.switch, previous)
         await self._promote(model)
         log.warning("rolled back to %s: %s", model.manifest.ref, detail)
-        await self._done(OtaState.ROLLED_BACK, ModelReason.RUNTIME_ERROR, detail)
+        await self._done(OtaState.ROLLED_BACK, reason, detail)
 
     def observe_shadow(self, champion: Any, champion_s: float, challenger: Any, challenger_s: float) -> None:
         """One batch through both models (the agent's inference path calls this)."""
@@ -251,6 +317,7 @@ class Updater:
             self._drop_challenger()
 
     async def _update(self, target: ModelAssignment, skip_shadow: bool) -> None:
+        self._refuse_withdrawn(target.model_id, target.version)
         sha = target.manifest_sha256
         slot = self.slots.slot(sha)
         if not await asyncio.to_thread(slot.is_dir):
@@ -261,7 +328,10 @@ class Updater:
         crash_point("verified")
         rss_before = rss_mb()
         try:
-            model = await asyncio.to_thread(load_model, slot, self.trusted_keys, threads=self.threads)
+            # Verified just above, its key's retirement included; judged again before the switch.
+            model = await asyncio.to_thread(
+                load_model, slot, self.trusted_keys, threads=self.threads, allow_retired=True
+            )
         except ModelLoadError as exc:
             raise UpdateFailed(ModelReason.LOAD_FAILED, str(exc), loaded=True) from None
         try:
@@ -269,6 +339,16 @@ class Updater:
             directive = target.rollout
             if directive is not None and directive.shadow_s > 0 and not skip_shadow:
                 await self._shadow(model, directive, rss_before)
+            signer = model.signer
+            if signer is not None and signer.retired():
+                # Its key retired while it was verified or shadowed: not installed after all.
+                assert signer.retired_at is not None
+                raise UpdateFailed(
+                    ModelReason.SIGNATURE_INVALID,
+                    f"bundle is signed by key {signer.key_id}, retired at {signer.retired_at.isoformat()}"
+                    " (while the update was under way)",
+                    loaded=True,
+                )
         except BaseException:
             self.challenger = None
             model.close()
@@ -278,6 +358,7 @@ class Updater:
         await asyncio.to_thread(self.slots.switch, slot)
         await self._promote(model)
         log.info("now running %s (was the update's target)", manifest.ref)
+        await self.remember_withdrawn(manifest)
         await self._done(OtaState.PROMOTED, None, None)
         crash_point("promoted")
         await asyncio.to_thread(self.slots.collect)
@@ -340,11 +421,14 @@ class Updater:
                 loaded=False,
             )
         try:
+            # A key retired before now refuses the bundle here (KeyRetired is a SignatureError).
             manifest = await asyncio.to_thread(verify_bundle, bundle, self.trusted_keys)
         except SignatureError as exc:
             raise UpdateFailed(ModelReason.SIGNATURE_INVALID, str(exc), loaded=False) from None
         except (DigestMismatch, BundleError) as exc:
             raise UpdateFailed(ModelReason.DIGEST_MISMATCH, str(exc), loaded=False) from None
+        # The version the signed manifest says, whatever the desired state called it.
+        self._refuse_withdrawn(manifest.model_id, manifest.version)
         module = _RUNTIME_MODULES[manifest.runtime]
         allowed = self.runtimes is None or manifest.runtime in self.runtimes
         if not allowed or importlib.util.find_spec(module) is None:
@@ -371,20 +455,9 @@ class Updater:
             raise UpdateFailed(
                 ModelReason.SMOKE_TEST_FAILED, f"the smoke inference raised {exc!r}", loaded=True
             ) from None
-        width = model.manifest.outputs[0].shape[-1]
-        if outputs.shape[0] != len(rows) or (width is not None and outputs.shape[-1] != width):
-            raise UpdateFailed(
-                ModelReason.SMOKE_TEST_FAILED,
-                f"outputs of shape {list(outputs.shape)}, the manifest declares"
-                f" {model.manifest.outputs[0].shape}",
-                loaded=True,
-            )
-        if not np.isfinite(outputs).all():
-            raise UpdateFailed(
-                ModelReason.SMOKE_TEST_FAILED,
-                f"{int((~np.isfinite(outputs)).sum())} non-finite outputs on {len(rows)} recent inputs",
-                loaded=True,
-            )
+        problem = output_problem(model, outputs, len(rows))
+        if problem is not None:
+            raise UpdateFailed(ModelReason.SMOKE_TEST_FAILED, f"the smoke inference {problem}", loaded=True)
 
     async def _shadow(self, model: LoadedModel, directive: Any, rss_before: float) -> None:
         self.shadow = ShadowRun(directive, rss_before_mb=rss_before)

@@ -27,6 +27,7 @@ def build_source(config: ReplaySourceConfig | SyntheticSourceConfig | MqttTopicS
             noise=config.noise,
             drift_per_hour=config.drift_per_hour,
             limit=config.limit,
+            class_weights=config.class_weights,
         )
     return MqttTopicSource(
         host=config.host,

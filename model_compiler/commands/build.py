@@ -53,6 +53,12 @@ def add(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--model-id", default="model")
     p.add_argument("--version", default="1.0.0", help="semantic version of this build")
     p.add_argument("--parent", help="model_id@version this one derives from (lineage)")
+    p.add_argument(
+        "--withdraw",
+        default="",
+        help="comma-separated versions of this model the release withdraws (e.g. a bad 1.3.0): signed into"
+        " each manifest's withdrawn_versions; a device that installs it refuses those versions from then on",
+    )
     p.add_argument("--labels", help="comma-separated class names")
     p.add_argument("--anomaly-classes", default="", help="comma-separated class indices flagged as anomalies")
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -79,6 +85,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         max_drop_pts=args.max_drop_pts,
         labels=args.labels.split(",") if args.labels else None,
         anomaly_classes=[int(c) for c in args.anomaly_classes.split(",") if c],
+        withdrawn_versions=[v.strip() for v in args.withdraw.split(",") if v.strip()],
     )
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console

@@ -9,6 +9,7 @@ ended, and ``observe_s`` more, so that the accuracy after recovery is measured o
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
@@ -19,7 +20,7 @@ from simulators.learning import JobOutcome, follow_job, site_group, wait_alarm
 from simulators.releases import MODEL_ID
 
 if TYPE_CHECKING:
-    from simulators.fleet import FleetRun
+    from simulators.fleet import FleetRun, Site
 
 
 class Job(Event):
@@ -34,6 +35,13 @@ class Job(Event):
         default_factory=dict,
         description="The job's params (POST /api/v1/jobs); sites, group and window_s default to the"
         " site, its device group and the time since its drift",
+    )
+    data_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Wait for the site to drift, answer only an alarm open since then, and start the"
+        " job this many seconds after the drift: its labelled records gather meanwhile (0: at once,"
+        " on any alarm of the kind)",
     )
     within_s: float = Field(default=300.0, gt=0, description="How long the run waits for job and rollout")
     observe_s: float = Field(
@@ -52,6 +60,27 @@ class Job(Event):
         return value
 
 
+def data_wait(now: float, drifted_at: list[float | None], data_s: float) -> float:
+    """Seconds until ``data_s`` have passed since the first of the sites drifted (0 when they
+    have, or when none drifted: a job then has nothing to wait for)."""
+    drifted = [t for t in drifted_at if t is not None]
+    if not drifted or data_s <= 0:
+        return 0.0
+    return max(0.0, min(drifted) + data_s - now)
+
+
+async def wait_drift(run: FleetRun, sites: list[Site], within_s: float) -> float | None:
+    """When the first of ``sites`` drifted (run clock), once one has; None if none did in time."""
+    deadline = run.elapsed() + within_s
+    while True:
+        drifted = [s.drifted_at for s in sites if s.drifted_at is not None]
+        if drifted:
+            return min(drifted)
+        if run.elapsed() >= deadline:
+            return None
+        await asyncio.sleep(0.5)
+
+
 @event("job", Job)
 async def job(run: FleetRun, spec: Job) -> str:
     """A retraining or federated job for the site (after its alarm), rolled out to the site's devices."""
@@ -67,13 +96,25 @@ async def job(run: FleetRun, spec: Job) -> str:
         outcome.error = "the scenario has no `learning` section: no jobs worker runs"
         return outcome.line()
     headers = {"Authorization": f"Bearer {run.controller.tokens['operator']}"}
+    since: float | None = None  # Unix time of the drift the job answers
+    if spec.data_s > 0:
+        # An alarm from before the drift (a fault can skew a PSI window) is not the drift's.
+        drifted_at = await wait_drift(run, sites, spec.alarm_within_s)
+        if drifted_at is None:
+            outcome.error = f"{name} did not drift within {spec.alarm_within_s:.0f}s"
+            return outcome.line()
+        since = time.time() - run.elapsed() + drifted_at
     async with httpx.AsyncClient(base_url=run.controller.url, headers=headers, timeout=30) as client:
         if spec.on_alarm is not None:
-            alarm = await wait_alarm(client, site.name, spec.on_alarm, spec.alarm_within_s)
+            alarm = await wait_alarm(client, site.name, spec.on_alarm, spec.alarm_within_s, since=since)
             if alarm is None:
-                outcome.error = f"no {spec.on_alarm} alarm at {site.name} within {spec.alarm_within_s:.0f}s"
+                after = " after its drift" if since is not None else ""
+                outcome.error = (
+                    f"no {spec.on_alarm} alarm at {site.name}{after} within {spec.alarm_within_s:.0f}s"
+                )
                 return outcome.line()
             outcome.alarm_id = alarm["id"]
+        await asyncio.sleep(data_wait(run.elapsed(), [s.drifted_at for s in sites], spec.data_s))
         params = dict(spec.params)
         if scoped:
             params.setdefault("sites", [site.name])

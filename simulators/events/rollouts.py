@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from simulators.defects import DEFECTS
 from simulators.events import Event, event
+from simulators.learning import mark_production
 from simulators.releases import MODEL_ID, Release, build_release, upload
 from simulators.rollouts import RolloutOutcome, run_rollout
 
@@ -125,12 +126,21 @@ async def _roll(run: FleetRun, spec: Rollout, defect: str | None) -> str:
             "gates": spec.gates.model_dump(),
         }
         await run_rollout(run.controller, outcome, body, within_s=spec.within_s)
+        if run.scenario.learning is not None and defect is None and outcome.state == "succeeded":
+            # The fleet runs it now: a job's candidate must beat it, not the version before.
+            await asyncio.to_thread(_mark_production, run, spec.version)
+            note += f"; {spec.version} marked production"
         # The next rollout waits for this one's devices to finish their updates: one that came
         # now would cancel them mid-way, and their outcome would never be known.
         busy = await run.settle_updates(_SETTLE_S, version=spec.version)
         if busy:
             note += f"; still mid-update after {_SETTLE_S:.0f}s: {', '.join(busy)}"
     return outcome.line() + note
+
+
+def _mark_production(run: FleetRun, version: str) -> None:
+    with run.controller.client("operator") as client:
+        mark_production(client, version)
 
 
 def _plant(run: FleetRun, release: Release) -> list[str]:

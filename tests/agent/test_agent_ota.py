@@ -8,6 +8,7 @@ list, and the old model never stops.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 import aiomqtt
+import numpy as np
 import pytest
 
 from edge_agent.agent import Agent
@@ -119,6 +121,8 @@ async def test_a_new_version_is_downloaded_resumed_shadowed_and_switched_live(
         f"inference paused {agent.swap_gap_s * 1000:.1f} ms at the switch, a reading comes every"
         f" {1000 / RATE_HZ:.0f} ms"
     )
+    # Beside it, the gaps between batches before the switch: about one reading period each.
+    assert agent.steady_gap_s is not None and 0.5 / RATE_HZ <= agent.steady_gap_s <= 1.5 / RATE_HZ
     state = sub.states["dev-1"]
     assert state.ota is not None and state.ota.state is OtaState.PROMOTED and state.model_reason is None
     # Restarted, it runs 2.0.0 from its slot; the previous slot is kept.
@@ -248,9 +252,26 @@ async def test_kill_9_at_each_point_of_an_update_leaves_a_runnable_model_and_the
     assert sub.states["dev-1"].ota is not None and sub.states["dev-1"].ota.state is OtaState.PROMOTED
 
 
-async def test_a_promoted_model_that_raises_while_running_is_rolled_back_to_the_previous_slot(
-    tmp_path: Path, broker: Mosquitto, bundles, bundles_v2, public_key_file
+@pytest.mark.parametrize(
+    ("breakage", "reason", "detail"),
+    [
+        # What a native runtime failure looks like from Python (none can be caused on demand here).
+        ("raise", ModelReason.RUNTIME_ERROR, "out of memory"),
+        ("nan", ModelReason.SMOKE_TEST_FAILED, "non-finite outputs"),
+        ("narrow", ModelReason.SMOKE_TEST_FAILED, "gave outputs of shape"),
+    ],
+)
+async def test_a_promoted_model_that_fails_while_running_is_rolled_back_to_the_previous_slot(
+    tmp_path: Path,
+    broker: Mosquitto,
+    bundles,
+    bundles_v2,
+    public_key_file,
+    breakage: str,
+    reason: ModelReason,
+    detail: str,
 ) -> None:  # type: ignore[no-untyped-def]
+    """It passed its smoke test; then, on live inputs, it raises, or goes wrong without raising."""
     agent = Agent(settings(_config(tmp_path, broker, bundles, public_key_file)))
     async with BundleServer() as server, FleetSubscriber(broker.port) as sub:
         task = asyncio.create_task(agent.run())
@@ -258,10 +279,12 @@ async def test_a_promoted_model_that_raises_while_running_is_rolled_back_to_the_
         await _publish_desired(broker.port, _desired(server.url(server.add(v2)), v2, "2.0.0", 3))
         await wait_until(lambda: any(e.kind == "ota.promoted" for e in sub.events), 30, "promoted")
         assert agent.model is not None and agent.model.manifest.version == "2.0.0"
+        infer = agent.model.runtime.infer
 
         def broken(batch):  # type: ignore[no-untyped-def]
-            # What a native runtime failure looks like from Python (none can be caused on demand here).
-            raise RuntimeError("ORT: out of memory")
+            if breakage == "raise":
+                raise RuntimeError("ORT: out of memory")
+            return infer(batch) * np.nan if breakage == "nan" else infer(batch)[:, :2]
 
         agent.model.runtime.infer = broken  # type: ignore[method-assign]
         await wait_until(lambda: any(e.kind == "ota.rolled_back" for e in sub.events), 20, "rolled back")
@@ -269,9 +292,11 @@ async def test_a_promoted_model_that_raises_while_running_is_rolled_back_to_the_
         agent.stop()
         await asyncio.wait_for(task, 15)
     event = next(e for e in sub.events if e.kind == "ota.rolled_back")
-    assert event.data["reason"] == ModelReason.RUNTIME_ERROR.value and "out of memory" in event.data["detail"]
+    assert event.data["reason"] == reason.value and detail in event.data["detail"]
     assert agent.rejected["runtime_error"] > 0, "the readings of the failed batches are counted"
     assert agent.slots.active() == bundles["onnx-fp32"]
+    for r in sub.records:  # no record carries outputs that mean nothing
+        assert all(math.isfinite(v) for v in r.outputs), r
 
 
 async def test_an_update_is_cancelled_when_the_desired_state_goes_back_to_the_running_version(
@@ -297,3 +322,19 @@ async def test_an_update_is_cancelled_when_the_desired_state_goes_back_to_the_ru
         assert (await agent.updater.journal.load())["phase"] == "done"
     assert not any(e.kind == "ota.promoted" for e in sub.events)
     assert {r.model_version for r in sub.records} == {"1.0.0"}
+
+
+def test_the_steady_gap_is_the_longest_of_the_last_five_to_ten_seconds() -> None:
+    from edge_agent.agent import _RecentMax
+
+    gaps = _RecentMax(5.0)
+    assert gaps.value() is None
+    gaps.add(1.0, 0.30)
+    gaps.add(2.0, 0.10)
+    assert gaps.value() == 0.30
+    gaps.add(7.0, 0.12)  # a new window: the previous one still counts
+    assert gaps.value() == 0.30
+    gaps.add(12.5, 0.11)  # two windows on: the 0.30 is forgotten
+    assert gaps.value() == 0.12
+    gaps.add(40.0, 0.09)  # after a silence, only what came since
+    assert gaps.value() == 0.09

@@ -200,3 +200,36 @@ async def test_records_lost_to_a_write_error_are_counted_and_the_count_survives(
     reopened = await _open(path)
     assert reopened.stats.dropped_write_error == 7, "persisted with the next good transaction"
     await reopened.close()
+
+
+@pytest.mark.parametrize(("failures", "stored"), [(1, True), (2, False)])
+async def test_one_io_error_is_tried_again_and_a_second_drops_the_batch_counted(
+    tmp_path: Path, failures: int, stored: bool
+) -> None:
+    """SQLITE_IOERR may pass (a flaky card, a bus reset): once is tried again, twice is a loss, counted.
+
+    The error is injected before the real write: a failing disk cannot be had on demand here.
+    """
+    outbox = await _open(tmp_path / "o.sqlite")
+    real, calls = outbox._insert, []
+
+    def flaky(*args: object) -> None:
+        calls.append(1)
+        if len(calls) <= failures:
+            error = sqlite3.OperationalError("disk I/O error")
+            error.sqlite_errorcode = sqlite3.SQLITE_IOERR_WRITE  # type: ignore[attr-defined]
+            raise error
+        real(*args)  # type: ignore[arg-type]
+
+    outbox._insert = flaky  # type: ignore[method-assign]
+    await outbox.put(_records(5))
+    await outbox.flush()
+    assert len(calls) == 2, "tried once more, never more than once"
+    if stored:
+        assert await _all_seqs(outbox) == [1, 2, 3, 4, 5]
+        assert outbox.stats.dropped_write_error == 0
+    else:
+        assert await _all_seqs(outbox) == []
+        assert outbox.stats.dropped_write_error == 5
+        assert outbox.stats.last_error is not None and "disk I/O error" in outbox.stats.last_error
+    await outbox.close()

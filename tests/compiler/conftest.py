@@ -1,4 +1,5 @@
-"""One real build per model, shared by the compiler tests: a CNN (sizes, speed), an MLP (the agent)."""
+"""One real build per model and run, shared by the compiler tests in every xdist worker: a CNN (sizes,
+speed), an MLP (the agent)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from model_compiler.build import BuildReport, BuildRequest, build
 from tests.compiler.data import sensor_npz, train, vibration_npz
 from tests.compiler.models import cnn, mlp
+from tests.utils.once_per_run import once_per_run
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL_TARGETS = ["onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8", "tflite-fp32", "tflite-int8"]
@@ -41,7 +43,10 @@ def _build(tmp: Path, spec: str, data: dict[str, Path], weights: Path, key, **ex
 
 @pytest.fixture(scope="session")
 def cnn_build(tmp_path_factory: pytest.TempPathFactory, signing_key) -> Built:  # type: ignore[no-untyped-def]
-    tmp = tmp_path_factory.mktemp("cnn")
+    return once_per_run(tmp_path_factory, "cnn-build", lambda tmp: _cnn_build(tmp, signing_key))
+
+
+def _cnn_build(tmp: Path, signing_key) -> Built:  # type: ignore[no-untyped-def]
     data = vibration_npz(tmp)
     weights = tmp / "cnn.pt"
     torch.save(train(cnn(), data["train"], epochs=3).state_dict(), weights)
@@ -59,7 +64,10 @@ def cnn_build(tmp_path_factory: pytest.TempPathFactory, signing_key) -> Built:  
 
 @pytest.fixture(scope="session")
 def mlp_build(tmp_path_factory: pytest.TempPathFactory, signing_key) -> Built:  # type: ignore[no-untyped-def]
-    tmp = tmp_path_factory.mktemp("mlp")
+    return once_per_run(tmp_path_factory, "mlp-build", lambda tmp: _mlp_build(tmp, signing_key))
+
+
+def _mlp_build(tmp: Path, signing_key) -> Built:  # type: ignore[no-untyped-def]
     data = sensor_npz(tmp)
     weights = tmp / "mlp.pt"
     torch.save(train(mlp(), data["train"], epochs=10).state_dict(), weights)

@@ -213,3 +213,34 @@ def test_archives_hold_only_plain_files(cnn_build: Built) -> None:
     with tarfile.open(cnn_build.report.bundles["onnx-int8"].with_suffix(".tar")) as tar:
         names = sorted(tar.getnames())
     assert names == sorted([MANIFEST_FILE, SIGNATURE_FILE, "model.onnx"])
+
+
+def test_build_signs_the_versions_a_release_withdraws_into_every_manifest(tmp_path: Path) -> None:
+    from tests.compiler.data import sensor_npz
+
+    data = sensor_npz(tmp_path)
+    private = tmp_path / "k"
+    assert _cli("keygen", str(private)).returncode == 0
+    common = ["--model", f"{ROOT}/tests/compiler/models.py:mlp", "--eval", str(data["eval"])]
+    common += ["--key", f"{private}.pem", "--model-id", "sensor-mlp", "--version", "1.2.0"]
+    result = _cli(
+        "build",
+        *common,
+        "--targets",
+        "onnx-fp32,onnx-int8",
+        "--withdraw",
+        "1.1.0, 1.0.0-rc.1",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert result.returncode == 0, result.stdout
+    for target in ("onnx-fp32", "onnx-int8"):
+        manifest = json.loads((tmp_path / "o" / target / MANIFEST_FILE).read_text())
+        assert manifest["withdrawn_versions"] == ["1.1.0", "1.0.0-rc.1"]
+        verified = _cli("verify", str(tmp_path / "o" / f"{target}.tar"), "--key", f"{private}.pub")
+        assert verified.returncode == 0, verified.stdout
+    # Refused before anything is built, saying why.
+    for bad, why in (("latest", "not semantic versions"), ("1.2.0", "cannot withdraw its own version")):
+        result = _cli("build", *common, "--withdraw", bad, "--out", str(tmp_path / "bad"))
+        assert result.returncode == 2 and why in " ".join(result.stdout.split()), result.stdout
+        assert not (tmp_path / "bad").exists()

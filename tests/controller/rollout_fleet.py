@@ -135,9 +135,16 @@ def shadow(agreement: float, champion_ms: float = 1.0, challenger_ms: float = 1.
 
 
 def make_fleet(
-    ctl: Controller, bundles: dict[str, Path], key: Ed25519PrivateKey, work: Path, devices: int = 20
+    ctl: Controller,
+    bundles: dict[str, Path],
+    key: Ed25519PrivateKey,
+    work: Path,
+    devices: int = 20,
+    *,
+    deployed: bool = True,
 ) -> Fleet:
-    """``devices`` presses on 1.0.0 by deployment, one lathe outside the group, 2.0.0 uploaded."""
+    """``devices`` presses on 1.0.0 by deployment (or, ``deployed=False``, provisioned by hand: they
+    report 1.0.0 and no deployment says so), one lathe outside the group, 2.0.0 uploaded."""
     names = [f"press-{i:02d}" for i in range(devices)]
     v2 = rebundle(bundles["onnx-int8"], work / "v2", key, version=NEW, drift_reference=None)
     manifests = {}
@@ -154,10 +161,11 @@ def make_fleet(
             assert response.status_code == 201, response.text
             manifests[version] = response.json()["manifest_sha256"]
         group = client.post("/api/v1/groups", json={"name": "presses", "selector": {"line": "press"}}).json()
-        deployed = client.post(
-            "/api/v1/deployments", json={"group_id": group["id"], "model_id": MODEL, "version": OLD}
-        )
-        assert deployed.status_code == 201, deployed.text
+        if deployed:
+            answer = client.post(
+                "/api/v1/deployments", json={"group_id": group["id"], "model_id": MODEL, "version": OLD}
+            )
+            assert answer.status_code == 201, answer.text
     fleet = Fleet(ctl, names, group["id"], manifests)
     fleet.report(names, None, None)
     return fleet

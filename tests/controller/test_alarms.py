@@ -6,7 +6,7 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ from fleet_protocol import TelemetryRecord
 from fleet_protocol.ingest import IngestBatch
 from fleet_protocol.labels import DeviceLabels, Label, LabelUpload
 from simulators.controller import ControllerProcess
+from tests.controller.alarm_helpers import alarms as _alarms
+from tests.controller.alarm_helpers import until as _until
 from tests.controller.conftest import database_url
 from tests.controller.factories import state
 
@@ -39,24 +41,6 @@ def ctl(
             yield process
         finally:
             process.stop()
-
-
-def _until(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Poll ``check`` until it returns something truthy (the evaluator runs on its own clock)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _alarms(ctl: ControllerProcess, model: str, **params: str) -> list[dict[str, Any]]:
-    with ctl.client("viewer") as client:
-        response = client.get("/api/v1/alarms", params={"model_id": model, **params})
-    assert response.status_code == 200, response.text
-    return response.json()["data"]
 
 
 def _evaluated_since(ctl: ControllerProcess, alarm: dict[str, Any], since: float) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import ipaddress
 import os
 import ssl
@@ -69,6 +70,7 @@ class TlsController:
     url: str
     tokens: dict[str, str]
     trust: ssl.SSLContext
+    cert: Path
 
     def client(self, role: str | None = "operator") -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.tokens[role]}"} if role else {}
@@ -101,7 +103,7 @@ def tls_controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsCont
             [*command, "--certfile", str(cert), "--keyfile", str(key)], env=env, stdout=log, stderr=log
         )
     controller = TlsController(
-        f"https://127.0.0.1:{port}", tokens, ssl.create_default_context(cafile=str(cert))
+        f"https://127.0.0.1:{port}", tokens, ssl.create_default_context(cafile=str(cert)), cert
     )
     try:
         _wait_healthy(controller, process)
@@ -177,3 +179,43 @@ def test_serve_refuses_a_certificate_without_its_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "tls_certfile and tls_keyfile go together" in result.stderr
+
+
+async def test_a_gateway_reaches_a_controller_whose_certificate_its_ca_file_names(
+    tls_controller: TlsController,
+) -> None:
+    from edge_gateway.controller_client import ControllerClient
+    from edge_gateway.exceptions import UpstreamError
+    from fleet_protocol import ReportedState
+    from fleet_protocol.ingest import IngestBatch
+
+    with tls_controller.client() as client:
+        created = client.post(
+            "/api/v1/tokens", json={"role": "gateway", "name": "gw-tls", "site_id": "site-t"}
+        )
+    assert created.status_code == 201, created.text
+    token = created.json()["token"]
+
+    trusting = ControllerClient(tls_controller.url, token, ca_file=tls_controller.cert)
+    try:
+        # An upload (here, a gateway reporting one device) over HTTPS, then the site's desired state.
+        batch = IngestBatch(
+            site="site-t",
+            gateway_id="gw-tls",
+            batch_id="b-1",
+            devices=[ReportedState(device_id="dev-t", site="site-t", online=True)],
+        )
+        result = await trusting.ingest(gzip.compress(batch.model_dump_json().encode()))
+        assert result.devices_updated == 1
+        desired = await trusting.desired("site-t", None)
+        assert desired is not None and desired.states.site == "site-t"
+    finally:
+        await trusting.close()
+
+    # Without it, the system's CAs do not know the controller's certificate: refused, and said why.
+    default = ControllerClient(tls_controller.url, token)
+    try:
+        with pytest.raises(UpstreamError, match="(?i)certificate"):
+            await default.desired("site-t", None)
+    finally:
+        await default.close()

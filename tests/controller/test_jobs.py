@@ -312,11 +312,15 @@ def test_a_job_cancelled_by_the_cli_ends_cancelled_and_a_second_cancel_is_refuse
 
 def test_federated_params_publish_every_setting_of_fleet_learning_federated_config() -> None:
     """The API's FederatedParams mirrors FederatedConfig (the API process does not import
-    fleet_learning): same fields, same types, same defaults, and each converts into the other."""
-    from cloud_controller.job_models import FederatedParams
+    fleet_learning): same fields, same types, same defaults, and each converts into the other; the
+    fields saying where the rounds run (engine, federation) are the worker's alone."""
+    from cloud_controller.job_models import ENGINE_FIELDS, FederatedParams
+    from cloud_controller.pipeline.federated import federated_config
     from fleet_learning.config import FederatedConfig
 
     ours, theirs = FederatedParams.model_json_schema(), FederatedConfig.model_json_schema()
+    assert set(ENGINE_FIELDS) <= set(ours["properties"])
+    ours["properties"] = {k: v for k, v in ours["properties"].items() if k not in ENGINE_FIELDS}
 
     def shape(schema: dict[str, Any]) -> dict[str, Any]:
         def kind(prop: dict[str, Any]) -> Any:
@@ -325,7 +329,10 @@ def test_federated_params_publish_every_setting_of_fleet_learning_federated_conf
         return {name: (kind(p), p.get("default"), p.get("enum")) for name, p in schema["properties"].items()}
 
     assert shape(ours) == shape(theirs)
-    FederatedConfig.model_validate(FederatedParams(strategy="fedprox", mu=0.1, rounds=5).model_dump())
+    params = FederatedParams(strategy="fedprox", mu=0.1, rounds=5)
+    FederatedConfig.model_validate(params.model_dump(exclude=set(ENGINE_FIELDS)))
+    deployed = FederatedParams(engine="deployment", federation={"superlink": "fl:9093", "ca_file": "/ca.pem"})
+    assert federated_config(deployed) == federated_config(FederatedParams())
 
 
 def test_worker_refuses_a_schedule_it_cannot_read() -> None:

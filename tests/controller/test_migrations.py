@@ -17,7 +17,7 @@ from tests.controller.conftest import database_url
 def test_migrate_from_empty_reaches_head(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'c.sqlite'}"
     upgrade(url)
-    assert current_revision(url) == head_revision(url) == "0011"
+    assert current_revision(url) == head_revision(url) == "0012"
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
@@ -74,7 +74,7 @@ def _migrate_keeping_data(url: str, previous: str) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert f"schema {previous} -> 0011" in result.stdout
+    assert f"schema {previous} -> 0012" in result.stdout
     with engine.begin() as conn:
         device = conn.execute(
             text(
@@ -143,6 +143,29 @@ def _one_open_alarm_per_model_site_and_kind(engine: Engine) -> None:
         conn.execute(insert, {"resolved": None})
     with pytest.raises(IntegrityError), engine.begin() as conn:
         conn.execute(insert, {"resolved": None})
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_alarms_from_before_the_webhook_count_as_delivered(tmp_path: Path, kind: str) -> None:
+    """An upgrade replays no history: fired (and resolved) alarms stored at 0011 are delivered; an
+    alarm open now will notify its resolution."""
+    for url in database_url(kind, tmp_path):
+        upgrade(url, "0011")
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO alarm (model_id, site_id, kind, value, threshold, samples, action, fired_at,"
+                    " last_value, evaluated_at, resolved_at) VALUES ('m', 's1', 'accuracy', 0.5, 0.8, 40,"
+                    " 'auto', 1.0, 0.5, 1.0, 2.0), ('m', 's1', 'accuracy', 0.5, 0.8, 40, 'auto', 3.0, 0.5,"
+                    " 3.0, NULL)"
+                )
+            )
+        upgrade(url)
+        with engine.begin() as conn:
+            notices = conn.execute(text("SELECT fired_notice, resolved_notice FROM alarm ORDER BY id")).all()
+        engine.dispose()
+        assert [tuple(n) for n in notices] == [("delivered", "delivered"), ("delivered", None)]
 
 
 def test_migrate_on_postgresql_makes_every_integer_64_bit(tmp_path: Path) -> None:

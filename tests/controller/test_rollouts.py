@@ -11,7 +11,11 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, update
+from sqlmodel import Session, col
 
+from cloud_controller import rollouts
+from cloud_controller.rollout_models import Rollout
 from cloud_controller.waves import position
 from fleet_protocol import ModelReason, OtaState
 from simulators.controller import ControllerProcess
@@ -234,6 +238,83 @@ def test_operators_pause_resume_and_abort_and_a_group_has_one_active_rollout(
     assert status["decisions"][-1]["reason"] == "aborted by operator:test-operator"
     # The group is free again.
     assert fleet.create(waves=[{"percent": 100}])["previous"] == {"model_id": "sensor-mlp", "version": OLD}
+
+
+def test_an_abort_puts_hand_provisioned_devices_back_on_the_version_they_ran(
+    sqlite_controller: Controller, bundles, signing_key, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """No deployment names 1.0.0: the devices were provisioned with it by hand and say they run it."""
+    fleet = make_fleet(sqlite_controller, bundles, signing_key, tmp_path, devices=4, deployed=False)
+    assert on(fleet.desired(), OLD) == set(), "nothing desired yet"
+    created = fleet.create(waves=[{"percent": 100}], soak_s=60)
+    assert created["previous"] == {"model_id": "sensor-mlp", "version": OLD}, "what the devices run"
+    assert on(fleet.desired(), NEW) == set(fleet.devices)
+    fleet.report(fleet.devices[:2], OtaState.PROMOTED, created["id"])
+    with fleet.client() as client:
+        assert client.post(f"/api/v1/rollouts/{created['id']}/abort").json()["state"] == "aborted"
+    assert on(fleet.desired(), OLD) == set(fleet.devices), "every device back on 1.0.0, promoted or not"
+    # A deployment made later wins over what the abort put back.
+    with fleet.client() as client:
+        answer = client.post(
+            "/api/v1/deployments", json={"group_id": fleet.group_id, "model_id": "sensor-mlp", "version": NEW}
+        )
+    assert answer.status_code == 201, answer.text
+    assert on(fleet.desired(), NEW) == set(fleet.devices)
+
+
+def test_an_abort_that_races_the_engines_step_is_taken_on_the_rollout_as_it_now_is(
+    sqlite_controller: Controller, bundles, signing_key, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The engine writes a step between the operator's read and write (as a busy engine may): the
+    abort is decided again on the new step, not refused with a 409."""
+    fleet = make_fleet(sqlite_controller, bundles, signing_key, tmp_path, devices=4)
+    rid = fleet.create(waves=[{"percent": 100}], soak_s=60)["id"]
+    engine = create_engine(sqlite_controller.database_url)
+    raced = []
+    measure = rollouts.current
+
+    def engine_steps_first(session: Session, rollout: Rollout) -> object:
+        if not raced:  # once: the rollout's step moves under the operator's feet
+            with engine.begin() as other:
+                other.execute(update(Rollout).where(col(Rollout.id) == rid).values(step=Rollout.step + 1))
+            raced.append(True)
+        return measure(session, rollout)
+
+    monkeypatch.setattr(rollouts, "current", engine_steps_first)
+    with Session(engine) as session:
+        aborted = rollouts.abort(session=session, rollout_id=rid, actor="operator:test")
+    assert raced and aborted.state == "aborted"
+    assert actions(fleet.status(rid)) == ["start", "abort"], "decided once, on the step the engine left"
+
+
+def test_devices_that_join_the_group_during_a_rollout_are_in_it_by_their_place_in_its_order(
+    sqlite_controller: Controller, bundles, signing_key, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    fleet = make_fleet(sqlite_controller, bundles, signing_key, tmp_path, devices=8)
+    rid = fleet.create(waves=[{"percent": 50}, {"percent": 100}], soak_s=60)["id"]
+    # Wave 0 holds the half of the group first in the rollout's order: everything before its threshold.
+    ordered = sorted(position(rid, d) for d in fleet.devices)
+    threshold = ordered[len(ordered) // 2 - 1] + 1
+    joined: list[str] = []
+    with fleet.client() as client:
+        while len(joined) < 40:  # until joiners fall on both sides of the threshold
+            name = f"press-new-{len(joined):02d}"
+            answer = client.post(
+                "/api/v1/devices", json={"id": name, "site_id": "site-a", "labels": {"line": "press"}}
+            )
+            assert answer.status_code == 201, answer.text
+            joined.append(name)
+            sides = {position(rid, d) < threshold for d in joined}
+            if len(joined) >= 6 and sides == {True, False}:
+                break
+    desired = fleet.desired()
+    inside = {d for d in joined if position(rid, d) < threshold}
+    assert inside and inside != set(joined)
+    assert on(desired, NEW) & set(joined) == inside, "a joiner inside wave 0 gets the new version"
+    assert on(desired, OLD) & set(joined) == set(joined) - inside, "the others keep the group's version"
+    with fleet.client() as client:
+        assert client.post(f"/api/v1/rollouts/{rid}/abort").json()["state"] == "aborted"
+    assert on(fleet.desired(), OLD) >= set(joined), "and an abort puts them back with the rest"
 
 
 def test_rollout_input_errors_name_what_is_wrong(

@@ -2,7 +2,7 @@
 
 No generated request may cause a 500 on either store, every answer must be one the spec documents
 (status, content type, body, ``Allow``), and the spec must refuse what the code refuses.
-`schemathesis.toml` beside this file lists the five exemptions (bodies whose validity is more than a
+`schemathesis.toml` beside this file lists the exemptions (bodies whose validity is more than a
 JSON Schema can say), with the reason for each.
 """
 

@@ -25,6 +25,8 @@ COMPOSE = ROOT / "deploy" / "compose.yaml"
 #: The oldest Kubernetes still in wide use, and the newest whose schemas the package ships.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 SECRET_WORDS = ("PASSWORD", "TOKEN", "DATABASE_URL", "SECRET")
+#: The image each workload names (kustomization.yaml maps it to a registry) and the file that builds it.
+DOCKERFILES = {"edgefleet-cloud": "Dockerfile.cloud", "edgefleet-edge": "Dockerfile.edge"}
 
 
 def _manifests() -> list[Path]:
@@ -40,7 +42,7 @@ def _by_kind(kind: str) -> dict[str, dict[str, Any]]:
 
 
 def _pod_specs() -> dict[str, dict[str, Any]]:
-    workloads = {**_by_kind("Deployment"), **_by_kind("Job")}
+    workloads = {**_by_kind("Deployment"), **_by_kind("DaemonSet"), **_by_kind("Job")}
     return {name: doc["spec"]["template"]["spec"] for name, doc in workloads.items()}
 
 
@@ -74,9 +76,8 @@ def test_strict_validation_refuses_an_unknown_field() -> None:
 def test_kustomization_lists_every_manifest() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert sorted(kustomization["resources"]) == sorted(p.name for p in _manifests())
-    (image,) = kustomization["images"]
     used = {c["image"] for spec in _pod_specs().values() for c in spec["containers"]}
-    assert used == {image["name"]}
+    assert used == {image["name"] for image in kustomization["images"]} == DOCKERFILES.keys()
 
 
 def test_no_secret_is_committed_and_secrets_are_referenced() -> None:
@@ -91,13 +92,18 @@ def test_no_secret_is_committed_and_secrets_are_referenced() -> None:
         "secretName": "edgefleet-signing-key",
         "defaultMode": 0o400,
     }
+    for name, spec in _pod_specs().items():
+        for volume in spec.get("volumes", []):
+            if "secret" in volume:  # never world-readable (group: the pod's fsGroup, the image's GID)
+                assert volume["secret"]["defaultMode"] & 0o007 == 0, f"{name}: {volume['name']}"
 
 
 def test_pods_run_as_the_images_uid_with_a_read_only_root_and_bounded_resources() -> None:
-    uid = _image_uid("Dockerfile.cloud")
+    assert {"edgefleet-superlink", "edgefleet-gateway"} <= _pod_specs().keys()
     for name, spec in _pod_specs().items():
         pod = spec["securityContext"]
-        assert pod["runAsNonRoot"] is True and pod["runAsUser"] == uid, name
+        (image,) = {c["image"] for c in spec["containers"]}
+        assert pod["runAsNonRoot"] is True and pod["runAsUser"] == _image_uid(DOCKERFILES[image]), name
         assert pod["seccompProfile"]["type"] == "RuntimeDefault"
         assert spec["automountServiceAccountToken"] is False
         for container in spec["containers"]:
@@ -146,6 +152,181 @@ def test_configmap_holds_valid_controller_settings(monkeypatch: pytest.MonkeyPat
     settings = load_settings(config)
     assert settings.port == 8000 and settings.host == "0.0.0.0"
     assert str(settings.bundle_dir).startswith("/var/lib/edgefleet/")
+
+
+# --- the Flower SuperLink ------------------------------------------------------------------------
+
+
+def _container(workload: str) -> dict[str, Any]:
+    (container,) = _pod_specs()[workload]["containers"]
+    return container
+
+
+def _flags(container: dict[str, Any]) -> dict[str, str | bool]:
+    """``--name=value`` and ``--flag`` arguments (the form the manifests use) as a mapping."""
+    flags: dict[str, str | bool] = {}
+    for arg in container["args"]:
+        assert arg.startswith("--"), arg
+        name, sep, value = arg[2:].partition("=")
+        flags[name] = value if sep else True
+    return flags
+
+
+def _mount_of(spec: dict[str, Any], container: dict[str, Any], path: str) -> tuple[dict, dict]:
+    """The volume mount holding ``path`` (the deepest) and its volume."""
+    mounts = [m for m in container["volumeMounts"] if f"{path}/".startswith(f"{m['mountPath'].rstrip('/')}/")]
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    return mount, volume
+
+
+def test_superlink_serves_tls_from_a_secret_with_node_auth() -> None:
+    spec = _pod_specs()["edgefleet-superlink"]
+    container = _container("edgefleet-superlink")
+    assert container["command"] == ["flower-superlink"]
+    flags = _flags(container)
+    assert "insecure" not in flags and flags["enable-supernode-auth"] is True
+    for flag in ("ssl-ca-certfile", "ssl-certfile", "ssl-keyfile"):
+        _, volume = _mount_of(spec, container, str(flags[flag]))
+        assert volume["secret"]["secretName"] == "edgefleet-superlink-tls", flag
+    # Nothing installed at run time, listening beyond the pod's loopback (Flower's default host).
+    assert flags["disable-runtime-dependency-installation"] is True and flags["host"] == "0.0.0.0"
+    # The state on a volume of its own, in one pod: two SuperLinks would not share it.
+    _, state = _mount_of(spec, container, str(flags["database"]))
+    assert state["persistentVolumeClaim"]["claimName"] == "edgefleet-superlink-state"
+    deployment = _by_kind("Deployment")["edgefleet-superlink"]
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert _by_kind("PersistentVolumeClaim")["edgefleet-superlink-state"]["spec"]["accessModes"] == [
+        "ReadWriteOnce"
+    ]
+
+
+def test_superlink_flags_are_flowers() -> None:
+    pytest.importorskip("flwr")
+    from flwr.superlink.cli.flower_superlink import _parse_args_run_superlink
+
+    args = _parse_args_run_superlink().parse_args(_container("edgefleet-superlink")["args"])
+    assert args.enable_supernode_auth and not args.insecure and args.runtime_dependency_install is False
+    assert args.port == int(_flags(_container("edgefleet-superlink"))["port"])
+
+
+def test_superlink_sees_the_workers_job_directory_at_the_same_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from cloud_controller.settings import load_settings
+
+    config = tmp_path / "controller.yaml"
+    config.write_text(_by_kind("ConfigMap")["edgefleet-controller"]["data"]["controller.yaml"])
+    for name, value in _image_env("Dockerfile.cloud").items():
+        monkeypatch.setenv(name, value)
+    job_dir = str(load_settings(config).job_dir)
+    claims = {}
+    for name in ("edgefleet-worker", "edgefleet-superlink"):
+        mount, volume = _mount_of(_pod_specs()[name], _container(name), job_dir)
+        assert not mount.get("readOnly"), name  # the ServerApp writes rounds.jsonl and the result
+        claims[name] = (mount["mountPath"], volume["persistentVolumeClaim"]["claimName"])
+    assert claims["edgefleet-worker"] == claims["edgefleet-superlink"]
+    claim = _by_kind("PersistentVolumeClaim")[claims["edgefleet-worker"][1]]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_superlink_service_exposes_the_port_the_worker_and_supernodes_use() -> None:
+    from cloud_controller.job_models import FlowerFederation
+
+    container = _container("edgefleet-superlink")
+    labels = _by_kind("Deployment")["edgefleet-superlink"]["spec"]["template"]["metadata"]["labels"]
+    service = _by_kind("Service")["edgefleet-superlink"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"  # the Control API stays in the cluster
+    (port,) = service["spec"]["ports"]
+    (container_port,) = container["ports"]
+    assert port["targetPort"] == container_port["name"]
+    assert container_port["containerPort"] == int(_flags(container)["port"])
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/health", "port": "flower", "scheme": "HTTPS"}
+    # What a deployment job names, as the controller validates it; the CA file is mounted in the worker.
+    address = f"{service['metadata']['name']}.edgefleet.svc:{port['port']}"
+    ca_file = "/etc/edgefleet/fleet-ca/ca.pem"
+    FlowerFederation(superlink=address, ca_file=ca_file)
+    assert address in (K8S / "superlink-service.yaml").read_text()
+    mount, volume = _mount_of(_pod_specs()["edgefleet-worker"], _container("edgefleet-worker"), ca_file)
+    assert volume["configMap"] == {"name": "edgefleet-fleet-ca", "optional": True} and mount["readOnly"]
+
+
+# --- the site gateway ----------------------------------------------------------------------------
+
+
+def _gateway_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """The gateway ConfigMap's settings, under the image's and the DaemonSet's environment."""
+    from edge_gateway.config import load_settings
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text(_by_kind("ConfigMap")["edgefleet-gateway"]["data"]["gateway.yaml"])
+    for name, value in _image_env("Dockerfile.edge").items():
+        monkeypatch.setenv(name, value)
+    for variable in _container("edgefleet-gateway")["env"]:
+        value = variable.get("value", "from-a-secret")  # a secretKeyRef: any token will do
+        monkeypatch.setenv(variable["name"], value)
+    return load_settings(config)
+
+
+def test_gateway_daemonset_runs_on_the_sites_edge_node() -> None:
+    daemonset = _by_kind("DaemonSet")["edgefleet-gateway"]
+    spec = daemonset["spec"]["template"]["spec"]
+    assert spec["nodeSelector"]["node-role.kubernetes.io/edge"] == ""
+    assert {"key": "node-role.kubernetes.io/edge", "operator": "Exists", "effect": "NoSchedule"} in spec[
+        "tolerations"
+    ]
+    # Devices on the site LAN reach the node's own address.
+    assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    # Ports and queue are the node's: the old pod goes before the new one starts.
+    assert daemonset["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"] == 0
+    container = _container("edgefleet-gateway")
+    assert container["command"] == ["edge-gateway"] and container["args"][0] == "run"
+
+
+def test_gateway_config_matches_its_daemonset(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    settings = _gateway_settings(monkeypatch, tmp_path)
+    spec = _pod_specs()["edgefleet-gateway"]
+    container = _container("edgefleet-gateway")
+    assert spec["nodeSelector"]["edgefleet.io/site"] == settings.site
+    config = container["args"][container["args"].index("--config") + 1]
+    mount, volume = _mount_of(spec, container, config)
+    assert volume["configMap"]["name"] == "edgefleet-gateway" and mount["subPath"] == "gateway.yaml"
+    # The token from a Secret (never in the ConfigMap), the certificates from a Secret too.
+    assert "token" not in _by_kind("ConfigMap")["edgefleet-gateway"]["data"]["gateway.yaml"]
+    assert settings.upstream.token == "from-a-secret"
+    serve, tls = settings.broker.serve_tls, settings.broker.tls
+    for path in (serve.cert_file, serve.key_file, serve.ca_file, serve.crl_file, serve.devices_file):
+        _, volume = _mount_of(spec, container, str(path))
+        assert volume["secret"]["secretName"] == "edgefleet-gateway-tls", path
+    for path in (tls.cert_file, tls.key_file, tls.ca_file):
+        _, volume = _mount_of(spec, container, str(path))
+        assert volume["secret"]["secretName"] == "edgefleet-gateway-tls", path
+    for key in settings.trusted_keys:
+        assert _mount_of(spec, container, str(key))[1]["configMap"]["name"] == "edgefleet-trusted-keys"
+    # The broker (MQTT over TLS) and the HTTP server on the ports the pod declares; probes on its routes.
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"mqtts": settings.broker.port, "http": settings.http.port} and ports["mqtts"] == 8883
+    routes = (ROOT / "edge_gateway" / "site_http.py").read_text()
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        path = container[probe]["httpGet"]["path"]
+        assert f'add_get("{path}"' in routes, probe
+    health = {v["name"]: v.get("value") for v in container["env"]}["EDGEFLEET_HEALTH_URL"]
+    assert health == f"http://127.0.0.1:{settings.http.port}/healthz"
+
+
+def test_gateway_queue_survives_a_pod_restart(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    settings = _gateway_settings(monkeypatch, tmp_path)
+    spec = _pod_specs()["edgefleet-gateway"]
+    mount, volume = _mount_of(spec, _container("edgefleet-gateway"), str(settings.data_dir))
+    assert not mount.get("readOnly")
+    # On the node (an emptyDir dies with the pod), at the systemd unit's StateDirectory, which the node
+    # prepares for UID 10001 (kubelet would create a missing one as root's).
+    assert volume["hostPath"] == {"path": str(settings.data_dir), "type": "Directory"}
+    unit = (ROOT / "deploy" / "systemd" / "edge-gateway.service").read_text()
+    assert f"StateDirectory={settings.data_dir.relative_to('/var/lib')}" in unit.splitlines()
 
 
 # --- compose -------------------------------------------------------------------------------------

@@ -26,12 +26,14 @@ class Fleet:
         readings: int = 40,
         anomaly_rate: float = 0.05,
         site: str = "site-a",
+        first: int = 0,
     ) -> None:
+        """``first``: the number of the first device (``{site}-dev-{first:03d}``), for a second fleet."""
         self.readings = readings
         self._outbox_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="outbox")
         self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
         self.agents: list[Agent] = []
-        for i in range(devices):
+        for i in range(first, first + devices):
             device = f"{site}-dev-{i:03d}"
             settings = load_settings(
                 None,

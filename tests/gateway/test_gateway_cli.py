@@ -140,3 +140,37 @@ def test_the_example_config_is_valid() -> None:
     settings = load_settings(example)
     assert settings.site == "plant-berlin" and settings.broker.host is None
     assert [c.name for c in settings.device_classes] == ["presses", "everything-else"]
+
+
+@pytest.mark.slow
+def test_a_device_publishing_from_the_instant_a_new_site_broker_listens_loses_nothing(
+    gateway_factory,
+) -> None:  # type: ignore[no-untyped-def]
+    """On a broker without a store, a QoS 1 publish before the gateway has subscribed would be
+    acknowledged and dropped (the device then deletes its record): the gateway opens its session
+    first, on a listener devices cannot reach, and only then opens the site port."""
+    port = free_port()
+    gateway: GatewayProcess = gateway_factory({"broker": {"listen": "127.0.0.1", "port": port}}, start=False)
+    acked: list[int] = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dev-1")
+    gateway.start(wait=False)
+    deadline = time.monotonic() + 30
+    while True:  # connect the moment the site port opens
+        try:
+            client.connect("127.0.0.1", port)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the site broker never listened"
+            time.sleep(0.002)
+    client.loop_start()
+    for seq in range(1, 41):
+        client.publish("fleet/site-a/dev-1/telemetry", telemetry("dev-1", [seq]), qos=1).wait_for_publish(10)
+        acked.append(seq)
+    client.loop_stop()
+    client.disconnect()
+    gateway.wait_healthy()
+    _wait(lambda: gateway.metric("edge_gateway_records_total") >= len(acked))
+    assert gateway.metric("edge_gateway_records_total") == len(acked) == 40
+    log = (Path(gateway.config["data_dir"]) / "broker" / "mosquitto.log").read_text()
+    assert log.count(" starting") == 2, "a first start primes the store, then opens the site port"
+    assert gateway.stop() == 0

@@ -328,3 +328,48 @@ async def test_an_unreadable_store_is_kept_aside_and_the_gateway_starts_clean(tm
     await store.close()
     kept = list(tmp_path.glob("gateway.sqlite.corrupt.*"))  # noqa: ASYNC240 - the store is closed
     assert [p.read_bytes()[:22] for p in kept] == [b"this is not a database"]
+
+
+def test_each_step_of_a_devices_update_goes_up_at_once_and_shadow_figures_wait_for_the_refresh(
+    tmp_path: Path,
+) -> None:
+    pipeline = Pipeline(_settings(tmp_path, upstream={"state_refresh_s": 60}), GatewayMetrics())
+    sha = "ab" * 32
+
+    def state(step: str | None, samples: int = 0, reason: str | None = None) -> bytes:
+        body: dict[str, object] = {"device_id": "dev-1", "site": "site-a", "online": True}
+        if step is not None:
+            ota: dict[str, object] = {
+                "state": step,
+                "model_id": "m",
+                "version": "2.0.0",
+                "manifest_sha256": sha,
+                "rollout_id": "r-1",
+            }
+            if step == "shadow":
+                run = {"mean_confidence": 0.9}
+                ota["shadow"] = {
+                    "samples": samples,
+                    "seconds": samples / 10,
+                    "champion": run,
+                    "challenger": run,
+                }
+            body["ota"] = ota
+        if reason is not None:
+            body["model_reason"] = reason
+        return json.dumps(body).encode()
+
+    sent = []
+    steps = [
+        (state(None), "first state"),
+        (state("downloading"), "downloading"),
+        (state("verified"), "verified"),
+        (state("shadow", samples=10), "shadow"),
+        (state("shadow", samples=20), None),  # only the shadow figures moved: with the refresh
+        (state("promoted"), "promoted"),
+        (state("promoted", reason="withdrawn"), "a reason"),
+    ]
+    for i, (payload, _) in enumerate(steps):
+        changes = pipeline.process(_messages(("fleet/site-a/dev-1/state", payload)), now=T0 + i)
+        sent.append("dev-1" in changes.devices)
+    assert sent == [expected is not None for _, expected in steps]

@@ -57,7 +57,12 @@ def test_flwr_run_over_a_device_and_a_gateway_with_its_own_devices(
     site_link = federation.start_superlink("site-a-superlink", free_port())
     federation.start_supernode(
         "gateway-a",
-        {"site": "site-a", "site-superlink": f"127.0.0.1:{site_link}", "site-min-devices": "2"},
+        {
+            "site": "site-a",
+            "site-superlink": f"127.0.0.1:{site_link}",
+            "site-min-devices": "2",
+            **federation.site_node_config(),
+        },
     )
     for i in range(2):
         buffer = _buffer(tmp_path, recipe, f"agent-a{i}", seed=40 + i)

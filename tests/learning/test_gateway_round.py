@@ -82,6 +82,6 @@ def test_the_plain_link_to_the_site_superlink_is_warned_about_once(
     warnings = [r.getMessage() for r in caplog.records if "plain" in r.getMessage()]
     assert warnings == [
         "site site-a: the link to the site SuperLink 127.0.0.1:9 is plain (insecure, no TLS): "
-        "weights and the recipe cross it unencrypted"
+        "weights and the recipe cross it unencrypted; give the node config site-superlink-ca for TLS"
     ]
     assert all("insecure = true" in (home / "config.toml").read_text() for home in homes)

@@ -45,7 +45,7 @@ def test_config_refuses_inconsistent_settings() -> None:
 
 
 def test_privacy_settings_record_the_noise_per_round() -> None:
-    settings = privacy_settings(2.0, 0.5, [4, 2])
+    settings = privacy_settings(2.0, 0.5, [4, 2], [0.25, 0.5])
 
     assert settings["clipping_norm"] == 2.0
     assert settings["noise_stddev_per_round"] == [0.25, 0.5]

@@ -109,9 +109,12 @@ def test_a_defective_version_stops_at_its_canary_and_every_canary_device_is_back
     for device, ended in canary.items():
         assert ended["runs"] == GOOD, f"{device} is not back on {GOOD}: {ended}"
         # Its own checks caught the defect, or the controller's gates aborted first and the
-        # device stopped its update there (never "shadow" or "downloading" for good).
+        # device stopped its update there (never "shadow" or "downloading" for good). A gate a
+        # device judges by statistics over its few shadow readings (latency, agreement) may pass
+        # where the canary's gates do not: the abort then brings the device back (checked above).
         caught = ended["outcome"] == outcome and ended["reason"] in reasons
-        assert caught or ended["outcome"] == "cancelled", f"{device}: {ended}"
+        statistical = defect in ("slow_10x", "disagrees") and ended["outcome"] == "promoted"
+        assert caught or statistical or ended["outcome"] == "cancelled", f"{device}: {ended}"
 
 
 def test_a_tampered_bundle_is_refused_by_every_device_and_never_fetched_by_a_site(report) -> None:  # type: ignore[no-untyped-def]

@@ -14,33 +14,13 @@ from simulators.events import kinds
 from simulators.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
-# solo: whole fleets on a timeline; run after the parallel part, alone on the machine.
-pytestmark = pytest.mark.solo
-
-
-@pytest.fixture(scope="module")
-def ci_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
-    out = tmp_path_factory.mktemp("ci-run")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "simulators.cli",
-            "run",
-            str(ROOT / "fleet_configs" / "ci.yaml"),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=400,
-        cwd=ROOT,
-        check=False,
-    )
-    return result, out
+# solo: the tests that run whole fleets on a timeline; after the parallel part, alone on the machine.
+solo = pytest.mark.solo
+# `ci_run`, the run of fleet_configs/ci.yaml, is tests/conftest.py's: tests/security reads its logs too.
 
 
 @pytest.mark.slow
+@solo
 def test_fleet_sim_ci_scenario_holds_every_invariant_under_every_kind_of_event(ci_run) -> None:  # type: ignore[no-untyped-def]
     result, out = ci_run
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -87,6 +67,7 @@ def test_fleet_sim_ci_scenario_holds_every_invariant_under_every_kind_of_event(c
 
 
 @pytest.mark.slow
+@solo
 def test_fleet_sim_html_report_renders_with_its_plots(ci_run) -> None:  # type: ignore[no-untyped-def]
     _, out = ci_run
     page = (out / "report.html").read_text()
@@ -136,6 +117,7 @@ events: [{at_s: 2, kind: drift, site: 0, shift: 1.0}]
 
 
 @pytest.mark.slow
+@solo
 def test_a_simulator_that_falls_behind_says_so_and_exits_4_instead_of_failing(tmp_path: Path) -> None:
     result = _run_scenario_text(tmp_path, _IMPOSSIBLE, "--out", str(tmp_path / "run"), timeout=300)
 
@@ -177,6 +159,7 @@ events:
 
 
 @pytest.mark.slow
+@solo
 def test_a_busy_fleet_through_broker_restarts_leaves_no_unretrieved_exception(tmp_path: Path) -> None:
     result = _run_scenario_text(tmp_path, _BUSY_THROUGH_RESTARTS, "--out", str(tmp_path / "run"), timeout=300)
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from cloud_controller.models import Device
 from fleet_protocol import Health, ModelReason, ReportedState
@@ -18,6 +19,7 @@ from fleet_protocol.ingest import IngestBatch, WindowSummary
 from simulators.controller import ControllerProcess
 from simulators.fleet_view import FleetView
 from simulators.ledger import Ledger
+from simulators.report import print_report
 from simulators.result import EXIT_FELL_BEHIND, EXIT_INVARIANT_FAILED, EXIT_OK, RunResult, off_model
 from simulators.scenario import Scenario
 
@@ -124,6 +126,13 @@ def test_an_incomplete_view_is_not_judged_instead_of_reporting_losses(controller
     assert result.invariants()["no_acknowledged_record_lost"] is None
     assert result.invariants()["no_record_stored_twice"] is None
     assert result.exit_code() == EXIT_FELL_BEHIND
+    # The figures read from that view say they are partial, in report.json and on the terminal.
+    summary = result.summary()
+    assert "upstream_bytes_ratio" in summary["figures_from_partial_view"]
+    assert "device_model_accuracy" in summary["figures_from_partial_view"]
+    console = Console(record=True, width=200)
+    print_report(result, console)
+    assert "upstream bytes ratio (partial view)" in console.export_text()
 
 
 def _state(reason: ModelReason | None, text: str | None = None) -> ReportedState:

@@ -94,7 +94,9 @@ def test_accuracy_falls_after_drift_and_recovers_per_site(learning_run) -> None:
         assert acc["accuracy_before_drift"] > 0.9, (site, acc)
         assert acc["accuracy_after_drift"] < acc["accuracy_before_drift"] - 0.05, (site, acc)
         assert acc["accuracy_after_recovery"] >= floor, (site, acc)
-        assert acc["accuracy_after_recovery"] > acc["accuracy_after_drift"], (site, acc)
+        # The recovery margin: the drift cost site-0 about 0.2 and site-1 about 0.6 (README), and the
+        # new versions win back nearly all of it (+0.16 and +0.54); 0.08 leaves room for a short, noisy run.
+        assert acc["accuracy_after_recovery"] >= acc["accuracy_after_drift"] + 0.08, (site, acc)
         assert acc["labelled_after_recovery"] >= 50, "judged on enough labelled records"
     # Concept drift swaps two of four classes at site-1: the old model is wrong on about half.
     assert report["learning"]["accuracy_per_site"]["site-1"]["accuracy_after_drift"] < 0.7
@@ -105,13 +107,25 @@ def test_each_step_of_the_loop_is_marked_on_the_time_axis_in_order(learning_run)
     marks = report["learning"]["marks"]
     assert [m["t"] for m in marks] == sorted(m["t"] for m in marks)
 
-    def first(what: str, site: str, text: str = "") -> float:
-        return next(m["t"] for m in marks if m["what"] == what and m["site"] == site and text in m["label"])
+    def first(what: str, site: str, text: str = "", after: float = 0.0) -> float:
+        return next(
+            m["t"]
+            for m in marks
+            if m["what"] == what and m["site"] == site and text in m["label"] and m["t"] >= after
+        )
 
     for site, alarm in (("site-0", "data_drift"), ("site-1", "accuracy")):
-        steps = [first("drift", site), first("alarm_fired", site, alarm)]
+        # The alarm that answers the drift is the first after it: PSI over this scenario's 5 s windows
+        # of a few devices is noisy near its 0.5 threshold, and once fired 0.501 before any drift.
+        drifted = first("drift", site)
+        steps = [drifted, first("alarm_fired", site, alarm, after=drifted)]
         steps += [first(what, site) for what in ("job_queued", "job_step", "rollout_wave", "rollout_end")]
         assert steps == sorted(steps), (site, steps)
+        # The report's recovery figure: the site's first alarm of any kind after its drift (data drift
+        # or accuracy, whichever fired first) to its rollout's end.
+        recovery = report["learning"]["accuracy_per_site"][site]["recovery_seconds"]
+        alarmed = first("alarm_fired", site, after=drifted)
+        assert recovery == pytest.approx(steps[-1] - alarmed, abs=0.2), (site, recovery, alarmed, steps)
     labels = " | ".join(m["label"] for m in marks)
     for step in ("dataset", "train", "build", "evaluate", "register", "rollout"):
         assert f"retrain {step} started" in labels and f"federated {step} started" in labels

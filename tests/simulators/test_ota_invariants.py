@@ -182,3 +182,40 @@ def test_a_site_that_downloaded_a_bundle_twice_or_fetched_a_planted_one_fails() 
     assert _judge(_good_view(), fetches={"site-0": 4.0})["downloads"] is False
     assert _judge(_good_view(), fetches={"site-0": 3.0}, planted={"site-0": {"d" * 64}})["downloads"] is False
     assert _judge(_good_view(), fetches={"site-0": 2.0}, planted={"site-0": {"d" * 64}})["downloads"] is True
+
+
+def test_a_canary_device_a_learning_job_moved_on_since_passes_only_on_that_jobs_version() -> None:
+    """After the bad rollout, a job's rollout to the device's site may give it a newer version."""
+    view = _good_view()
+    view.states[OTHER] = _state(OTHER, "1.2.1")
+    assert _judge(view)[ROLLOUT] is False, "on a version no rollout explains"
+    assert _judge(view, moved_on={OTHER: "1.2.1"})[ROLLOUT] is True
+    assert _judge(view, moved_on={OTHER: "1.2.2"})[ROLLOUT] is False, "another job's version"
+    view.states[OTHER] = _state(OTHER, "1.2.0")
+    assert _judge(view, moved_on={OTHER: "1.2.1"})[ROLLOUT] is False, "still on the bad version"
+
+
+def test_a_canary_device_that_promoted_a_slow_version_before_the_abort_passes_a_nan_one_fails() -> None:
+    """A latency or agreement gate judged on one device's few readings may pass; the canary's gates
+    catch it and the abort puts the device back. A NaN model must be caught on the device itself."""
+    view = _good_view()
+    view.version_runs[OTHER] = [
+        VersionRun("1.0.0", 1, 10, 0.0, 9.0, 10),
+        VersionRun("1.2.0", 11, 15, 10.0, 14.0, 5),
+        VersionRun("1.0.0", 16, 20, 15.0, 19.0, 5),
+    ]
+    view.ota[OTHER] = [
+        _event("ota.verified", "1.2.0", 5.0),
+        _event("ota.shadow", "1.2.0", 5.1),
+        _event("ota.promoted", "1.2.0", 9.9),
+        _event("ota.verified", "1.0.0", 14.5),
+        _event("ota.promoted", "1.0.0", 14.9),  # the abort sent it back to the previous version
+    ]
+    nan = _judge(view)
+    assert nan[ROLLOUT] is False and nan["attributed"] is False
+    rollouts = _rollouts()
+    rollouts[1].defect = "slow_10x"
+    slow = _judge(view, rollouts)
+    assert slow[ROLLOUT] is True and slow["attributed"] is True
+    view.states[OTHER] = _state(OTHER, "1.2.0")  # not put back: fails, whatever the defect
+    assert _judge(view, rollouts)[ROLLOUT] is False

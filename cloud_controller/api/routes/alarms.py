@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, HTTPException, Query
 from sqlmodel import col, select
 
-from cloud_controller import alarms
-from cloud_controller.api.deps import IdQuery, Operator, Reader, SessionDep
+from cloud_controller import alarms, jobs
+from cloud_controller.api.deps import IdQuery, IntId, Operator, Reader, SessionDep
 from cloud_controller.api.errors import AUTH, BODY, errors
 from cloud_controller.api.routes.labels import MODEL_ID_PATTERN, ModelIdPath
 from cloud_controller.audit import who
+from cloud_controller.exceptions import Conflict, NotFound
+from cloud_controller.job_models import AlarmJobCreate, JobPublic
 from cloud_controller.label_models import (
     Alarm,
     AlarmKind,
@@ -62,3 +64,27 @@ def list_alarms(
         query = query.where(Alarm.site_id == site)
     rows = session.exec(query.order_by(col(Alarm.fired_at).desc(), col(Alarm.id).desc()).limit(limit)).all()
     return AlarmsPublic(data=[alarms.public(a) for a in rows], count=len(rows))
+
+
+@router.post(
+    "/alarms/{alarm_id}/job", response_model=JobPublic, status_code=201, responses=errors(*BODY, 404, 409)
+)
+def start_alarm_job(
+    session: SessionDep, caller: Operator, alarm_id: IntId, body: AlarmJobCreate
+) -> JobPublic:
+    """An operator's decision on an open alarm (an ``ask`` one, or any without a job): a job of the
+    kind asked for, trained on the alarm's site, recorded on the alarm; or the model's unfinished
+    job whose data covers the site, attached as the worker attaches one for an ``auto`` alarm.
+
+    404: no such alarm, or a new job is needed and the model has no training recipe. 409: the
+    alarm is resolved, or has a job already (the detail names it).
+    """
+    try:
+        job = jobs.start_for_alarm(
+            session=session, alarm_id=alarm_id, kind=body.kind, params=body.params, actor=who(caller)
+        )
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except Conflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    return jobs.public(job)
