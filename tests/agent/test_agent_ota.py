@@ -8,8 +8,10 @@ list, and the old model never stops.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -18,10 +20,12 @@ from pathlib import Path
 import aiomqtt
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.agent import Agent
+from edge_agent.model import load_model, output_problem
 from edge_agent.ota.hooks import POINTS
-from edge_agent.ota.slots import manifest_sha256
+from edge_agent.ota.slots import Slots, manifest_sha256
 from fleet_protocol import (
     DesiredState,
     ModelAssignment,
@@ -250,6 +254,98 @@ async def test_kill_9_at_each_point_of_an_update_leaves_a_runnable_model_and_the
             await asyncio.to_thread(second.wait, 20)
     assert sub.records[-1].model_version == "2.0.0"
     assert sub.states["dev-1"].ota is not None and sub.states["dev-1"].ota.state is OtaState.PROMOTED
+
+
+KILLS = 12
+
+
+async def test_kill_9_at_random_instants_of_updates_always_leaves_a_runnable_model(
+    tmp_path: Path, broker: Mosquitto, bundles, bundles_v2, public_key_file, signing_key
+) -> None:  # type: ignore[no-untyped-def]
+    """Not at the hook points: SIGKILL at seeded random instants after each start of the same
+    device, while updates go back and forth between 1.0.0 and 2.0.0 (a slow download, unpacking,
+    verification, a shadow period, the switch). After every kill, the bundle the agent would run at
+    its next start is whole, verified and infers; no kill makes an update roll back or be refused;
+    an uninterrupted run then finishes the last update."""
+    provisioned = tmp_path / "provisioned"
+    shutil.copytree(bundles["onnx-fp32"], provisioned)
+    config = _config(tmp_path, broker, {"onnx-fp32": provisioned}, public_key_file)
+    path = write_config(tmp_path / "agent.yaml", config)
+    data_dir = Path(config["data_dir"])
+    slots = Slots(data_dir / "models", provisioned)
+    rng = random.Random(20261201)
+    # About a second to start (more on a loaded machine), 1.5 s of download (resumed across kills),
+    # a 1 s shadow (started over after a kill): kills 0.8-4 s after the start land in every part.
+    delays = [rng.uniform(0.8, 4.0) for _ in range(KILLS)]
+    landed: list[str] = []
+    async with BundleServer() as server, FleetSubscriber(broker.port) as sub:
+        server.seconds_per_download = 1.5
+        releases = [(bundles_v2["onnx-fp32"], "2.0.0"), (bundles["onnx-fp32"], "1.0.0")]
+        urls = [server.url(server.add(bundle)) for bundle, _ in releases]
+        updates = 0
+
+        async def next_update() -> tuple[Path, str]:
+            nonlocal updates
+            bundle, version = releases[updates % 2]
+            desired = _desired(urls[updates % 2], bundle, version, 10 + updates, shadow_s=1.0)
+            await _publish_desired(broker.port, desired)
+            updates += 1
+            return bundle, version
+
+        target, version = await next_update()
+        for delay in delays:
+            process = await asyncio.to_thread(_run_agent, path, None)
+            await asyncio.sleep(delay)
+            process.kill()
+            code = await asyncio.to_thread(process.wait, 20)
+            assert code == -9, f"the agent ended by itself: {process.stderr.read().decode()[-2000:]}"  # type: ignore[union-attr]
+            landed.append(f"{version}: {_where_the_update_stood(data_dir, slots)}")
+            _assert_runnable(slots, signing_key.public_key())
+            if slots.active() == slots.slot(manifest_sha256(target)):
+                target, version = await next_update()  # this one is done: the next kills cut another
+        final = await asyncio.to_thread(_run_agent, path, None)
+        try:
+            on_target = lambda: "dev-1" in sub.states and sub.states["dev-1"].model_version == version  # noqa: E731
+            await wait_until(on_target, 60, f"on {version}")
+            count = len(sub.records)
+            await wait_until(lambda: len(sub.records) > count + 10, 20, "inferring")
+        finally:
+            final.terminate()
+            await asyncio.to_thread(final.wait, 20)
+    print(f"{updates} updates; kills landed at:", *landed, sep="\n  ")
+    assert updates >= 2, f"the kills cut only {updates} update: {landed}"
+    assert sub.records[-1].model_version == version
+    assert sub.states["dev-1"].ota is not None and sub.states["dev-1"].ota.state is OtaState.PROMOTED
+    assert not [e for e in sub.events if e.kind in ("ota.rolled_back", "ota.refused")]
+    assert slots.active() == slots.slot(manifest_sha256(target))
+    assert slots.previous() is not None, "the previous model is kept until the next update"
+    under_way = [where for where in landed if "journal done" not in where]
+    assert len(under_way) >= 3, f"too few kills landed while an update was under way: {landed}"
+    leftovers = sorted(p.name for p in slots.root.iterdir() if p.name.endswith((".partial", ".part", ".tar")))
+    assert not leftovers, f"the finished update left {leftovers} on disk"
+
+
+def _where_the_update_stood(data_dir: Path, slots: Slots) -> str:
+    journal = data_dir / "ota.json"
+    phase = json.loads(journal.read_text())["data"]["phase"] if journal.exists() else "none"
+    parts = (
+        {p.name.split(".", 1)[1]: p.stat().st_size for p in slots.root.glob("*.*")}
+        if slots.root.exists()
+        else {}
+    )
+    return f"journal {phase}, active {slots.active().name[:8]}, files {parts}"
+
+
+def _assert_runnable(slots: Slots, key: Ed25519PublicKey) -> None:
+    """What the next start loads first (`Slots.candidates`) verifies, loads and infers."""
+    active = slots.active()
+    model = load_model(active, [key], allow_retired=True)
+    try:
+        mean = model.manifest.preprocessing.mean or [0.0] * len(model.preprocessor.feature_names)
+        batch = model.preprocessor.scale(np.asarray([mean], dtype=np.float32))
+        assert output_problem(model, model.predict(batch).outputs, 1) is None, active
+    finally:
+        model.close()
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,8 @@
 """A real HTTP server of bundle archives by sha256, with range requests, as a site gateway serves them.
 
 ``cut_after`` makes it hang up after that many bytes of a download, once: the device must resume.
+``seconds_per_download`` streams every archive slowly (in 40 chunks over that time, ranges
+honoured), so that a test can kill a device at instants spread over its download.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class BundleServer:
         self.files: dict[str, Path] = {}
         self.requests: list[tuple[str, str | None]] = []  # (sha256, Range header)
         self.cut_after: int | None = None
+        self.seconds_per_download: float | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -64,4 +67,25 @@ class BundleServer:
             await asyncio.sleep(0.3)  # the bytes reach the device, then the link drops
             request.transport.close()  # type: ignore[union-attr]  # a dropped link mid-download
             return response
+        if self.seconds_per_download is not None:
+            return await self._slowly(request, path.read_bytes(), self.seconds_per_download)
         return web.FileResponse(path)
+
+    @staticmethod
+    async def _slowly(request: web.Request, data: bytes, seconds: float) -> web.StreamResponse:
+        start = 0
+        if (wanted := request.headers.get("Range", "")).startswith("bytes="):
+            start = int(wanted.removeprefix("bytes=").split("-", 1)[0])
+            if start >= len(data):
+                raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{len(data)}"})
+        headers = {"Content-Length": str(len(data) - start)}
+        if start:
+            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        response = web.StreamResponse(status=206 if start else 200, headers=headers)
+        await response.prepare(request)
+        chunk = max(1, len(data) // 40)
+        for offset in range(start, len(data), chunk):
+            await response.write(data[offset : offset + chunk])
+            await asyncio.sleep(seconds / 40)
+        await response.write_eof()
+        return response
