@@ -38,8 +38,9 @@ lint: install  ## ruff
 
 # Two processes for most tests (they wait on brokers and servers more than they compute); the
 # whole-fleet tests, whose gates judge latency, run afterwards on a machine to themselves.
+# Files go to the workers in collection order, slow files first (tests/conftest.py).
 test: install lint  ## lint, then the whole test suite
-	$(VENV)/bin/pytest -n 2 --dist loadfile -m "not solo"
+	$(VENV)/bin/pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not solo"
 	$(VENV)/bin/pytest -m solo
 
 schemas: install  ## regenerate docs/protocol/*.schema.json from the models
