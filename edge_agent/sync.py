@@ -51,15 +51,21 @@ _EVENT_QUEUE = 256
 _DELETE_EVERY_S = 0.1
 
 
+#: Brokers this process has warned about: a simulator's thousand agents on one broker say it once.
+_WARNED_PLAIN: set[tuple[str, int]] = set()
+
+
 def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
     """The link's TLS context; without one, say at start that anyone on the network can pose as us."""
     if config.tls is None:
-        log.warning(
-            "MQTT to %s:%d is plain TCP without a client certificate: for a lab only (anyone on"
-            " the network can read and publish as this device); set mqtt.tls for production",
-            config.host,
-            config.port,
-        )
+        if (config.host, config.port) not in _WARNED_PLAIN:
+            _WARNED_PLAIN.add((config.host, config.port))
+            log.warning(
+                "MQTT to %s:%d is plain TCP without a client certificate: for a lab only (anyone on"
+                " the network can read and publish as this device); set mqtt.tls for production",
+                config.host,
+                config.port,
+            )
         return None
     try:
         return config.tls.context()
