@@ -9,7 +9,6 @@ may run it at once: the one-open-alarm index lets only one of them fire an alarm
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from sqlmodel import Session
 
 from cloud_controller.accuracy import Tally
 from cloud_controller.alarms import Outcome, apply, readings
+from fleet_protocol.pacing import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,7 @@ class AlarmEngine:
             except Exception:  # the database may be away for a while: the next pass tries again
                 log.exception("alarm evaluation failed; trying again in %g s", self.interval_s)
             self.after_pass()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval_s)
+            await wait_event(stop, self.interval_s)
 
     def evaluate(self) -> Outcome:
         now = self.clock()

@@ -12,7 +12,6 @@ reason changes, so restarts and ticks do not repeat it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from cloud_controller.models import Deployment
 from cloud_controller.rollout_gates import measure, reports
 from cloud_controller.rollout_models import Action, GateValues, Rollout, RolloutState
 from cloud_controller.waves import threshold
+from fleet_protocol.pacing import wait_event
 
 log = logging.getLogger(__name__)
 ACTOR = "rollout-engine"
@@ -97,8 +97,7 @@ class RolloutEngine:
                 await asyncio.to_thread(self.tick)
             except Exception:  # the database may be away for a while: the next tick tries again
                 log.exception("rollout engine tick failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval_s)
+            await wait_event(stop, self.interval_s)
 
     def tick(self) -> None:
         with Session(self.engine) as session:

@@ -40,7 +40,7 @@ from fleet_protocol import (
     state_topic,
     telemetry_topic,
 )
-from fleet_protocol.pacing import Backoff, ByteBudget
+from fleet_protocol.pacing import Backoff, ByteBudget, wait_event
 from fleet_protocol.tls import TlsConfigError
 
 log = logging.getLogger(__name__)
@@ -189,8 +189,7 @@ class Syncer:
                 break
             delay = backoff.next_delay()
             log.debug("reconnecting in %.3fs", delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+            await wait_event(self._stopping, delay)
 
     # -- one connection ----------------------------------------------------------------
 
@@ -311,8 +310,7 @@ class Syncer:
 
     async def _report(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._state_changed.wait(), self.config.state_interval_s)
+            await wait_event(self._state_changed, self.config.state_interval_s)
             self._state_changed.clear()
             await self._publish_state()
 

@@ -8,6 +8,7 @@ implementation instead of keeping copies that drift apart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -109,3 +110,17 @@ class ByteBudget:
             # One sleep suffices: each budget has one sender, nobody else spends meanwhile.
             await asyncio.sleep(delay)
         self.spend(size)
+
+
+async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait for ``event`` at most ``timeout_s`` seconds; whether it is set.
+
+    Not ``asyncio.wait_for``: on Python 3.11 a cancellation that arrives in the same loop
+    iteration as the event is swallowed (wait_for returns the result instead; fixed in 3.12,
+    python/cpython#86296), so a loop that waits this way in a cancelled task goes round again
+    and never ends: it held agents' shutdown forever. ``asyncio.timeout`` does not lose it.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+    return event.is_set()

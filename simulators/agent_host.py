@@ -170,7 +170,8 @@ class AgentHost:
             started.cancel()
 
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(one(d) for d in list(self.agents))), within_s)
+            async with asyncio.timeout(within_s):
+                await asyncio.gather(*(one(d) for d in list(self.agents)))
         return sum(agent.started.is_set() for agent in self.agents.values())
 
     def _note_crash(self, device: str, task: asyncio.Task[None]) -> None:

@@ -67,7 +67,8 @@ class JsonLineChild:
             except (BrokenPipeError, ConnectionResetError):
                 raise SimError(f"{self.module} exited: see {self.log_path}") from None
             # An answer that comes after the timeout is dropped by `_read_answers`.
-            reply = await asyncio.wait_for(answer, within_s)
+            async with asyncio.timeout(within_s):
+                reply = await answer
         finally:
             self._waiting.pop(ident, None)
         if "error" in reply:
@@ -79,7 +80,8 @@ class JsonLineChild:
         if self.process is None:
             return None
         try:
-            return await asyncio.wait_for(self.process.wait(), within_s)
+            async with asyncio.timeout(within_s):
+                return await self.process.wait()
         except TimeoutError:
             return None
 
@@ -97,7 +99,8 @@ class JsonLineChild:
         if self.process.stdin is not None and not self.process.stdin.is_closing():
             self.process.stdin.close()
         try:
-            await asyncio.wait_for(self.process.wait(), within_s)
+            async with asyncio.timeout(within_s):
+                await self.process.wait()
         except TimeoutError:
             self.process.kill()
             await self.process.wait()

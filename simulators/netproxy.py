@@ -173,9 +173,10 @@ class FaultyLink:
         graceful = False
         try:
             try:
-                upstream_reader, conn.upstream = await asyncio.wait_for(
-                    asyncio.open_connection(self.target_host, self.target_port), self.connect_timeout
-                )
+                async with asyncio.timeout(self.connect_timeout):
+                    upstream_reader, conn.upstream = await asyncio.open_connection(
+                        self.target_host, self.target_port
+                    )
             except (OSError, TimeoutError) as exc:
                 log.info(
                     "Target %s:%d is unreachable (%r). Resetting the client connection.",

@@ -100,7 +100,8 @@ class Observer:
             site = SiteObserver(command["site"], int(command["port"]), self.view, command.get("tls"))
             self.sites[command["site"]] = site
             self.tasks.append(asyncio.create_task(site.run(), name=f"observe-{command['site']}"))
-            await asyncio.wait_for(site.ready.wait(), 10)
+            async with asyncio.timeout(10):
+                await site.ready.wait()
             return {"ok": True}
         if op == "stats":
             return self.view.stats()

@@ -468,7 +468,8 @@ class Updater:
         crash_point("shadow")
         while not self.shadow.due():
             with contextlib.suppress(TimeoutError):
-                error = await asyncio.wait_for(asyncio.shield(self._challenger_failed), 0.2)
+                async with asyncio.timeout(0.2):
+                    error = await asyncio.shield(self._challenger_failed)
                 raise UpdateFailed(ModelReason.RUNTIME_ERROR, f"the new model raised: {error}", loaded=True)
         stats = self.shadow.stats()
         why = self.shadow.verdict()
