@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from cloud_controller.models import Role
 from simulators.controller import ControllerProcess
+from tests.controller.conftest import database_url
+
+
+def alarm_controller(
+    store: str, tmp_path_factory: pytest.TempPathFactory, public_key_file: Path, name: str
+) -> Iterator[ControllerProcess]:
+    """A controller on ``store`` whose alarm evaluator passes every 0.2 s, with a gateway of site-a."""
+    tmp = tmp_path_factory.mktemp(f"{name}-{store}")
+    for url in database_url(store, tmp):
+        process = ControllerProcess(tmp, public_key_file, database_url=url, token_prefix="test")
+        process.env["EDGEFLEET_CONTROLLER__ALARM_TICK_S"] = "0.2"
+        process.start((("gateway", Role.GATEWAY, "site-a"),))
+        try:
+            yield process
+        finally:
+            process.stop()
 
 
 def until(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:

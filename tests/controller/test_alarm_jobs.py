@@ -22,11 +22,10 @@ from sqlmodel import Session
 
 from cloud_controller.db import make_engine
 from cloud_controller.job_models import ModelRecipe
-from cloud_controller.models import Role
 from simulators.controller import ControllerProcess
+from tests.controller.alarm_helpers import alarm_controller
 from tests.controller.alarm_helpers import alarms as _alarms
 from tests.controller.alarm_helpers import until as _until
-from tests.controller.conftest import database_url
 
 POLICY = {"psi_threshold": 0.25, "accuracy_floor": None, "window_s": 1800, "action": "ask"}
 
@@ -36,15 +35,7 @@ def ctl(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, public_key_file: Path
 ) -> Iterator[ControllerProcess]:
     """One controller per store for the module (each test has models of its own)."""
-    tmp = tmp_path_factory.mktemp(f"alarm-jobs-{request.param}")
-    for url in database_url(request.param, tmp):
-        process = ControllerProcess(tmp, public_key_file, database_url=url, token_prefix="test")
-        process.env["EDGEFLEET_CONTROLLER__ALARM_TICK_S"] = "0.2"
-        process.start((("gateway", Role.GATEWAY, "site-a"),))
-        try:
-            yield process
-        finally:
-            process.stop()
+    yield from alarm_controller(request.param, tmp_path_factory, public_key_file, "alarm-jobs")
 
 
 def _drift_window(ctl: ControllerProcess, model: str, site: str, start: float, score: float) -> None:

@@ -13,14 +13,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from cloud_controller.models import Role
 from fleet_protocol import TelemetryRecord
 from fleet_protocol.ingest import IngestBatch
 from fleet_protocol.labels import DeviceLabels, Label, LabelUpload
 from simulators.controller import ControllerProcess
+from tests.controller.alarm_helpers import alarm_controller
 from tests.controller.alarm_helpers import alarms as _alarms
 from tests.controller.alarm_helpers import until as _until
-from tests.controller.conftest import database_url
 from tests.controller.factories import state
 
 MODEL = "alarm-mlp"
@@ -32,15 +31,7 @@ def ctl(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, public_key_file: Path
 ) -> Iterator[ControllerProcess]:
     """One controller per store for the module (each test has its own model): starts take seconds."""
-    tmp = tmp_path_factory.mktemp(f"alarms-{request.param}")
-    for url in database_url(request.param, tmp):
-        process = ControllerProcess(tmp, public_key_file, database_url=url, token_prefix="test")
-        process.env["EDGEFLEET_CONTROLLER__ALARM_TICK_S"] = "0.2"
-        process.start((("gateway", Role.GATEWAY, "site-a"),))
-        try:
-            yield process
-        finally:
-            process.stop()
+    yield from alarm_controller(request.param, tmp_path_factory, public_key_file, "alarms")
 
 
 def _evaluated_since(ctl: ControllerProcess, alarm: dict[str, Any], since: float) -> bool:
