@@ -64,10 +64,19 @@ async def test_agent_infers_and_stores_with_no_broker_then_delivers_when_one_app
     assert agent.metrics.inferences._value.get() == 2000
     assert not agent.syncer.connected.is_set()
 
+    # The subscriber's persistent session exists before the broker the agent knows starts: the
+    # agent may connect and publish the moment it listens, and those records must wait for it.
+    early = Mosquitto(tmp_path / "late-broker")
+    early.start()
+    try:
+        async with FleetSubscriber(early.port) as sub:
+            pass
+    finally:
+        early.stop()  # SIGTERM: the session is saved with the broker's persistence
     late = Mosquitto(tmp_path / "late-broker", port=port)
     late.start()
     try:
-        async with FleetSubscriber(port) as sub:
+        async with FleetSubscriber(port, client_id=sub.client_id) as sub:
             await wait_until(lambda: agent.outbox.stats.depth == 0, 30)
             await wait_until(lambda: len(sub.seqs("dev-1")) == 2000, 30)
         agent.stop()

@@ -26,7 +26,7 @@ from fleet_protocol import (
 
 
 class FleetSubscriber:
-    def __init__(self, port: int, topic: str = "fleet/#") -> None:
+    def __init__(self, port: int, topic: str = "fleet/#", *, client_id: str | None = None) -> None:
         self.port = port
         self.topic = topic
         self.records: list[TelemetryRecord] = []
@@ -37,7 +37,8 @@ class FleetSubscriber:
         self.events: list[DeviceEvent] = []
         self.desired: dict[str, DesiredState] = {}
         self.errors: list[str] = []
-        self._client_id = f"test-sub-{uuid.uuid4().hex[:8]}"
+        #: The same id on the same broker resumes the session, with what was queued for it meanwhile.
+        self.client_id = client_id or f"test-sub-{uuid.uuid4().hex[:8]}"
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
 
@@ -53,7 +54,7 @@ class FleetSubscriber:
             await self._task
 
     async def _run(self) -> None:
-        client = aiomqtt.Client("127.0.0.1", self.port, identifier=self._client_id, clean_session=False)
+        client = aiomqtt.Client("127.0.0.1", self.port, identifier=self.client_id, clean_session=False)
         while True:
             try:
                 async with client:
