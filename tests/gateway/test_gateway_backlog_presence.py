@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.conftest import GatewayProcess, controller_rows
+from tests.gateway.conftest import controller_rows
 from tests.gateway.fleet import Fleet
-from tests.gateway.test_gateway_long_outage import _controller_on
+from tests.gateway.upstream import controller_on, forwarding_gateway, stored_records
 from tests.utils.broker import Mosquitto, port_for_an_outage
 from tests.utils.waiting import wait_until
 
@@ -30,29 +30,22 @@ async def test_a_new_devices_presence_overtakes_a_draining_backlog(
     tmp_path: Path, broker: Mosquitto, bundles, public_key_file: Path, gateway_factory
 ) -> None:  # type: ignore[no-untyped-def]
     controller = await asyncio.to_thread(
-        _controller_on, port_for_an_outage(), tmp_path / "controller", public_key_file
+        controller_on, port_for_an_outage(), tmp_path / "controller", public_key_file
     )
     # The controller takes the backlog slowly (429 with Retry-After past the rate): the drain lasts
     # several times state_refresh_s, so a state queued behind it would arrive late.
     controller.env["EDGEFLEET_CONTROLLER__INGEST_RECORDS_PER_S"] = str(INGEST_RATE)
     controller.env["EDGEFLEET_CONTROLLER__INGEST_BURST_RECORDS"] = str(INGEST_RATE)
-    gateway: GatewayProcess = gateway_factory(
-        {
-            "broker": {"host": "127.0.0.1", "port": broker.port},
-            "upstream": {
-                "url": controller.url,
-                "token": controller.gateway_token("site-a"),
-                "linger_s": 0.05,
-                "retry_min_s": 0.1,
-                "retry_max_s": 0.3,
-                "max_records": 100,
-                "state_refresh_s": REFRESH_S,
-            },
-            "device_classes": [{"name": "all", "forward_all": True, "window_s": 1}],
-        },
-        start=False,
+    gateway = forwarding_gateway(
+        gateway_factory,
+        controller,
+        {"port": broker.port},
+        linger_s=0.05,
+        retry_min_s=0.1,
+        retry_max_s=0.3,
+        max_records=100,
+        state_refresh_s=REFRESH_S,
     )
-    gateway.start(wait=False)  # /healthz is 503 without its controller: that is the point
     # Subscribed before the devices publish: a broker keeps messages only for sessions it knows.
     await wait_until(lambda: "connected to broker" in gateway.log.read_text(), 30, "the gateway subscribed")
     db = controller.database_url
@@ -82,15 +75,15 @@ async def test_a_new_devices_presence_overtakes_a_draining_backlog(
                 lambda: sum(gateway.in_transit().highest_seq.values()) >= BACKLOG, 60, "the backlog queued"
             )
             await asyncio.to_thread(controller.start)
-            await wait_until(lambda: _stored(db) > 0, 30, "the drain started")
+            await wait_until(lambda: stored_records(db) > 0, 30, "the drain started")
             async with late:
                 started = time.monotonic()
                 await wait_until(
                     lambda: _online(db, "site-a-dev-900"), 3 * REFRESH_S, "the late device online"
                 )
                 seen_after = time.monotonic() - started
-                stored_then = _stored(db)
-            await wait_until(lambda: _stored(db) >= BACKLOG, 120, "the backlog drained")
+                stored_then = stored_records(db)
+            await wait_until(lambda: stored_records(db) >= BACKLOG, 120, "the backlog drained")
             drained_after = time.monotonic() - started
     finally:
         await asyncio.to_thread(controller.stop)
@@ -102,13 +95,6 @@ async def test_a_new_devices_presence_overtakes_a_draining_backlog(
     assert drained_after > 2 * REFRESH_S, (
         "the drain outlasted state_refresh_s: behind it, the state would be late"
     )
-
-
-def _stored(db: str) -> int:
-    try:
-        return int(controller_rows(db, "SELECT COUNT(*) FROM telemetry")[0][0])
-    except Exception:  # the controller's database is not there yet
-        return 0
 
 
 def _online(db: str, device: str) -> bool:

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from cloud_controller.migrate import upgrade
-from simulators.controller import ControllerProcess
-from tests.gateway.conftest import GatewayProcess, controller_rows
+from tests.gateway.conftest import controller_rows
 from tests.gateway.fleet import Fleet
+from tests.gateway.upstream import controller_on, forwarding_gateway, stored_records
 from tests.utils.broker import Mosquitto, port_for_an_outage
 from tests.utils.waiting import wait_until
 
@@ -28,44 +27,21 @@ ATTEMPTS = 10_001
 TINY = {"min": 0.0001, "max": 0.0005}
 
 
-def _controller_on(port: int, workdir: Path, key: Path) -> ControllerProcess:
-    """A controller that will listen on ``port`` once started; its database and token exist now."""
-    controller = ControllerProcess(workdir, key, token_prefix="outage")
-    controller.port, controller.url = port, f"http://127.0.0.1:{port}"
-    controller.env["EDGEFLEET_CONTROLLER__PORT"] = str(port)
-    workdir.mkdir(parents=True, exist_ok=True)
-    upgrade(controller.database_url)
-    controller.gateway_token("site-a")
-    return controller
-
-
 async def test_gateway_survives_10000_failed_attempts_on_each_link_then_delivers_every_record_once(
     tmp_path: Path, bundles, public_key_file: Path, gateway_factory
 ) -> None:  # type: ignore[no-untyped-def]
     broker = Mosquitto(tmp_path / "broker", port=port_for_an_outage())
     controller = await asyncio.to_thread(
-        _controller_on, port_for_an_outage(), tmp_path / "controller", public_key_file
+        controller_on, port_for_an_outage(), tmp_path / "controller", public_key_file
     )
-    gateway: GatewayProcess = gateway_factory(
-        {
-            "broker": {
-                "host": "127.0.0.1",
-                "port": broker.port,
-                "reconnect_min_s": TINY["min"],
-                "reconnect_max_s": TINY["max"],
-            },
-            "upstream": {
-                "url": controller.url,
-                "token": controller.gateway_token("site-a"),
-                "linger_s": 0.1,
-                "retry_min_s": TINY["min"],
-                "retry_max_s": TINY["max"],
-            },
-            "device_classes": [{"name": "all", "forward_all": True, "window_s": 1}],
-        },
-        start=False,
+    gateway = forwarding_gateway(
+        gateway_factory,
+        controller,
+        {"port": broker.port, "reconnect_min_s": TINY["min"], "reconnect_max_s": TINY["max"]},
+        linger_s=0.1,
+        retry_min_s=TINY["min"],
+        retry_max_s=TINY["max"],
     )
-    gateway.start(wait=False)  # /healthz says 503 while the broker is away: that is the point
     link_errors = "edge_gateway_mqtt_link_errors_total"
     uplink_errors = 'edge_gateway_upstream_failures_total{reason="network"}'
 
@@ -102,14 +78,11 @@ async def test_gateway_survives_10000_failed_attempts_on_each_link_then_delivers
         await asyncio.to_thread(controller.start)
         db = controller.database_url
 
-        def stored() -> int:
-            return controller_rows(db, "SELECT COUNT(*) FROM telemetry")[0][0]
-
         def counted() -> int:
             return controller_rows(db, "SELECT COALESCE(SUM(count), 0) FROM window_summary")[0][0]
 
         await wait_until(
-            lambda: stored() >= len(produced) and counted() >= len(produced),
+            lambda: stored_records(db) >= len(produced) and counted() >= len(produced),
             90,
             "everything at the controller",
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ssl
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from cloud_controller.pki import FleetPki
+from simulators.brokers import free_port
+from simulators.gateways import GatewayProcess
 
 SITE = "site-a"
 
@@ -63,6 +67,38 @@ def site_gateway(port: int, gateway: Identity, broker: Identity, **serve_tls: An
             "serve_tls": {**listener, **serve_tls},
         },
     }
+
+
+def site_pki(
+    tmp_path: Path, identities: dict[str, tuple[str, str, dict[str, Any]]]
+) -> tuple[FleetPki, Path, dict[str, Identity]]:
+    """A fleet CA with ``broker-a`` and ``gw-a`` of site-a and ``identities`` (key: name, kind and
+    `FleetPki.issue` options), written to ``tmp_path/identities``."""
+    pki = FleetPki.init(tmp_path / "ca")
+    out = tmp_path / "identities"
+    ids = {
+        "broker": issue(pki, out, "broker-a", "broker", hosts=["127.0.0.1", "localhost"]),
+        "gateway": issue(pki, out, "gw-a", "gateway"),
+    }
+    ids |= {key: issue(pki, out, name, kind, **options) for key, (name, kind, options) in identities.items()}
+    return pki, out, ids
+
+
+@contextmanager
+def running_gateway(
+    tmp_path: Path, pki: FleetPki, ids: dict[str, Identity], **serve_tls: Any
+) -> Iterator[tuple[int, GatewayProcess]]:
+    """Site-a's gateway with a TLS-only broker on a free port, checking the CRL every 0.3 s;
+    ``serve_tls`` adds to its listener. Stopped on exit."""
+    port = free_port()
+    serve_tls = {"crl_file": str(pki.crl_path), "crl_check_s": 0.3, **serve_tls}
+    config = site_gateway(port, ids["gateway"], ids["broker"], **serve_tls)
+    gateway = GatewayProcess(tmp_path / "gateway", config)
+    gateway.start()
+    try:
+        yield port, gateway
+    finally:
+        gateway.stop()
 
 
 class Session:

@@ -22,47 +22,34 @@ import pytest
 from cloud_controller.pki import FleetPki
 from edge_agent.agent import Agent
 from edge_agent.exceptions import ConfigError
-from simulators.brokers import free_port
 from simulators.gateways import GatewayProcess
 from tests.agent.factories import agent_config, settings
 from tests.gateway.factories import telemetry
-from tests.security.pki_fixtures import SITE, Identity, Session, issue, site_gateway
+from tests.security.pki_fixtures import SITE, Identity, Session, issue, running_gateway, site_pki
 from tests.utils.waiting import wait_until
 
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A fleet CA, the identities of site-a, and its gateway running a TLS-only broker."""
-    pki = FleetPki.init(tmp_path / "ca")
-    out = tmp_path / "identities"
-    ids = {
-        "broker": issue(pki, out, "broker-a", "broker", hosts=["127.0.0.1", "localhost"]),
-        "gateway": issue(pki, out, "gw-a", "gateway"),
-        "dev-1": issue(pki, out, "dev-1", "device"),
-        "dev-2": issue(pki, out, "dev-2", "device"),
-        "labeller": issue(pki, out, "line-a", "labeller"),
-        # The gateway's own name has one session at a time (the gateway's): a tool of its own.
-        "writer": issue(pki, out, "desired-writer", "observer"),
-    }
-    port = free_port()
-    broker = ids["broker"]
-    gateway = GatewayProcess(
-        tmp_path / "gateway",
-        site_gateway(
-            port,
-            ids["gateway"],
-            broker,
-            crl_file=str(pki.crl_path),
-            crl_check_s=0.3,
-            labellers=["line-a"],
-            acl_extra=["user desired-writer", f"topic write fleet/{SITE}/+/desired"],
-        ),
+    pki, out, ids = site_pki(
+        tmp_path,
+        {
+            "dev-1": ("dev-1", "device", {}),
+            "dev-2": ("dev-2", "device", {}),
+            "labeller": ("line-a", "labeller", {}),
+            # The gateway's own name has one session at a time (the gateway's): a tool of its own.
+            "writer": ("desired-writer", "observer", {}),
+        },
     )
-    gateway.start()
-    try:
+    with running_gateway(
+        tmp_path,
+        pki,
+        ids,
+        labellers=["line-a"],
+        acl_extra=["user desired-writer", f"topic write fleet/{SITE}/+/desired"],
+    ) as (port, gateway):
         yield {"pki": pki, "ids": ids, "port": port, "gateway": gateway, "out": out}
-    finally:
-        gateway.stop()
 
 
 def _telemetry_count(gateway: GatewayProcess) -> float:

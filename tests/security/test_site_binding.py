@@ -20,39 +20,22 @@ from cloud_controller.pki import FleetPki
 from simulators.brokers import free_port
 from simulators.gateways import GatewayProcess
 from tests.gateway.factories import telemetry
-from tests.security.pki_fixtures import SITE, Session, issue, site_gateway
+from tests.security.pki_fixtures import SITE, Session, issue, running_gateway, site_gateway, site_pki
 
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """Site-a's gateway with a devices file of its site, and a device certificate of site-b."""
-    pki = FleetPki.init(tmp_path / "ca")
-    out = tmp_path / "identities"
-    ids = {
-        "broker": issue(pki, out, "broker-a", "broker", hosts=["127.0.0.1"]),
-        "gateway": issue(pki, out, "gw-a", "gateway"),
-        "dev-1": issue(pki, out, "dev-1", "device"),
-        "dev-b": issue(pki, out, "dev-b", "device", site="site-b"),
-    }
+    pki, out, ids = site_pki(
+        tmp_path,
+        {"dev-1": ("dev-1", "device", {}), "dev-b": ("dev-b", "device", {"site": "site-b"})},
+    )
     devices_file = tmp_path / "gateway" / "site-devices"
     assert (
         controller_cli(["pki", "devices", "--dir", str(pki.root), "--site", SITE, "--out", str(devices_file)])
         == 0
     )
-    port, broker = free_port(), ids["broker"]
-    gateway = GatewayProcess(
-        tmp_path / "gateway",
-        site_gateway(
-            port,
-            ids["gateway"],
-            broker,
-            crl_file=str(pki.crl_path),
-            crl_check_s=0.3,
-            devices_file=str(devices_file),
-        ),
-    )
-    gateway.start()
-    try:
+    with running_gateway(tmp_path, pki, ids, devices_file=str(devices_file)) as (port, gateway):
         yield {
             "pki": pki,
             "ids": ids,
@@ -61,8 +44,6 @@ def site(tmp_path: Path) -> Iterator[dict[str, Any]]:
             "out": out,
             "devices_file": devices_file,
         }
-    finally:
-        gateway.stop()
 
 
 def _telemetry_from(gateway: GatewayProcess) -> set[str]:
