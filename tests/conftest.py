@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Files with slow tests first, each file's tests still together and in order.
 
-    `make test` hands whole files to two workers (``--dist loadfile``) in this order
+    `make test` hands whole files to its workers (``--dist loadfile``) in this order
     (``--no-loadscope-reorder``; xdist's default puts the files with the most tests first, which
     left the few long files of one or two tests running alone at the end, one worker idle). Long
     files first, and the many short ones fill in at the end.
