@@ -21,6 +21,7 @@ import numpy as np
 from edge_agent import __version__
 from edge_agent.config import AgentSettings
 from edge_agent.exceptions import ModelLoadError
+from edge_agent.inference_placement import InferencePlacement
 from edge_agent.metrics import AgentMetrics, serve_metrics
 from edge_agent.model import LoadedModel, Predictions, load_model, load_trusted_keys, output_problem
 from edge_agent.ota.slots import Slots
@@ -113,8 +114,8 @@ class Agent:
             budget=budget,
             on_labels=self._labels_received if self.training is not None else None,
         )
-        self._inline = settings.inference.executor == "inline"
-        self._own_inference_executor = inference_executor is None and not self._inline
+        self._placement = InferencePlacement(settings.inference.executor, settings.inference.inline_max_ms)
+        self._own_inference_executor = inference_executor is None and settings.inference.executor != "inline"
         self._inference_executor = inference_executor
         if self._own_inference_executor:
             self._inference_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
@@ -378,15 +379,20 @@ class Agent:
         return self._records(model, kept, raw, predictions)
 
     async def _predict(self, model: LoadedModel, scaled: np.ndarray) -> tuple[Predictions, float]:
-        """One model call and its duration, on the inference thread unless settings ask for inline.
+        """One model call and its duration, on the loop or the inference thread (`InferencePlacement`).
 
         The clock runs inside the call: time waiting for the (shared) inference thread is not the
         model's latency, and the shadow gates compare models by it.
         """
-        if self._inline:
-            return _timed(model, scaled)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._inference_executor, _timed, model, scaled)
+        if self._placement.inline(model, len(scaled)):
+            self.metrics.inference_batches.labels("loop").inc()
+            predictions, seconds = _timed(model, scaled)
+        else:
+            self.metrics.inference_batches.labels("thread").inc()
+            loop = asyncio.get_running_loop()
+            predictions, seconds = await loop.run_in_executor(self._inference_executor, _timed, model, scaled)
+        self._placement.observe(model, len(scaled), seconds)
+        return predictions, seconds
 
     async def _shadow(
         self, challenger: LoadedModel, kept: list[Reading], champion: Predictions, champion_s: float

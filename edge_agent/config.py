@@ -138,8 +138,16 @@ class TrainingBufferConfig(_Section):
 class InferenceConfig(_Section):
     micro_batch_max: int = Field(default=256, ge=1, le=4096)
     threads: int = Field(default=1, ge=1, le=64)
-    #: "thread" keeps the loop free while a model runs; "inline" avoids the hop for tiny models.
-    executor: Literal["thread", "inline"] = "thread"
+    #: "thread" keeps the loop free while a model runs; "inline" avoids the hop for tiny models;
+    #: "auto" runs a batch on the loop when the model's last batches say it takes under
+    #: ``inline_max_ms``, on the inference thread otherwise (and while that is not known yet).
+    executor: Literal["auto", "thread", "inline"] = "auto"
+    inline_max_ms: float = Field(
+        default=1.0,
+        gt=0,
+        le=100,
+        description="auto: the longest a model call may hold the event loop",
+    )
     features: Literal["raw", "summary", "none"] = "raw"
     queue_size: int = Field(default=1000, ge=1)
 

@@ -17,6 +17,12 @@ class AgentMetrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0),
             registry=r,
         )
+        self.inference_batches = Counter(
+            "edge_agent_inference_batches",
+            "Model calls, by where they ran: loop (inline) or thread",
+            ["where"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "edge_agent_micro_batch_size",
             "Readings per model call",
