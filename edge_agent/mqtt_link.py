@@ -18,6 +18,7 @@ from typing import Any
 import aiomqtt
 
 from edge_agent.exceptions import LinkError
+from fleet_protocol.pacing import cancel_requests, keep_cancellation, raise_lost_cancellation
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +86,14 @@ class MqttLink:
         self.connected = False
 
     async def __aenter__(self) -> MqttLink:
+        before = cancel_requests()
         try:
             await self._client.__aenter__()
         except aiomqtt.MqttError as exc:
             raise LinkError(f"cannot connect to {self.settings.host}:{self.settings.port}: {exc}") from None
         self.connected = True
         try:
+            raise_lost_cancellation(before)  # aiomqtt's wait for CONNACK may have dropped one
             # Resubscribe on every connect: the broker may have restarted without our session.
             for topic, qos in self._subscriptions.items():
                 await self._subscribe(topic, qos)
@@ -146,7 +149,7 @@ class MqttLink:
 
     async def _subscribe(self, topic: str, qos: int) -> None:
         try:
-            await self._client.subscribe(topic, qos=qos)
+            await keep_cancellation(self._client.subscribe(topic, qos=qos))
         except aiomqtt.MqttError as exc:
             raise LinkError(f"subscribe to {topic} failed: {exc}") from None
 
@@ -156,7 +159,7 @@ class MqttLink:
         Gives up after ``timeout_s``: a PUBACK that never comes means a dead link.
         """
         try:
-            await self._client.publish(topic, payload, qos=qos, retain=retain)
+            await keep_cancellation(self._client.publish(topic, payload, qos=qos, retain=retain))
         except aiomqtt.MqttError as exc:
             raise LinkError(f"publish to {topic} failed: {exc}") from None
 

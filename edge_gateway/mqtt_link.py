@@ -26,6 +26,7 @@ import aiomqtt
 import paho.mqtt.client as paho_mqtt
 
 from edge_gateway.exceptions import LinkError
+from fleet_protocol.pacing import cancel_requests, keep_cancellation, raise_lost_cancellation
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +152,14 @@ class MqttLink:
         self.acked = 0
 
     async def __aenter__(self) -> MqttLink:
+        before = cancel_requests()
         try:
             await self._client.__aenter__()
         except aiomqtt.MqttError as exc:
             raise LinkError(f"cannot connect to broker {self.host}:{self.port}: {exc}") from None
         self.connected = True
         try:
+            raise_lost_cancellation(before)  # aiomqtt's wait for CONNACK may have dropped one
             # Resubscribe every time: a broker that lost its store lost our session with it.
             for topic, qos in self._subscriptions.items():
                 await self._subscribe(topic, qos)
@@ -186,14 +189,14 @@ class MqttLink:
 
     async def _subscribe(self, topic: str, qos: int) -> None:
         try:
-            await self._client.subscribe(topic, qos=qos)
+            await keep_cancellation(self._client.subscribe(topic, qos=qos))
         except aiomqtt.MqttError as exc:
             raise LinkError(f"subscribe to {topic} failed: {exc}") from None
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Publish; for QoS 1, return once the broker acknowledged."""
         try:
-            await self._client.publish(topic, payload, qos=qos, retain=retain)
+            await keep_cancellation(self._client.publish(topic, payload, qos=qos, retain=retain))
         except aiomqtt.MqttError as exc:
             raise LinkError(f"publish to {topic} failed: {exc}") from None
 

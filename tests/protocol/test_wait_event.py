@@ -1,18 +1,22 @@
-"""`fleet_protocol.pacing.wait_event`: the daemons' timed wait for an Event, which never loses a cancellation.
+"""`fleet_protocol.pacing.wait_event` and `keep_cancellation`: waits that never lose a cancellation.
 
 Every loop that waits "until stopped or a period passed" (the agent's state reports and
 reconnect delays, the controller's alarm and rollout engines) waits this way. With
 ``asyncio.wait_for`` on Python 3.11, a cancellation arriving in the same loop iteration as the
 event was swallowed, and the loop went round again: seen as agents that never ended when a
-simulator of 2,000 devices stopped them.
+simulator of 2,000 devices stopped them. aiomqtt waits for every acknowledgement with
+``asyncio.wait_for``: the MQTT links wrap those waits in `keep_cancellation`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
-from fleet_protocol.pacing import wait_event
+import pytest
+
+from fleet_protocol.pacing import keep_cancellation, wait_event
 
 
 async def test_it_says_whether_the_event_came_within_the_time() -> None:
@@ -45,3 +49,46 @@ async def test_a_loop_cancelled_as_its_event_is_set_ends() -> None:
     task.cancel()  # in the same iteration as the event: the race wait_for lost on 3.11
     done, _ = await asyncio.wait({task}, timeout=2)
     assert done == {task} and task.cancelled(), "the cancelled loop went on waiting"
+
+
+async def _publisher_cancelled_as_its_ack_arrives(wrap: bool) -> asyncio.Task[None]:
+    """A loop publishing the way aiomqtt does (``asyncio.wait_for`` on the PUBACK's future),
+    cancelled in the same loop iteration as an acknowledgement arrives; the task, once settled."""
+    loop = asyncio.get_running_loop()
+    acks: list[asyncio.Future[None]] = []
+
+    async def publisher() -> None:  # the shape of the agent's state reports and sends
+        while True:
+            ack = loop.create_future()
+            acks.append(ack)
+            wait = asyncio.wait_for(ack, 10)
+            await (keep_cancellation(wait) if wrap else wait)
+
+    task = asyncio.create_task(publisher())
+    await asyncio.sleep(0)
+    acks[-1].set_result(None)
+    task.cancel()
+    await asyncio.wait({task}, timeout=0.5)
+    return task
+
+
+async def test_a_cancellation_that_a_librarys_wait_for_drops_is_raised_all_the_same() -> None:
+    task = await _publisher_cancelled_as_its_ack_arrives(wrap=True)
+    assert task.cancelled(), "the cancelled publisher went on publishing"
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="python/cpython#86296 is fixed in 3.12")
+async def test_without_it_the_cancelled_publisher_goes_on_on_python_3_11() -> None:
+    task = await _publisher_cancelled_as_its_ack_arrives(wrap=False)
+    assert not task.done(), "asyncio.wait_for no longer drops the cancellation: keep_cancellation may go"
+    task.cancel()  # no acknowledgement this time: delivered
+    await asyncio.wait({task}, timeout=2)
+    assert task.cancelled()
+
+
+async def test_a_timeout_around_it_still_ends_in_timeout_error() -> None:
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await keep_cancellation(asyncio.wait_for(never, 10))
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
