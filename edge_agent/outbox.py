@@ -133,6 +133,11 @@ class Outbox:
         #: how the agent learns the seqs its records got (its training buffer keys samples by them).
         self.on_stored: Callable[[list[tuple[int, PackedRecords]]], None] | None = None
 
+    @property
+    def executor(self) -> Executor:
+        """The thread the writes run on (shared, or the outbox's own, shut down by `close`)."""
+        return self._executor
+
     # -- lifecycle -------------------------------------------------------------------
 
     async def open(self) -> None:
