@@ -5,7 +5,9 @@ would be deployed, without the benchmark's own imports (torch, to train the mode
 whose garbage collection would otherwise slow the side that allocates most. Modes: ``ort`` (bare
 ONNX Runtime), ``agent`` (the agent offline), ``pipeline`` (the bare loop on the agent's
 micro-batch sizes), ``deliver`` (the agent end to end to a subscriber), ``sync`` (the agent's
-sync from a full outbox), ``paho`` (a bare publisher), ``link`` (the agent's MQTT link alone).
+sync from a full outbox), ``paho`` (a bare publisher), ``link`` (the agent's MQTT link alone),
+``floor`` (bare sqlite3 reading and deleting a full outbox the cheapest way it can, and bare
+``orjson.dumps`` of the agent's batches).
 """
 
 from __future__ import annotations
@@ -220,6 +222,57 @@ def bare_pipeline(
     if samples_db is not None:
         samples_db.close()
     return start / elapsed, cpu / start
+
+
+def sqlite_floor(db_path: Path, batch: int, delete_every: int, synchronous: str) -> float:
+    """Records per second bare sqlite3 reads and deletes a full outbox at, the cheapest way it can.
+
+    Reads ``batch`` rows at a time (as a sync must, to send them), deletes by range once every
+    ``delete_every`` records, one transaction each: no encoding, no network, no asyncio. What any
+    sync that keeps each record in SQLite until it is acknowledged spends at least, on this machine.
+    """
+    db = sqlite3.connect(db_path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={synchronous}")
+    count = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+    upto = deleted_upto = done = 0
+    started = time.perf_counter()
+    while True:
+        rows = db.execute(
+            "SELECT seq, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (upto, batch)
+        ).fetchall()
+        if rows:
+            upto, done = rows[-1][0], done + len(rows)
+        if upto > deleted_upto and (not rows or done % delete_every < batch):
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM outbox WHERE seq <= ?", (upto,))
+            db.execute("COMMIT")
+            deleted_upto = upto
+        if not rows:
+            break
+    elapsed = time.perf_counter() - started
+    left = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+    db.close()
+    if done != count or left:
+        raise RuntimeError(f"the SQLite floor read {done} of {count} records and left {left}")
+    return done / elapsed
+
+
+def bare_orjson(payloads: list[bytes], replays: int) -> float:
+    """Records per second ``orjson.dumps`` serialises the agent's batches at, their records already built.
+
+    The cheapest step of sending JSON: the batches as Python objects (parsed back from the very
+    payloads), nothing read, decoded or rounded; each dumped ``replays`` times.
+    """
+    import orjson
+
+    batches = [orjson.loads(payload) for payload in payloads]
+    records = sum(len(batch["records"]) for batch in batches) * replays
+    started = time.perf_counter()
+    for _ in range(replays):
+        for batch in batches:
+            orjson.dumps(batch)
+    return records / (time.perf_counter() - started)
 
 
 def _kept(counts: Any) -> tuple[int, int]:
@@ -460,6 +513,17 @@ def main() -> None:
             agent_sync(Path(p["work"]), bundle, Path(p["key"]), p["port"], rows, Path(p["keep"]), profile)
         )
         out = {"rate": rate, "inflight": settings.mqtt.max_inflight}
+    elif mode == "floor":
+        assert bundle is not None
+        work, device = Path(p["work"]), "floor-bench"
+        _, _, settings, _ = asyncio.run(
+            agent_throughput(work, bundle, Path(p["key"]), readings(p["n"]), 1, device)
+        )
+        db = work / device / "outbox.sqlite"
+        batch = settings.mqtt.batch_max_records
+        rate = sqlite_floor(db, batch, p["delete_every"], settings.outbox.synchronous)
+        encode = bare_orjson(read_payloads(Path(p["payloads"])), p["replays"])
+        out = {"rate": rate, "batch": batch, "orjson": encode}
     elif mode == "paho":
         payloads = read_payloads(Path(p["payloads"])) * p["replays"]
         out = {"rate": bare_paho_delivery(p["port"], payloads, p["records"], p["inflight"])}

@@ -29,6 +29,16 @@ Delivery through Mosquitto, records per second reaching a subscriber (another pr
   on aiomqtt) publishing those same payloads, already built, with the same window, over bare paho:
   what the transport costs. What is left between it and ``delivery_vs_bare_paho_same_batches`` is
   the outbox (read, delete) and encoding the stored records as wire records.
+- ``outbox_sqlite_floor_vs_bare_paho``: bare sqlite3 alone reading a full outbox of the agent's
+  records 100 rows at a time (the agent's batch) and deleting them by range once per 1,000, over that
+  same bare paho figure: no encoding, no network, no asyncio. The best ratio any sync that keeps each
+  record in SQLite until the broker acknowledges it could reach on this machine, were encoding and
+  the link free; ``delivery_vs_bare_paho_same_batches`` cannot pass it.
+- ``sync_bound_vs_bare_paho``: computed, not measured: the rate of a sync doing nothing but the link's
+  work (``link_same_batches_records_per_s``), the SQLite floor's and ``orjson.dumps`` of the agent's
+  batches with their records already built (``bare_orjson_records_per_s``), one after the other,
+  over bare paho. On one event loop these hold the GIL in turn (SQLite's own C code excepted), and
+  on two cores the broker and the subscriber need the other: the bound of this design here.
 - ``delivery_vs_bare_paho_per_record``: the agent end to end (from its start, inference included,
   as before) over a bare paho publisher sending one record per QoS 1 message (20 in flight): what
   batching buys.
@@ -68,6 +78,7 @@ from tests.utils.broker import Mosquitto  # noqa: E402
 N_INFER = 50_000
 N_DELIVER = 20_000
 REPLAYS = 10  # the bare publisher sends the agent's payloads this many times over
+FLOOR_DELETE_EVERY = 1_000  # records per range delete in the SQLite floor (the agent deletes per 0.1 s)
 
 
 def side(mode: str, **params: Any) -> dict[str, Any]:
@@ -160,6 +171,16 @@ def main() -> None:
             captured = work / "agent-payloads.bin"
             sync = side("sync", **common, work=work, port=broker.port, n=N_DELIVER, keep=captured)
             payloads = len(read_payloads(captured))
+            say("delivery: bare sqlite3 reading and deleting a full outbox, the floor of the sync")
+            floor = side(
+                "floor",
+                **common,
+                work=work / "floor",
+                n=N_DELIVER,
+                delete_every=FLOOR_DELETE_EVERY,
+                payloads=captured,
+                replays=REPLAYS,
+            )
             window = sync["inflight"]
             say(f"delivery: bare paho, the agent's {payloads} payloads x {REPLAYS}, {window} in flight")
             # Replayed: once would take a few tens of milliseconds. Bare paho and the link alone
@@ -185,6 +206,8 @@ def main() -> None:
                     profile=True,
                 )
             rss = agent_rss_mb(work, bundle, key_file, broker.port)
+            # One after the other: the link's work, the SQLite floor's, orjson's (see the docstring).
+            bound = 1 / (1 / link + 1 / floor["rate"] + 1 / floor["orjson"])
         finally:
             broker.stop()
         emit(
@@ -200,6 +223,8 @@ def main() -> None:
                     "delivery_vs_bare_paho_same_batches": round(sync["rate"] / same, 3),
                     "delivery_vs_bare_paho_per_record": round(delivered / per_record, 3),
                     "link_vs_bare_paho_same_batches": round(link / same, 3),
+                    "outbox_sqlite_floor_vs_bare_paho": round(floor["rate"] / same, 3),
+                    "sync_bound_vs_bare_paho": round(bound / same, 3),
                     "agent_readings_per_s": round(agent_rate),
                     "bare_pipeline_readings_per_s": round(pipeline_rate),
                     "agent_cpu_us_per_reading": round(1e6 * agent_cpu / args.rounds, 2),
@@ -217,6 +242,8 @@ def main() -> None:
                     "agent_end_to_end_records_delivered_per_s": round(delivered),
                     "bare_paho_same_batches_records_per_s": round(same),
                     "link_same_batches_records_per_s": round(link),
+                    "outbox_sqlite_floor_records_per_s": round(floor["rate"]),
+                    "bare_orjson_records_per_s": round(floor["orjson"]),
                     "bare_paho_per_record_records_per_s": round(per_record),
                     "delivery_payloads": payloads,
                     "delivery_records_per_payload": round(N_DELIVER / max(1, payloads), 1),
