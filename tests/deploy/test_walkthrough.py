@@ -27,6 +27,7 @@ from simulators.brokers import free_port
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "deploy.md"
 VENV_BIN = Path(sys.executable).parent
+WALKTHROUGH_TIMEOUT_S = 240
 
 pytestmark = pytest.mark.slow
 
@@ -71,9 +72,12 @@ def test_the_walkthrough_brings_a_device_to_stream_and_run_the_deployed_version(
 ) -> None:
     process, env, work = walkthrough
     try:
-        returncode = process.wait(timeout=75)
+        # A safety net, not a gate: two model builds and a dozen CLI starts took over 75 s on a
+        # 2-core AMD EPYC beside two other test workers.
+        returncode = process.wait(timeout=WALKTHROUGH_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"the walkthrough did not finish within 75 s:\n{_logs(tmp_path, work)}")
+        logs = _logs(tmp_path, work)
+        pytest.fail(f"the walkthrough did not finish within {WALKTHROUGH_TIMEOUT_S} s:\n{logs}")
     assert returncode == 0, f"a step of docs/deploy.md failed:\n{_logs(tmp_path, work)}"
 
     # What a user checks after the last step (the doc's operator token lived in its shell only).
