@@ -21,6 +21,7 @@ from rich.console import Console
 
 from fleet_protocol.signing import generate_private_key, public_key_pem
 from model_compiler.archive import pack
+from simulators.child_process import start_to_the_end
 from simulators.controller import ControllerProcess
 from simulators.events import prepare
 from simulators.fleet import FleetRun
@@ -69,7 +70,7 @@ async def fleet_up(
         with console.status("training and compiling the first model, starting the controller"):
             compiled, _, _ = await asyncio.gather(
                 asyncio.to_thread(_compile, run_dir, key, scenario),
-                asyncio.to_thread(controller.start),
+                start_to_the_end(controller.start),
                 observer.start(),
             )
         result.model_accuracy, result.compiler_table = compiled.accuracy, compiled.table
@@ -81,7 +82,7 @@ async def fleet_up(
         fleet = FleetRun(scenario, run_dir, controller, compiled.bundles, key_file, observer, key)
         if worker is not None and scenario.learning is not None:
             await asyncio.to_thread(set_up_learning, controller, scenario.learning, MODEL_VERSION)
-            await asyncio.to_thread(worker.start)
+            await start_to_the_end(worker.start)
             fleet.worker = worker
             console.print(
                 f"jobs worker started (log {worker.log});"

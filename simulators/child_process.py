@@ -6,17 +6,20 @@ Start it, ask it things (each answer matched to its question by id), kill it -9,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from simulators.json_lines import LINE_LIMIT
 from simulators.scenario import SimError
+
+T = TypeVar("T")
 
 
 class JsonLineChild:
@@ -125,3 +128,22 @@ class JsonLineChild:
             for waiting in self._waiting.values():
                 if not waiting.done():
                     waiting.set_exception(SimError(f"{self.module} exited: see {self.log_path}"))
+
+
+async def start_to_the_end(start: Callable[..., T], *args: Any) -> T:
+    """``asyncio.to_thread(start, *args)``, but a cancellation is raised only once the thread has ended.
+
+    For starting child processes: a thread goes on after its caller is cancelled, and a process it
+    spawned after the caller's cleanup looked (Ctrl-C while a site was coming up) outlived the run.
+    Waiting is bounded by the start's own timeouts; a second cancellation does not cut it short.
+    """
+    started = asyncio.ensure_future(asyncio.to_thread(start, *args))
+    try:
+        return await asyncio.shield(started)
+    except asyncio.CancelledError:
+        while not started.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({started})
+        if not started.cancelled():
+            started.exception()  # retrieved: the cancellation is what the caller hears
+        raise

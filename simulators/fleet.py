@@ -16,9 +16,11 @@ sensors' pace) synchronously: they are answered from each agent process's last s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cloud_controller.pki import Kind
 from simulators.agent_hosts import AgentHostProcess, DeviceSpec
 from simulators.brokers import SiteBroker
+from simulators.child_process import start_to_the_end
 from simulators.controller import ControllerProcess
 from simulators.gateways import GatewayProcess
 from simulators.identities import OBSERVER, RunIdentities, gateway_name, labeller_name
@@ -107,6 +110,21 @@ class FleetRun:
     # -- sites ---------------------------------------------------------------------------
 
     async def add_site(self, index: int) -> Site:
+        """Start a site's broker, uplink, gateway and agent processes; `close` stops them once added.
+
+        A start that fails or is cancelled (Ctrl-C while the site comes up) stops what it had started
+        itself: the site is not in `sites` yet, where `close` would find it.
+        """
+        stops: list[Callable[[], Awaitable[object]]] = []
+        try:
+            return await self._add_site(index, stops)
+        except BaseException:
+            for stop in reversed(stops):
+                with contextlib.suppress(Exception):
+                    await stop()
+            raise
+
+    async def _add_site(self, index: int, stops: list[Callable[[], Awaitable[object]]]) -> Site:
         name = f"site-{index}"
         home = self.run_dir / name
         if self.identities is not None:
@@ -117,9 +135,12 @@ class FleetRun:
             broker = SiteBroker(home / "broker", tls=listener, acl=acl)
         else:
             broker = SiteBroker(home / "broker")
-        await asyncio.to_thread(broker.start)
+        # Each part is registered to be stopped before it starts: it may be cancelled mid-start.
+        stops.append(lambda: asyncio.to_thread(broker.stop))
+        await start_to_the_end(broker.start)
         host, port = self.controller.url.removeprefix("http://").split(":")
         uplink = FaultyLink(host, int(port), seed=index)
+        stops.append(uplink.close)
         await uplink.start()
         filters = self.scenario.gateway
         gateway = GatewayProcess(
@@ -151,17 +172,21 @@ class FleetRun:
                 "drift_window_s": filters.drift_window_s,
             },
         )
-        await asyncio.to_thread(gateway.start)
+        stops.append(lambda: asyncio.to_thread(gateway.stop))
+        await start_to_the_end(gateway.start, False)
+        await asyncio.to_thread(gateway.wait_healthy)
         observer_tls = (await self._tls(OBSERVER, "observer")).get("tls")
         await self.observer.watch(name, broker.port, observer_tls)
         site = Site(index, name, broker, uplink, gateway)
         for number in range(self.scenario.agent_processes_per_site):
             agents = AgentHostProcess(f"{name}/{number}", home / f"agents-{number}.log")
+            stops.append(agents.close)
             await agents.start()
             site.hosts.append(agents)
         for cls in self.scenario.device_classes:
             if cls.own_process:
                 agents = AgentHostProcess(f"{name}/{cls.name}", home / f"agents-{cls.name}.log")
+                stops.append(agents.close)
                 await agents.start()
                 site.hosts.append(agents)
                 site.class_hosts[cls.name] = agents

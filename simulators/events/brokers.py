@@ -6,6 +6,7 @@ import asyncio
 import signal
 from typing import TYPE_CHECKING
 
+from simulators.child_process import start_to_the_end
 from simulators.events import Event, event
 
 if TYPE_CHECKING:
@@ -18,7 +19,8 @@ async def _down(run: FleetRun, spec: Event, sig: int) -> str:
         await asyncio.to_thread(site.broker.stop, sig)
     await asyncio.sleep(spec.for_s)
     for site in sites:
-        await asyncio.to_thread(site.broker.start)
+        # To its end even when the run is cancelled: `close` must find the process it spawns.
+        await start_to_the_end(site.broker.start)
     return f"{', '.join(s.name for s in sites)} broker down for {spec.for_s:.0f}s"
 
 

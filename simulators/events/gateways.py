@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from simulators.child_process import start_to_the_end
 from simulators.events import Event, event
 
 if TYPE_CHECKING:
@@ -19,5 +20,6 @@ async def gateway_kill(run: FleetRun, spec: Event) -> str:
         await asyncio.to_thread(site.gateway.kill)
     await asyncio.sleep(spec.for_s)
     for site in sites:
-        await asyncio.to_thread(site.gateway.start)
+        # To its end even when the run is cancelled: `close` must find the process it spawns.
+        await start_to_the_end(site.gateway.start)
     return f"{', '.join(s.name for s in sites)} gateway killed -9, restarted after {spec.for_s:.0f}s"
