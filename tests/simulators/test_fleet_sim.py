@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from simulators.events import kinds
@@ -209,19 +210,6 @@ def test_an_event_kind_cannot_be_registered_twice() -> None:
         event("drift")(lambda run, spec: None)  # type: ignore[arg-type,return-value]
 
 
-def _children_of(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(entry.name))
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "settle_s",
@@ -251,7 +239,7 @@ def test_ctrl_c_stops_every_process_of_the_run_cleanly(tmp_path: Path, settle_s:
     while not last_gateway.exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
     time.sleep(settle_s)
-    children = _children_of(process.pid)
+    children = [child.pid for child in psutil.Process(process.pid).children()]
     assert len(children) >= 5, "controller, brokers and gateways run as child processes"
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=90)
@@ -267,21 +255,16 @@ def test_ctrl_c_stops_every_process_of_the_run_cleanly(tmp_path: Path, settle_s:
 def _running_with(text: str) -> list[str]:
     """Command lines of the running processes (not zombies) that mention ``text``."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if text in command and _running(int(entry.name)):
-                found.append(command)
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        command = " ".join(proc.info["cmdline"] or [])
+        if proc.pid != os.getpid() and text in command and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(command)
     return found
 
 
 def _running(pid: int) -> bool:
     """Alive and not a zombie."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return state != "Z"
